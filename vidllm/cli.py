@@ -1,0 +1,74 @@
+"""The `vidllm` command.
+
+Each sub-command lives in `vidllm/commands/<name>.py` with `add_arguments(parser)` and
+`run(args) -> int`; it is imported only when used, so `vidllm --help` stays fast and the
+inference commands never import Ray, Prefect or DVC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from vidllm.config import ConfigError
+from vidllm.errors import VidLLMError
+
+# name -> (module under vidllm.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("synth", "generate synthetic ScanNet-format scenes with benchmark annotations"),
+    "inspect": ("inspect_scene", "summarise a ScanNet scene folder or .sens file"),
+    "prepare": ("prepare", "sample frames into WebDataset shards with a manifest (Ray Data)"),
+    "shards-info": ("shards_info", "summarise a shard directory or s3:// prefix"),
+    "init": ("init_model", "write a random-init model directory for a recipe"),
+    "plan": ("plan", "parameter counts, memory and FLOPs of a recipe, built on the meta device"),
+    "predict": ("predict", "run a model on a benchmark's shards and write predictions JSONL"),
+    "score": ("score", "score a predictions JSONL against benchmark ground truth"),
+    "report": ("report", "write a paper-style markdown/HTML report with plots for a run"),
+}
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    return {
+        name: spec
+        for name, spec in COMMANDS.items()
+        if importlib.util.find_spec(f"vidllm.commands.{spec[0]}") is not None
+    }
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vidllm",
+        description="Vid-LLM: metric 3D reconstruction and 3D reasoning from plain video.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in _available().items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:  # only the chosen command's module is imported
+            importlib.import_module(f"vidllm.commands.{module}").add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    available = _available()
+    parser = build_parser(command if command in available else None)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    module = importlib.import_module(f"vidllm.commands.{available[args.command][0]}")
+    try:
+        return int(module.run(args) or 0)
+    except (VidLLMError, ConfigError) as exc:
+        print(f"vidllm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""One typed config tree for the whole workflow, with named recipes.
+
+`load_config(recipe="tiny", yaml_path="params.yaml", overrides=["model.cta.num_bridge_tokens=8"])`
+builds a `VidLLMConfig`. YAML files, CLI dotted overrides and Prefect parameters are all
+parsed into this tree; unknown keys and bad values raise `ConfigError` naming the key.
+
+Each section belongs to one part of the package; add fields to your own section only.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors, and assignments are validated too.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class SynthConfig(_Section):
+    """Procedural ScanNet-format scenes (vidllm.data.synthetic)."""
+
+    scenes: int = Field(4, ge=1)
+    frames: int = Field(32, ge=2)
+    width: int = Field(320, ge=16)
+    height: int = Field(240, ge=16)
+    depth_width: int = Field(320, ge=16)
+    depth_height: int = Field(240, ge=16)
+    min_objects: int = Field(3, ge=1)
+    max_objects: int = Field(7, ge=1)
+    seed: int = 0
+
+
+class PrepConfig(_Section):
+    """Frame sampling and sharding (preprocessing/)."""
+
+    frames: int = Field(32, ge=1)
+    short_side: int = Field(518, ge=14)
+    patch_multiple: int = Field(14, ge=1)
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    shard_max_bytes: int = Field(1_000_000_000, ge=1024)
+    workers: int = Field(0, ge=0, description="0 = let Ray decide")
+
+
+class DataConfig(_Section):
+    root: str = "data/scannet"
+    annotations: str = "data/annotations"
+    shards: str = "data/shards"
+    synth: SynthConfig = SynthConfig()
+    prep: PrepConfig = PrepConfig()
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class EncoderConfig(_Section):
+    """Shared DINOv2 encoder. `pretrained` is a local path or hub id; None = random init from the fields."""
+
+    pretrained: str | None = None
+    registers: int = Field(0, ge=0, description=">0 uses Dinov2WithRegistersModel")
+    hidden_size: int = Field(1024, ge=8)
+    num_layers: int = Field(24, ge=1)
+    num_heads: int = Field(16, ge=1)
+    mlp_ratio: int = Field(4, ge=1)
+    patch_size: int = Field(14, ge=1)
+    image_size: int = Field(518, ge=14)
+
+
+class CTAConfig(_Section):
+    """Cross-Task Adapter (eq. 1-2) and its ablation variants."""
+
+    variant: Literal["bridge", "none", "concat_sa", "cross_attn"] = "bridge"
+    num_bridge_tokens: int = Field(16, ge=1)
+    num_heads: int = Field(8, ge=1)
+    mlp_ratio: int = Field(4, ge=1)
+
+
+class AggregatorConfig(_Section):
+    """Global-Frame Attention backbone (VGGT aggregator)."""
+
+    embed_dim: int = Field(1024, ge=8)
+    depth: int = Field(24, ge=1, description="number of frame/global block pairs")
+    num_heads: int = Field(16, ge=1)
+    mlp_ratio: float = 4.0
+    num_register_tokens: int = Field(4, ge=0)
+    qk_norm: bool = True
+    rope_freq: float = 100.0
+    init_values: float = 0.01
+    intermediate_layers: list[int] = [4, 11, 17, 23]
+
+
+class HeadsConfig(_Section):
+    camera_trunk_depth: int = Field(4, ge=1)
+    camera_iters: int = Field(4, ge=1)
+    dpt_features: int = Field(256, ge=8)
+    dpt_out_channels: list[int] = [256, 512, 1024, 1024]
+    point_head: bool = True
+
+
+class MetricDepthConfig(_Section):
+    num_bins: int = Field(64, ge=2)
+    min_depth: float = Field(0.1, gt=0)
+    max_depth: float = Field(10.0, gt=0)
+    features: int = Field(256, ge=8)
+
+
+class AlignmentConfig(_Section):
+    enabled: bool = True
+    images_per_scene: int = Field(16, ge=1)
+    seed: int = 0
+
+
+class Patches3DConfig(_Section):
+    voxel_size: float = Field(0.2, gt=0)
+    max_tokens: int = Field(2048, ge=1)
+
+
+class LLMConfig(_Section):
+    """Causal LM. `pretrained` = local path or id; otherwise built from the inline architecture."""
+
+    pretrained: str | None = None
+    architecture: Literal["qwen2", "llama"] = "qwen2"
+    hidden_size: int = Field(3584, ge=8)
+    intermediate_size: int = Field(18944, ge=8)
+    num_layers: int = Field(28, ge=1)
+    num_heads: int = Field(28, ge=1)
+    num_kv_heads: int = Field(4, ge=1)
+    vocab_size: int = Field(152064, ge=16)
+    max_position_embeddings: int = Field(32768, ge=16)
+    rope_theta: float = 1_000_000.0
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    lora_r: int = Field(16, ge=0, description="0 disables LoRA (full fine-tune)")
+    lora_alpha: int = 32
+    lora_dropout: float = Field(0.05, ge=0, le=1)
+    lora_targets: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class GroundingConfig(_Section):
+    max_proposals: int = Field(64, ge=1)
+    hidden: int = Field(256, ge=8)
+
+
+class ModelConfig(_Section):
+    encoder: EncoderConfig = EncoderConfig()
+    cta: CTAConfig = CTAConfig()
+    aggregator: AggregatorConfig = AggregatorConfig()
+    heads: HeadsConfig = HeadsConfig()
+    metric_depth: MetricDepthConfig = MetricDepthConfig()
+    alignment: AlignmentConfig = AlignmentConfig()
+    patches3d: Patches3DConfig = Patches3DConfig()
+    llm: LLMConfig = LLMConfig()
+    grounding: GroundingConfig = GroundingConfig()
+    frames: int = Field(32, ge=1)
+    image_size: list[int] = [518, 518]
+
+
+# ----------------------------------------------------------------------------- train / eval
+
+
+class StageConfig(_Section):
+    steps: int = Field(1000, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    batch_size: int = Field(1, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    log_every: int = Field(10, ge=1)
+
+
+class TrainConfig(_Section):
+    stage1: StageConfig = StageConfig()
+    stage2: StageConfig = StageConfig()
+    distill_lambda: float = Field(0.1, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    num_workers: int = Field(1, ge=1)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    storage_path: str = "runs"
+    seed: int = 0
+
+
+class EvalConfig(_Section):
+    protocol: Literal["first_camera_gt", "umeyama_sim3"] = "first_camera_gt"
+    iou_thresholds: list[float] = [0.25, 0.5]
+    max_new_tokens: int = Field(32, ge=1)
+
+
+class VidLLMConfig(_Section):
+    recipe: str = "paper"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+# ----------------------------------------------------------------------------- recipes
+
+# Recipes are plain nested dicts applied over the defaults (which are the paper's values).
+# A little duplication here beats a recipe framework.
+_TINY: dict[str, Any] = {
+    "data": {
+        "synth": {"scenes": 2, "frames": 8, "width": 80, "height": 60, "depth_width": 80, "depth_height": 60},
+        "prep": {"frames": 4, "short_side": 56, "shard_max_bytes": 2_000_000},
+    },
+    "model": {
+        "frames": 4,
+        "image_size": [56, 56],
+        "encoder": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "image_size": 56},
+        "cta": {"num_bridge_tokens": 4, "num_heads": 2},
+        "aggregator": {"embed_dim": 32, "depth": 2, "num_heads": 2, "num_register_tokens": 2,
+                        "intermediate_layers": [0, 1, 1, 1]},
+        "heads": {"camera_trunk_depth": 1, "camera_iters": 2, "dpt_features": 16,
+                  "dpt_out_channels": [16, 16, 32, 32]},
+        "metric_depth": {"num_bins": 16, "features": 16},
+        "alignment": {"images_per_scene": 4},
+        "patches3d": {"max_tokens": 64},
+        "llm": {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4,
+                "num_kv_heads": 2, "vocab_size": 512, "max_position_embeddings": 1024, "lora_r": 4,
+                "lora_alpha": 8},
+        "grounding": {"hidden": 32, "max_proposals": 16},
+    },
+    "train": {
+        "stage1": {"steps": 4, "warmup_steps": 1, "lr": 1e-3, "checkpoint_every": 2, "log_every": 1},
+        "stage2": {"steps": 4, "warmup_steps": 1, "lr": 1e-3, "checkpoint_every": 2, "log_every": 1},
+    },
+    "eval": {"max_new_tokens": 8},
+}
+
+_DEMO: dict[str, Any] = {
+    "data": {
+        "synth": {"scenes": 6, "frames": 24, "width": 160, "height": 120, "depth_width": 160, "depth_height": 120},
+        "prep": {"frames": 8, "short_side": 112, "shard_max_bytes": 50_000_000},
+    },
+    "model": {
+        "frames": 8,
+        "image_size": [112, 140],
+        "encoder": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "image_size": 112},
+        "cta": {"num_bridge_tokens": 8, "num_heads": 4},
+        "aggregator": {"embed_dim": 64, "depth": 2, "num_heads": 4, "num_register_tokens": 2,
+                        "intermediate_layers": [0, 1, 1, 1]},
+        "heads": {"camera_trunk_depth": 1, "camera_iters": 2, "dpt_features": 32,
+                  "dpt_out_channels": [32, 32, 64, 64]},
+        "metric_depth": {"num_bins": 32, "features": 32},
+        "alignment": {"images_per_scene": 8},
+        "patches3d": {"max_tokens": 256},
+        "llm": {"hidden_size": 128, "intermediate_size": 256, "num_layers": 2, "num_heads": 4,
+                "num_kv_heads": 2, "vocab_size": 1024, "max_position_embeddings": 2048, "lora_r": 8,
+                "lora_alpha": 16},
+        "grounding": {"hidden": 64, "max_proposals": 32},
+    },
+    "train": {
+        "stage1": {"steps": 60, "warmup_steps": 5, "lr": 5e-4, "checkpoint_every": 20, "log_every": 5},
+        "stage2": {"steps": 120, "warmup_steps": 10, "lr": 5e-4, "checkpoint_every": 40, "log_every": 5},
+    },
+    "eval": {"max_new_tokens": 16},
+}
+
+RECIPES: dict[str, dict[str, Any]] = {"paper": {}, "tiny": _TINY, "demo": _DEMO}
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check_keys(tree: dict[str, Any], model: type[BaseModel], prefix: str = "") -> None:
+    """Reject unknown keys with the full dotted name (pydantic alone reports it less clearly)."""
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        field = model.model_fields.get(key)
+        if field is None:
+            known = ", ".join(sorted(model.model_fields))
+            raise ConfigError(f"unknown config key '{dotted}' (known here: {known})")
+        sub = field.annotation
+        if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
+            _check_keys(value, sub, dotted + ".")
+
+
+def _parse_scalar(text: str) -> Any:
+    # YAML gives ints, floats, bools, null and lists ("[4, 8]") the way users expect.
+    return yaml.safe_load(text) if text.strip() else ""
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """`["model.cta.num_bridge_tokens=8", "train.stage1.lr=1e-3"]` → nested dict."""
+    tree: dict[str, Any] = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key.path=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override '{item}' has an empty key segment")
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' conflicts with another override of '{part}'")
+        node[parts[-1]] = _parse_scalar(value)
+    return tree
+
+
+def build_config(tree: dict[str, Any]) -> VidLLMConfig:
+    """Validate a nested dict into the config tree; errors name the dotted key."""
+    _check_keys(tree, VidLLMConfig)
+    try:
+        return VidLLMConfig.model_validate(tree)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            problems.append(f"'{loc}': {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("invalid config value " + "; ".join(problems)) from None
+
+
+def load_config(
+    recipe: str = "tiny",
+    yaml_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    params: dict[str, Any] | None = None,
+) -> VidLLMConfig:
+    """Recipe defaults ← YAML file ← `params` dict (e.g. Prefect parameters) ← dotted CLI overrides."""
+    tree: dict[str, Any] = {}
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+        tree = _merge(tree, loaded)
+    tree = _merge(tree, params or {})
+    tree = _merge(tree, parse_overrides(overrides))
+    name = tree.pop("recipe", recipe) or recipe
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe '{name}' (choose from {', '.join(RECIPES)})")
+    merged = _merge(RECIPES[name], tree)
+    merged["recipe"] = name
+    return build_config(merged)
+
+
+def config_to_yaml(cfg: VidLLMConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
