@@ -3,6 +3,8 @@ sub-package conftests that need them, on 127.0.0.1, and stopped by their PID."""
 
 import os
 
+pytest_plugins = ["tests.s3_server"]  # session fixture `s3_server`: SeaweedFS on 127.0.0.1
+
 # Nothing is downloaded at run time; all sockets stay on loopback.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -11,3 +13,30 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# ----------------------------------------------------------------------------- synthetic data
+# Generated once per session; tests must treat the files as read-only.
+import pytest  # noqa: E402
+
+
+def _tiny_synth(scenes: int):
+    from vidllm.config import SynthConfig
+
+    return SynthConfig(scenes=scenes, frames=8, width=80, height=60, depth_width=80, depth_height=60, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory):
+    """2 small ScanNet-format scenes (8 frames, 80x60) + annotations → SyntheticDataset."""
+    from vidllm.data.synthetic import generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("synth2"), _tiny_synth(2), progress=False)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset_6(tmp_path_factory):
+    """6 small scenes (same size as `synthetic_dataset`), e.g. for sharding tests."""
+    from vidllm.data.synthetic import generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("synth6"), _tiny_synth(6), progress=False)

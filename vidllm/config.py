@@ -41,6 +41,9 @@ class SynthConfig(_Section):
     min_objects: int = Field(3, ge=1)
     max_objects: int = Field(7, ge=1)
     seed: int = 0
+    val_fraction: float = Field(0.25, ge=0, lt=1, description="share of scenes in the val split")
+    invalid_pose_fraction: float = Field(0.0, ge=0, lt=1, description="frames stored with -inf poses")
+    mesh_spacing: float = Field(0.1, gt=0, description="max edge length of the written mesh, metres")
 
 
 class PrepConfig(_Section):
@@ -99,6 +102,7 @@ class AggregatorConfig(_Section):
     rope_freq: float = 100.0
     init_values: float = 0.01
     intermediate_layers: list[int] = [4, 11, 17, 23]
+    gradient_checkpointing: bool = Field(False, description="recompute blocks in backward (training memory)")
 
 
 class HeadsConfig(_Section):
@@ -107,6 +111,8 @@ class HeadsConfig(_Section):
     dpt_features: int = Field(256, ge=8)
     dpt_out_channels: list[int] = [256, 512, 1024, 1024]
     point_head: bool = True
+    camera_num_heads: int = Field(16, ge=1)
+    dpt_frames_chunk: int = Field(8, ge=1, description="frames decoded at once by the DPT heads (memory)")
 
 
 class MetricDepthConfig(_Section):

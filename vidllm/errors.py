@@ -16,3 +16,7 @@ class DataError(VidLLMError, ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):
+        # Picklable with both arguments, so the error survives crossing Ray worker boundaries.
+        return (type(self), (self.path, self.problem))

@@ -1,0 +1,199 @@
+"""Save and load a Vid-LLM model directory (`save_pretrained` / `from_pretrained` style).
+
+Layout of a model directory::
+
+    config.json         {"format": "vidllm", "format_version", "recipe", "model": ModelConfig,
+                         "special_tokens", "vocab_size", "encoder_hf_config", "llm_hf_config",
+                         "lora": bool, "tied": {alias: source}}
+    model.safetensors   all weights except LoRA adapters (LLM base weights under plain names)
+    adapters/           peft LoRA adapters (adapter_config.json + adapter_model.safetensors), if any
+    tokenizer/          the tokenizer (AutoTokenizer-loadable)
+
+The directory is written under a temporary name beside the target and moved into place, so
+a partially written model is never visible. Weights are safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, PreTrainedTokenizerBase
+
+from vidllm.attention_select import select_attn_implementation
+from vidllm.config import ModelConfig
+from vidllm.errors import DataError
+from vidllm.lora import has_lora
+from vidllm.tokenizer import SpecialTokenIds, load_tokenizer
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+ADAPTERS_DIR = "adapters"
+TOKENIZER_DIR = "tokenizer"
+
+
+def _base_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with peft wrappers removed from the names and LoRA tensors left out."""
+    out = {}
+    for key, value in model.state_dict().items():
+        if "lora_" in key:
+            continue
+        key = key.replace("llm.base_model.model.", "llm.", 1).replace(".base_layer.", ".")
+        out[key] = value
+    return out
+
+
+def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """safetensors refuses shared storage (tied embeddings): keep one copy, record aliases."""
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    unique, tied = {}, {}
+    for key, value in state.items():
+        ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+        if value.numel() and ident in seen:
+            tied[key] = seen[ident]
+            continue
+        seen[ident] = key
+        unique[key] = value.detach().contiguous().cpu()
+    return unique, tied
+
+
+def _hf_config_dict(config) -> dict[str, Any]:
+    data = config.to_dict()
+    for key in ("_name_or_path", "transformers_version", "architectures"):
+        data.pop(key, None)
+    return data
+
+
+def save_pretrained(
+    model: torch.nn.Module,
+    out_dir: str | Path,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    recipe: str | None = None,
+) -> Path:
+    """Write `model` (a `VidLLM`, LoRA-wrapped or not) and its tokenizer to `out_dir` atomically."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    lora = has_lora(model)
+    llm_base = model.llm.get_base_model() if lora else model.llm
+    weights, tied = _dedupe(_base_state_dict(model))
+    meta = {
+        "format": "vidllm",
+        "format_version": FORMAT_VERSION,
+        "recipe": recipe,
+        "model": model.config.model_dump(mode="json"),
+        "special_tokens": model.special_ids.to_dict(),
+        "vocab_size": model.vocab_size,
+        "encoder_hf_config": _hf_config_dict(model.encoder.backbone.config),
+        "llm_hf_config": _hf_config_dict(llm_base.config),
+        "lora": lora,
+        "tied": tied,
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        save_file(weights, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        if lora:
+            model.llm.save_pretrained(str(tmp / ADAPTERS_DIR))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_model_config(model_dir: str | Path) -> dict[str, Any]:
+    """The parsed `config.json` of a model directory; DataError if it is missing or malformed."""
+    path = Path(model_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise DataError(model_dir, f"not a Vid-LLM model directory (no {CONFIG_NAME}); create one with `vidllm init`")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"not valid JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != "vidllm":
+        raise DataError(path, "not a Vid-LLM model config (missing \"format\": \"vidllm\")")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DataError(path, f"unsupported format_version {meta.get('format_version')!r} (expected {FORMAT_VERSION})")
+    for key in ("model", "special_tokens", "vocab_size", "encoder_hf_config", "llm_hf_config"):
+        if key not in meta:
+            raise DataError(path, f"missing key '{key}'")
+    return meta
+
+
+def _hf_config(data: dict[str, Any]):
+    data = dict(data)
+    return AutoConfig.for_model(data.pop("model_type"), **data)
+
+
+def load_pretrained(
+    model_dir: str | Path,
+    device: str | torch.device = "cpu",
+    merge_lora: bool = False,
+    attn_implementation: str | None = None,
+    trainable_adapters: bool = True,
+):
+    """Load a model directory → (`VidLLM`, tokenizer or None).
+
+    LoRA adapters are re-attached (trainable by default), or folded into the LLM weights with
+    `merge_lora=True`. `attn_implementation` defaults to the saved config's choice, resolved
+    for this machine (`vidllm.attention_select`).
+    """
+    from vidllm.models.vidllm import VidLLM  # heavy import kept local
+
+    model_dir = Path(model_dir)
+    meta = read_model_config(model_dir)
+    try:
+        cfg = ModelConfig.model_validate(meta["model"])
+    except Exception as exc:  # pydantic ValidationError: name the file
+        raise DataError(model_dir / CONFIG_NAME, f"invalid model section: {exc}") from None
+    attn = select_attn_implementation(attn_implementation or cfg.llm.attn_implementation)
+    model = VidLLM(
+        cfg,
+        SpecialTokenIds(**meta["special_tokens"]),
+        meta["vocab_size"],
+        attn,
+        encoder_config=_hf_config(meta["encoder_hf_config"]),
+        llm_config=_hf_config(meta["llm_hf_config"]),
+    )
+    weights_path = model_dir / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise DataError(weights_path, "weights file is missing")
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise DataError(weights_path, f"cannot read safetensors: {exc}") from None
+    result = model.load_state_dict(state, strict=False)
+    tied = set(meta.get("tied", {}))
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        raise DataError(
+            weights_path,
+            f"weights do not match the config: missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
+            f"unexpected {result.unexpected_keys[:5]}{'…' if len(result.unexpected_keys) > 5 else ''}",
+        )
+    adapters = model_dir / ADAPTERS_DIR
+    if meta.get("lora"):
+        if not adapters.is_dir():
+            raise DataError(adapters, "config says LoRA but the adapters directory is missing")
+        model.llm = PeftModel.from_pretrained(model.llm, str(adapters), is_trainable=trainable_adapters and not merge_lora)
+        if merge_lora:
+            model.llm = model.llm.merge_and_unload()
+    tokenizer = load_tokenizer(model_dir / TOKENIZER_DIR) if (model_dir / TOKENIZER_DIR).is_dir() else None
+    return model.to(device), tokenizer

@@ -1,0 +1,75 @@
+"""Shared DINOv2 encoder (§3.1, DESIGN §5.1): video frames → patch tokens T_base."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+from vidllm.config import EncoderConfig
+
+# ImageNet statistics used by every DINOv2 checkpoint (and VGGT's patch embed).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_dinov2(
+    cfg: EncoderConfig, hf_config: Dinov2Config | Dinov2WithRegistersConfig | None = None
+) -> Dinov2Model | Dinov2WithRegistersModel:
+    """DINOv2 from `hf_config` (a saved model's exact architecture), a local path
+    (`cfg.pretrained`), or randomly initialised from the config fields."""
+    if hf_config is not None:
+        model_cls = Dinov2WithRegistersModel if isinstance(hf_config, Dinov2WithRegistersConfig) else Dinov2Model
+        return model_cls(hf_config)
+    if cfg.pretrained is not None:
+        model_cls = Dinov2WithRegistersModel if cfg.registers > 0 else Dinov2Model
+        return model_cls.from_pretrained(cfg.pretrained)
+    common = dict(
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_ratio,
+        patch_size=cfg.patch_size,
+        image_size=cfg.image_size,
+    )
+    if cfg.registers > 0:
+        return Dinov2WithRegistersModel(Dinov2WithRegistersConfig(num_register_tokens=cfg.registers, **common))
+    return Dinov2Model(Dinov2Config(**common))
+
+
+class SharedEncoder(nn.Module):
+    """DINOv2 shared by the reconstruction and the vision-language branches.
+
+    Normalisation with ImageNet statistics happens inside, so callers pass images in [0, 1].
+    Position embeddings are interpolated by DINOv2 for any H, W that are multiples of the
+    patch size.
+    """
+
+    def __init__(self, cfg: EncoderConfig, hf_config: Dinov2Config | Dinov2WithRegistersConfig | None = None):
+        super().__init__()
+        self.backbone = build_dinov2(cfg, hf_config)
+        self.patch_size = int(self.backbone.config.patch_size)
+        self.hidden_size = int(self.backbone.config.hidden_size)
+        # Tokens before the patches in DINOv2's output: CLS + registers.
+        self.num_prefix_tokens = 1 + int(getattr(self.backbone.config, "num_register_tokens", 0) or 0)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def patch_grid(self, height: int, width: int) -> tuple[int, int]:
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"image size {height}x{width} is not a multiple of the encoder patch size {self.patch_size}"
+            )
+        return height // self.patch_size, width // self.patch_size
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images `[B, S, 3, H, W]` in [0, 1] → patch tokens `[B, S, P, C]`, P = (H/p)·(W/p) row-major."""
+        if images.dim() != 5 or images.shape[2] != 3:
+            raise ValueError(f"expected images [B, S, 3, H, W], got {tuple(images.shape)}")
+        batch, frames, _, height, width = images.shape
+        self.patch_grid(height, width)
+        pixels = images.reshape(batch * frames, 3, height, width)
+        pixels = (pixels - self.mean.to(pixels.dtype)) / self.std.to(pixels.dtype)
+        hidden = self.backbone(pixel_values=pixels).last_hidden_state  # [B*S, prefix + P, C], final-normed
+        patches = hidden[:, self.num_prefix_tokens :]
+        return patches.reshape(batch, frames, patches.shape[1], patches.shape[2])

@@ -1,0 +1,115 @@
+"""3D patches (§3.3, eq. 3–4), the token bound, and the scene-frame rotation head (DESIGN §5.6, §5.9).
+
+Eq. 3 (back-projection of patch centres) is `vidllm.geometry.patch_centers_to_world`; this
+module holds the learnable parts: the xyz → embedding MLP (eq. 4) and the head predicting the
+rotation from the first camera to the gravity-aligned scene frame. `voxel_pool` bounds the
+number of tokens handed to the LLM deterministically.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Patch3DEmbedding(nn.Module):
+    """Eq. 4: T_3D = T'_lang + MLP(xyz). xyz is in metres in the scene frame."""
+
+    def __init__(self, dim: int, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or dim
+        self.fc1 = nn.Linear(3, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, tokens: Tensor, xyz: Tensor) -> Tensor:
+        """tokens `[..., C]`, xyz `[..., 3]` → `[..., C]`."""
+        return tokens + self.fc2(F.gelu(self.fc1(xyz)))
+
+
+def voxel_pool(
+    tokens: Tensor, xyz: Tensor, valid: Tensor, voxel_size: float, max_tokens: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Average tokens falling in the same voxel, keep at most `max_tokens` voxels per scene.
+
+    Deterministic: voxels are keyed by their integer grid coordinate; when more than
+    `max_tokens` are occupied, those holding the most points are kept (ties → smaller key),
+    and kept voxels are emitted in key order. Gradients flow to `tokens` (xyz is geometry and
+    is expected to be detached by the caller).
+
+    Args:
+        tokens `[B, N, C]`, xyz `[B, N, 3]`, valid `[B, N]` bool (e.g. patches with depth).
+    Returns:
+        pooled tokens `[B, M, C]`, voxel centroids `[B, M, 3]`, mask `[B, M]` (True = real),
+        with M = the largest kept count in the batch (≤ max_tokens, ≥ 1).
+    """
+    batch, _, dim = tokens.shape
+    out_tokens, out_xyz = [], []
+    for b in range(batch):
+        keep = valid[b] & torch.isfinite(xyz[b]).all(-1)
+        pts, feats = xyz[b][keep], tokens[b][keep]
+        if pts.shape[0] == 0:
+            out_tokens.append(tokens.new_zeros(0, dim))
+            out_xyz.append(xyz.new_zeros(0, 3))
+            continue
+        cells = torch.floor(pts / voxel_size).to(torch.int64)
+        keys, inverse, counts = torch.unique(cells, dim=0, sorted=True, return_inverse=True, return_counts=True)
+        num_voxels = keys.shape[0]
+        sums = feats.new_zeros(num_voxels, dim).index_add(0, inverse, feats)
+        xyz_sums = pts.new_zeros(num_voxels, 3).index_add(0, inverse, pts)
+        denom = counts.to(feats.dtype).unsqueeze(-1)
+        pooled, centroids = sums / denom, xyz_sums / denom.to(pts.dtype)
+        if num_voxels > max_tokens:
+            # Stable sort on -count keeps key order among ties (keys are already sorted).
+            order = torch.sort(-counts, stable=True).indices[:max_tokens]
+            chosen = torch.sort(order).values
+            pooled, centroids = pooled[chosen], centroids[chosen]
+        out_tokens.append(pooled)
+        out_xyz.append(centroids)
+    width = max(1, max(t.shape[0] for t in out_tokens))
+    mask = torch.zeros(batch, width, dtype=torch.bool, device=tokens.device)
+    padded_tokens = tokens.new_zeros(batch, width, dim)
+    padded_xyz = xyz.new_zeros(batch, width, 3)
+    for b, (t, p) in enumerate(zip(out_tokens, out_xyz)):
+        padded_tokens[b, : t.shape[0]] = t
+        padded_xyz[b, : p.shape[0]] = p
+        mask[b, : t.shape[0]] = True
+    return padded_tokens, padded_xyz, mask
+
+
+def rotation_6d_to_matrix(d6: Tensor) -> Tensor:
+    """Continuous 6D rotation representation (Zhou et al. 2019) `[..., 6]` → `[..., 3, 3]`.
+
+    The two 3-vectors are Gram–Schmidt-orthonormalised into the first two **columns**; the
+    third column is their cross product, so det = +1.
+    """
+    a1, a2 = d6[..., :3], d6[..., 3:]
+    b1 = F.normalize(a1, dim=-1)
+    b2 = F.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
+    b3 = torch.cross(b1, b2, dim=-1)
+    return torch.stack([b1, b2, b3], dim=-1)
+
+
+class SceneFrameHead(nn.Module):
+    """Predicts R `[B, 3, 3]` taking first-camera-frame vectors to the gravity-aligned scene frame.
+
+    Gravity is seen in the first frame's content (floor, walls), so the head pools the first
+    frame's geometry tokens (mean and max over patches) and regresses a 6D rotation. The bias
+    starts at the rotation of a level camera (OpenCV y down → gravity z up), the typical case.
+    """
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(2 * dim)
+        self.fc1 = nn.Linear(2 * dim, hidden)
+        self.fc2 = nn.Linear(hidden, 6)
+        with torch.no_grad():
+            self.fc2.weight.mul_(0.01)
+            # Level camera: cam x → world x, cam y (down) → world −z; columns 1 and 2 of R.
+            self.fc2.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, -1.0]))
+
+    def forward(self, geom_tokens: Tensor) -> Tensor:
+        """geom_tokens `[B, S, P, C]` → rotation `[B, 3, 3]`."""
+        first = geom_tokens[:, 0]
+        pooled = torch.cat([first.mean(dim=1), first.amax(dim=1)], dim=-1)
+        return rotation_6d_to_matrix(self.fc2(F.gelu(self.fc1(self.norm(pooled)))))

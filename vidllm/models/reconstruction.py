@@ -1,0 +1,88 @@
+"""Reconstruction branch (§3.2): Global-Frame Attention aggregator on the geometry tokens,
+camera head, DPT depth (and optional point) head, the metric depth model on the base tokens,
+and real-scale alignment of the relative reconstruction to metres.
+
+Outputs follow VGGT's conventions (`vidllm.geometry`): world = first camera, OpenCV axes.
+Relative depth, points and translations share one (arbitrary) scale; `scale [B]` maps them to
+metres. `extrinsics` already carry the scaled translations, `depth_metric_aligned` = scale ·
+depth. The scale is a statistic (computed under no_grad), so the aligned outputs still
+backpropagate into the relative predictions but not through the alignment itself.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from vidllm.config import ModelConfig
+from vidllm.geometry import align_scale, pose_encoding_to_extri_intri
+from vidllm.models.aggregator import Aggregator
+from vidllm.models.camera_head import CameraHead
+from vidllm.models.dpt_head import DPTHead
+from vidllm.models.metric_depth import MetricDepthModel
+
+
+class ReconstructionBranch(nn.Module):
+    def __init__(self, cfg: ModelConfig, in_dim: int):
+        super().__init__()
+        patch_size = cfg.encoder.patch_size
+        self.patch_size = patch_size
+        self.alignment = cfg.alignment
+        self.aggregator = Aggregator(cfg.aggregator, in_dim, patch_size)
+        dim = 2 * cfg.aggregator.embed_dim  # frame ‖ global outputs
+        heads = cfg.heads
+        # The aggregator keeps only the layers the heads read; map layer ids to list positions.
+        dpt_idx = [self.aggregator.output_index(i) for i in cfg.aggregator.intermediate_layers]
+        dpt_args = dict(patch_size=patch_size, features=heads.dpt_features, out_channels=heads.dpt_out_channels,
+                        intermediate_layer_idx=dpt_idx, frames_chunk_size=heads.dpt_frames_chunk)
+        self.camera_head = CameraHead(heads, dim)
+        self.depth_head = DPTHead(dim, output_dim=2, activation="exp", **dpt_args)
+        self.point_head = DPTHead(dim, output_dim=4, activation="inv_log", **dpt_args) if heads.point_head else None
+        self.metric_depth = MetricDepthModel(cfg.metric_depth, in_dim, patch_size, heads.dpt_frames_chunk)
+
+    def forward(self, geom_tokens: Tensor, images: Tensor, base_tokens: Tensor) -> dict:
+        """
+        Args:
+            geom_tokens: `[B, S, P, C]` geometry-stream tokens from the Cross-Task Adapter.
+            images: `[B, S, 3, H, W]` in [0, 1] (H, W multiples of the patch size).
+            base_tokens: `[B, S, P, C]` shared-encoder tokens (input of the metric depth model).
+        Returns dict:
+            pose_enc `[B, S, 9]`, pose_enc_list (list of `[B, S, 9]`), depth `[B, S, H, W]`
+            (relative), depth_conf `[B, S, H, W]`, world_points `[B, S, H, W, 3]` and
+            world_points_conf `[B, S, H, W]` (with the point head), metric_depth `[B, S, H, W]`,
+            metric (MetricDepthModel outputs), scale `[B]`, extrinsics `[B, S, 3, 4]` (metric
+            translations), intrinsics `[B, S, 3, 3]`, depth_metric_aligned `[B, S, H, W]`.
+        """
+        batch, frames, _, height, width = images.shape
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(f"image size {height}x{width} is not a multiple of patch size {self.patch_size}")
+        patch_hw = (height // self.patch_size, width // self.patch_size)
+        tokens_list, patch_start_idx = self.aggregator(geom_tokens, patch_hw)
+
+        pose_enc_list = self.camera_head(tokens_list)
+        pose_enc = pose_enc_list[-1]
+        depth, depth_conf = self.depth_head(tokens_list, images, patch_start_idx)
+        depth = depth.squeeze(-1)
+        out: dict = {"pose_enc": pose_enc, "pose_enc_list": pose_enc_list, "depth": depth, "depth_conf": depth_conf}
+        if self.point_head is not None:
+            out["world_points"], out["world_points_conf"] = self.point_head(tokens_list, images, patch_start_idx)
+
+        metric = self.metric_depth(base_tokens, (height, width))
+        out["metric"] = metric
+        out["metric_depth"] = metric["depth"]
+
+        if self.alignment.enabled:
+            with torch.no_grad():
+                generator = torch.Generator().manual_seed(self.alignment.seed)
+                scale = align_scale(depth.float(), metric["depth"].float(), depth_conf.float(),
+                                    self.alignment.images_per_scene, generator).to(depth.dtype)
+        else:
+            scale = torch.ones(batch, dtype=depth.dtype, device=depth.device)
+        out["scale"] = scale
+
+        extrinsics, intrinsics = pose_encoding_to_extri_intri(pose_enc, (height, width))
+        rotation, translation = extrinsics[..., :3], extrinsics[..., 3:]
+        out["extrinsics"] = torch.cat([rotation, translation * scale.view(batch, 1, 1, 1)], dim=-1)
+        out["intrinsics"] = intrinsics
+        out["depth_metric_aligned"] = depth * scale.view(batch, 1, 1, 1)
+        return out

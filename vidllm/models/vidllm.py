@@ -1,0 +1,285 @@
+"""Vid-LLM (§3, Fig. 2): shared DINOv2 → Cross-Task Adapter → {reconstruction branch,
+3D-patch tokens → LLM → text and grounding}.
+
+Gradient rule (§3.4): the 3D patch geometry (depth, poses, intrinsics, scene rotation) is
+detached before it meets the language stream, so VL losses never reach the reconstruction
+branch or the scene-frame head, while T'_lang carries VL gradients into the CTA (and the
+encoder). Reconstruction losses reach the CTA and encoder through T'_geom.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PretrainedConfig
+
+from vidllm.config import ModelConfig
+from vidllm.geometry import patch_centers_to_world, patch_depth, scene_to_scannet_world, se3_inverse, unproject_depth
+from vidllm.models.cross_task_adapter import CrossTaskAdapter
+from vidllm.models.encoder import SharedEncoder
+from vidllm.models.grounding import GroundingHeads
+from vidllm.models.llm import build_causal_lm, splice_vision_tokens
+from vidllm.models.patches3d import Patch3DEmbedding, SceneFrameHead, voxel_pool
+from vidllm.models.reconstruction import ReconstructionBranch
+from vidllm.tokenizer import SpecialTokenIds
+
+
+@dataclass
+class VisionOutput:
+    """One vision pass over a batch of scenes; reusable by several instructions per scene."""
+
+    recon: dict  # ReconstructionBranch outputs (world = first camera, metric after alignment)
+    tokens: Tensor  # [B, N, D_llm] 3D-patch tokens after voxel pooling and projection
+    mask: Tensor  # [B, N] True = real token
+    xyz: Tensor  # [B, N, 3] voxel centroids in the scene frame (metres)
+    scene_rotation: Tensor  # [B, 3, 3] first camera → gravity-aligned scene frame
+
+    def select(self, scene_index: Tensor) -> VisionOutput:
+        """Repeat scenes for instructions: `scene_index [B_text]` → a VisionOutput with B_text rows."""
+        return VisionOutput(self.recon, self.tokens[scene_index], self.mask[scene_index],
+                            self.xyz[scene_index], self.scene_rotation[scene_index])
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    boxes: Tensor  # [n, 6] one per emitted <ground>, scene frame (cx, cy, cz, dx, dy, dz)
+    boxes_world: Tensor | None  # [n, 6] in the axis-aligned ScanNet world (needs the first camera centre)
+    match_logits: Tensor | None  # [n, M + 1] proposal scores (last = no target) if proposals were given
+    depth: Tensor  # [S, H, W] metric depth (aligned relative depth)
+    camera_to_world: Tensor  # [S, 4, 4] camera → scene frame
+    points: Tensor  # [N, 3] scene frame
+    colors: Tensor  # [N, 3] in [0, 1]
+    scale: float  # relative → metric scale of the reconstruction
+    extra: dict = field(default_factory=dict)
+
+
+class VidLLM(nn.Module):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        special_ids: SpecialTokenIds | None = None,
+        vocab_size: int | None = None,
+        attn_implementation: str = "sdpa",
+        encoder_config: PretrainedConfig | None = None,
+        llm_config: PretrainedConfig | None = None,
+    ):
+        """`encoder_config` / `llm_config` rebuild a saved model's exact transformers
+        architectures (used by `vidllm.checkpoint`); otherwise they come from `cfg`."""
+        super().__init__()
+        self.config = cfg
+        self.encoder = SharedEncoder(cfg.encoder, hf_config=encoder_config)
+        dim = self.encoder.hidden_size
+        self.patch_size = self.encoder.patch_size
+        self.cta = CrossTaskAdapter(cfg.cta, dim)
+        self.reconstruction = ReconstructionBranch(cfg, dim)
+        self.scene_frame = SceneFrameHead(dim, cfg.grounding.hidden)
+        self.patch3d = Patch3DEmbedding(dim)
+        self.llm = build_causal_lm(cfg.llm, attn_implementation, vocab_size, hf_config=llm_config)
+        llm_dim = self.llm.get_input_embeddings().embedding_dim
+        self.vocab_size = self.llm.get_input_embeddings().num_embeddings
+        self.special_ids = special_ids or SpecialTokenIds.placeholder(self.vocab_size)
+        # LLaVA-style 2-layer projector from the vision width to the LLM width.
+        self.vision_proj = nn.Sequential(nn.Linear(dim, llm_dim), nn.GELU(), nn.Linear(llm_dim, llm_dim))
+        self.grounding = GroundingHeads(cfg.grounding, llm_dim)
+
+    # ------------------------------------------------------------------ vision
+
+    def encode_video(self, images: Tensor) -> VisionOutput:
+        """images `[B, S, 3, H, W]` in [0, 1] → reconstruction and 3D-patch tokens `[B, N, D_llm]`."""
+        t_base = self.encoder(images)  # [B, S, P, C]
+        t_geom, t_lang = self.cta(t_base)
+        recon = self.reconstruction(t_geom, images, t_base)
+        rotation = self.scene_frame(t_geom)  # [B, 3, 3]
+        with torch.no_grad():  # one-way gradient: geometry is an input of the VL branch
+            depth = recon["depth_metric_aligned"]
+            xyz = patch_centers_to_world(depth, recon["extrinsics"], recon["intrinsics"], self.patch_size)
+            xyz = xyz @ rotation.detach()[:, None].transpose(-1, -2)  # first camera → scene frame, [B,S,P,3]
+            valid = patch_depth(depth, self.patch_size) > 0
+        t_3d = self.patch3d(t_lang, xyz)  # eq. 4, per patch
+        pooled, centroids, mask = voxel_pool(
+            t_3d.flatten(1, 2), xyz.flatten(1, 2), valid.flatten(1, 2),
+            self.config.patches3d.voxel_size, self.config.patches3d.max_tokens,
+        )
+        return VisionOutput(recon, self.vision_proj(pooled), mask, centroids, rotation)
+
+    # ------------------------------------------------------------------ language
+
+    def _text_embeddings(self, input_ids: Tensor, object_boxes: Tensor | None) -> Tensor:
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        if object_boxes is not None:
+            is_obj = (input_ids == self.special_ids.obj).unsqueeze(-1)
+            obj = self.grounding.object_embedding(object_boxes.to(embeds.dtype))[:, None]  # [B, 1, D]
+            embeds = torch.where(is_obj, obj.to(embeds.dtype), embeds)
+        return embeds
+
+    def forward(
+        self,
+        images: Tensor | None,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        box_targets: Tensor | None = None,
+        proposals: Tensor | None = None,
+        proposal_mask: Tensor | None = None,
+        match_targets: Tensor | None = None,
+        object_boxes: Tensor | None = None,
+        vision: VisionOutput | None = None,
+        scene_index: Tensor | None = None,
+    ) -> dict:
+        """
+        Args:
+            images: `[B_scene, S, 3, H, W]` in [0, 1] (or None when `vision` is given).
+            input_ids, attention_mask, labels: `[B, L]`, one `<image>` per row; labels −100 = ignored.
+            box_targets: `[B, 6]` scene-frame box of the row's `<ground>` token (rows without one ignored).
+            proposals: `[B, M, 6]`, proposal_mask `[B, M]`, match_targets `[B, M]` multi-hot
+                (an all-zero row means "no target", the Multi3DRefer zero-target case).
+            object_boxes: `[B, 6]` Scan2Cap object box embedded at `<obj>`.
+            vision: a previous `encode_video` result; scene_index `[B]` maps rows to its scenes.
+        Returns dict: loss (sum of present terms), loss_lm, loss_box, loss_match, logits `[B, L', V]`,
+            recon, vision, ground_mask `[B]`, ground_hidden `[B, D]`, box_pred `[B, 6]`,
+            match_logits `[B, M + 1]`, scene_rotation `[B_scene, 3, 3]`.
+        """
+        if vision is None:
+            vision = self.encode_video(images)
+        rows = vision if scene_index is None else vision.select(scene_index)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        spliced = splice_vision_tokens(
+            self._text_embeddings(input_ids, object_boxes), input_ids, attention_mask,
+            self.special_ids.image, rows.tokens, rows.mask, labels,
+        )
+        out = self.llm(
+            inputs_embeds=spliced["inputs_embeds"], attention_mask=spliced["attention_mask"],
+            labels=spliced.get("labels"), output_hidden_states=True, use_cache=False,
+        )
+        result: dict = {"logits": out.logits, "recon": vision.recon, "vision": vision,
+                        "scene_rotation": vision.scene_rotation}
+        losses: dict[str, Tensor] = {}
+        if out.loss is not None:
+            losses["loss_lm"] = out.loss
+
+        # The hidden state at the first <ground> of each row (an input token of the answer).
+        is_ground = input_ids == self.special_ids.ground
+        ground_mask = is_ground.any(dim=1)
+        first = torch.where(ground_mask, is_ground.float().argmax(dim=1), torch.zeros_like(ground_mask, dtype=torch.long))
+        positions = spliced["position_map"].gather(1, first[:, None]).squeeze(1)
+        last_hidden = out.hidden_states[-1]
+        ground_hidden = last_hidden[torch.arange(last_hidden.shape[0], device=last_hidden.device), positions]
+        box_pred = self.grounding.predict_box(ground_hidden)
+        result.update(ground_mask=ground_mask, ground_hidden=ground_hidden, box_pred=box_pred)
+        if box_targets is not None and ground_mask.any():
+            losses["loss_box"] = F.l1_loss(box_pred[ground_mask], box_targets[ground_mask].to(box_pred.dtype))
+        if proposals is not None:
+            match_logits = self.grounding.match_logits(ground_hidden, proposals.to(ground_hidden.dtype), proposal_mask)
+            result["match_logits"] = match_logits
+            if match_targets is not None and ground_mask.any():
+                target = match_targets.to(match_logits.dtype)
+                none = (target.sum(-1, keepdim=True) == 0).to(target.dtype)
+                target = torch.cat([target, none], dim=-1)
+                target = target / target.sum(-1, keepdim=True)
+                log_probs = torch.log_softmax(match_logits, dim=-1).masked_fill(target == 0, 0.0)
+                losses["loss_match"] = -(target * log_probs).sum(-1)[ground_mask].mean()
+        result.update(losses)
+        result["loss"] = sum(losses.values()) if losses else None
+        return result
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def _greedy(self, embeds: Tensor, max_new_tokens: int) -> tuple[list[int], list[Tensor]]:
+        """Greedy decoding from `inputs_embeds [1, L, D]` with a KV cache; returns the new token
+        ids and the last-layer hidden state of every generated `<ground>` token."""
+        embed_tokens = self.llm.get_input_embeddings()
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=True, output_hidden_states=True)
+        tokens: list[int] = []
+        ground_hidden: list[Tensor] = []
+        for _ in range(max_new_tokens):
+            next_id = int(out.logits[0, -1].argmax())
+            if next_id == self.special_ids.eos:
+                break
+            tokens.append(next_id)
+            mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+            step = embed_tokens(torch.tensor([[next_id]], device=embeds.device))
+            out = self.llm(inputs_embeds=step, attention_mask=mask, past_key_values=out.past_key_values,
+                           use_cache=True, output_hidden_states=True)
+            if next_id == self.special_ids.ground:  # its hidden state is the box query
+                ground_hidden.append(out.hidden_states[-1][0, -1])
+        return tokens, ground_hidden
+
+    @torch.no_grad()
+    def generate(
+        self,
+        images: Tensor,
+        prompts: list[str],
+        tokenizer,
+        max_new_tokens: int = 32,
+        proposals: Tensor | None = None,
+        object_boxes: Tensor | None = None,
+        first_camera_center: Tensor | None = None,
+        point_stride: int = 4,
+    ) -> list[GenerationResult]:
+        """Answer `prompts` about videos and return text, boxes and geometry in one pass.
+
+        Args:
+            images: `[B, S, 3, H, W]` in [0, 1]; B = len(prompts), or B = 1 shared by all prompts.
+            prompts: full prompts containing `<image>` (see `vidllm.tokenizer.build_prompt`).
+            proposals: `[B, M, 6]` scene-frame proposals to score; object_boxes `[B, 6]` for `<obj>`.
+            first_camera_center: `[B, 3]` (or `[3]`) GT first camera centre in the axis-aligned
+                ScanNet world; maps boxes to `boxes_world` (benchmarks' protocol).
+            point_stride: pixel stride of the returned point cloud.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            if images.shape[0] not in (1, len(prompts)):
+                raise ValueError(f"images batch {images.shape[0]} must be 1 or len(prompts) = {len(prompts)}")
+            vision = self.encode_video(images)
+            recon = vision.recon
+            results = []
+            for i, prompt in enumerate(prompts):
+                b = 0 if images.shape[0] == 1 else i
+                ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(images.device)
+                boxes_in = None if object_boxes is None else object_boxes[b : b + 1]
+                spliced = splice_vision_tokens(
+                    self._text_embeddings(ids, boxes_in), ids, torch.ones_like(ids), self.special_ids.image,
+                    vision.tokens[b : b + 1], vision.mask[b : b + 1],
+                )
+                tokens, hidden = self._greedy(spliced["inputs_embeds"], max_new_tokens)
+                boxes = (self.grounding.predict_box(torch.stack(hidden)) if hidden
+                         else images.new_zeros(0, 6)).float()
+                match = None
+                if proposals is not None and hidden:
+                    props = proposals[b : b + 1].expand(len(hidden), -1, -1)
+                    match = self.grounding.match_logits(torch.stack(hidden), props.to(hidden[0].dtype)).float()
+                boxes_world = None
+                if first_camera_center is not None:
+                    centre = first_camera_center if first_camera_center.dim() == 1 else first_camera_center[b]
+                    boxes_world = torch.cat([scene_to_scannet_world(boxes[:, :3], centre.to(boxes)), boxes[:, 3:]], -1)
+                geometry = self._scene_geometry(images[b], recon, vision.scene_rotation, b, point_stride)
+                results.append(GenerationResult(
+                    text=tokenizer.decode(tokens, skip_special_tokens=True).strip(), token_ids=tokens,
+                    boxes=boxes, boxes_world=boxes_world, match_logits=match, **geometry,
+                ))
+            return results
+        finally:
+            self.train(was_training)
+
+    def _scene_geometry(self, frames: Tensor, recon: dict, rotation: Tensor, b: int, stride: int) -> dict:
+        """Depth, camera-to-scene poses and a coloured point cloud of scene `b`, in the scene frame."""
+        depth = recon["depth_metric_aligned"][b : b + 1].float()  # [1, S, H, W]
+        extrinsics, intrinsics = recon["extrinsics"][b : b + 1].float(), recon["intrinsics"][b : b + 1].float()
+        rot = rotation[b].float()
+        to_scene = torch.eye(4, device=depth.device, dtype=depth.dtype)
+        to_scene[:3, :3] = rot
+        camera_to_world = to_scene @ se3_inverse(extrinsics[0])  # [S, 4, 4]
+        points = unproject_depth(depth, extrinsics, intrinsics)[0] @ rot.T  # [S, H, W, 3]
+        points, colors = points[:, ::stride, ::stride], frames.float().permute(0, 2, 3, 1)[:, ::stride, ::stride]
+        keep = (depth[0, :, ::stride, ::stride] > 0) & torch.isfinite(points).all(-1)
+        return {"depth": depth[0], "camera_to_world": camera_to_world, "points": points[keep],
+                "colors": colors[keep], "scale": float(recon["scale"][b])}

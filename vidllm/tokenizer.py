@@ -1,0 +1,121 @@
+"""An offline tokenizer for tests and the tiny/demo recipes, plus the prompt format.
+
+A byte-level BPE is trained with `tokenizers` on benchmark-style text (synthetic
+annotations, or the built-in template corpus), saved as a `PreTrainedTokenizerFast`
+directory and loaded back with `AutoTokenizer` — no hub access. Special tokens:
+`<pad>`, `</s>` (eos), `<unk>`, `<image>` (vision tokens go here), `<ground>` (its hidden
+state is decoded into a box) and `<obj>` (carries the Scan2Cap object box).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
+IMAGE, GROUND, OBJ = "<image>", "<ground>", "<obj>"
+SPECIAL_TOKENS = [PAD, EOS, UNK, IMAGE, GROUND, OBJ]
+
+
+@dataclass(frozen=True)
+class SpecialTokenIds:
+    pad: int
+    eos: int
+    image: int
+    ground: int
+    obj: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase) -> SpecialTokenIds:
+        ids = {}
+        for name, token in (("pad", PAD), ("eos", EOS), ("image", IMAGE), ("ground", GROUND), ("obj", OBJ)):
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if token_id is None or token_id == tokenizer.unk_token_id and token != UNK:
+                raise ValueError(f"tokenizer has no '{token}' token; use vidllm.tokenizer.add_special_tokens")
+            ids[name] = int(token_id)
+        return cls(**ids)
+
+    @classmethod
+    def placeholder(cls, vocab_size: int) -> SpecialTokenIds:
+        """Ids at the end of the vocabulary, for models built without a tokenizer (planning)."""
+        return cls(pad=vocab_size - 5, eos=vocab_size - 4, image=vocab_size - 3, ground=vocab_size - 2, obj=vocab_size - 1)
+
+
+def build_prompt(question: str, situation: str | None = None, with_object: bool = False) -> str:
+    """The instruction format every task uses; the answer follows "ASSISTANT:" and ends with eos."""
+    context = f"{situation.strip()} " if situation else ""
+    obj = f"{OBJ} " if with_object else ""
+    return f"{IMAGE}\nUSER: {obj}{context}{question.strip()}\nASSISTANT:"
+
+
+_OBJECTS = ["chair", "table", "sofa", "bed", "cabinet", "desk", "lamp", "shelf", "door", "window",
+            "box", "trash can", "monitor", "plant", "pillow", "toilet", "sink", "bathtub", "bookshelf"]
+_COLOURS = ["red", "green", "blue", "yellow", "white", "black", "brown", "gray", "orange", "purple"]
+_PLACES = ["near the wall", "in the corner", "next to the door", "by the window", "in the middle of the room",
+           "left of the table", "right of the bed", "under the lamp", "on the floor", "behind the sofa"]
+
+
+def builtin_corpus() -> list[str]:
+    """Benchmark-style template text (questions, answers, captions, referring expressions)."""
+    lines = []
+    for obj, colour, place in itertools.product(_OBJECTS, _COLOURS, _PLACES[:4]):
+        lines += [
+            f"What color is the {obj} {place}?",
+            f"{colour}",
+            f"How many {obj}s are in the room?",
+            f"This is a {colour} {obj}. It is {place}.",
+            f"The {colour} {obj} {place}.",
+            f"Where is the {colour} {obj}? It is {place}.",
+        ]
+    lines += [str(n) for n in range(0, 21)] + ["one", "two", "three", "four", "five", "yes", "no"]
+    return lines
+
+
+def train_tokenizer(
+    texts: Iterable[str] | None = None, vocab_size: int = 512, out_dir: str | Path | None = None
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on `texts` (+ the built-in corpus); save to `out_dir` if given."""
+    corpus = list(builtin_corpus()) + [t for t in (texts or []) if t]
+    bpe = Tokenizer(models.BPE(unk_token=UNK))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(corpus, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        pad_token=PAD,
+        eos_token=EOS,
+        unk_token=UNK,
+        additional_special_tokens=[IMAGE, GROUND, OBJ],
+    )
+    tokenizer.padding_side = "right"
+    if out_dir is not None:
+        tokenizer.save_pretrained(str(out_dir))
+    return tokenizer
+
+
+def add_special_tokens(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give a pretrained LLM's tokenizer the Vid-LLM tokens (resize the LLM embeddings after)."""
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE, GROUND, OBJ]})
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": PAD})
+    if tokenizer.eos_token is None:
+        tokenizer.add_special_tokens({"eos_token": EOS})
+    return tokenizer
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(str(path))
