@@ -3,7 +3,7 @@
 Each (part, frame count) runs in a fresh subprocess so peak RSS (`ru_maxrss`) belongs to that
 measurement alone. Peak memory is reported as the rise of max RSS during the timed forward
 passes over the RSS after building the model and inputs (`peak_forward_mib`), plus the
-per-frame ratio: constant ratios = memory linear in frames. `--attention math` forces the
+per-frame ratio and the marginal MiB per extra frame (flat = memory linear in frames). `--attention math` forces the
 naive attention kernel (materialises the S·P × S·P score matrix) for contrast.
 
     python benchmarks/model_forward.py --recipe demo --frames 4 8 16 32
@@ -101,6 +101,11 @@ def main() -> int:
                 results.append(row)
                 print(f"{attention} {part} S={frames}: {row['forward_s_min']} s, +{row['peak_forward_mib']} MiB",
                       file=sys.stderr)
+    # Marginal memory per extra frame between consecutive frame counts: flat = linear growth.
+    for prev, row in zip(results, results[1:]):
+        if (prev["part"], prev["attention"]) == (row["part"], row["attention"]) and row["frames"] > prev["frames"]:
+            row["marginal_mib_per_frame"] = round(
+                (row["peak_forward_mib"] - prev["peak_forward_mib"]) / (row["frames"] - prev["frames"]), 2)
     print(json.dumps({"benchmark": "model_forward", "results": results}, indent=1))
     return 0
 

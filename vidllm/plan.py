@@ -66,6 +66,20 @@ def _flash_like_attention(counter: dict[str, float]):
         torch.nn.functional.scaled_dot_product_attention = original
 
 
+@contextlib.contextmanager
+def _no_packed_sequence_detection():
+    """transformers inspects position-id *values* to detect packed sequences; meta tensors have
+    none, and a plain causal batch is what we plan for."""
+    import transformers.masking_utils as masking_utils
+
+    original = masking_utils.find_packed_sequence_indices
+    masking_utils.find_packed_sequence_indices = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = original
+
+
 class _Meter:
     """FLOPs and saved-activation bytes of one code block on meta tensors."""
 
@@ -183,7 +197,7 @@ def plan_model(
     seq = vision_tokens + text_tokens
     embeds = torch.empty(batch, seq, model.llm.get_input_embeddings().embedding_dim, device="meta",
                          dtype=dtype, requires_grad=True)
-    with meter.measure("llm"):
+    with meter.measure("llm"), _no_packed_sequence_detection():
         model.llm(inputs_embeds=embeds, use_cache=False)
     per_module = meter.results
     forward = sum(r["forward_flops"] for r in per_module.values())

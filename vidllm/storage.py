@@ -27,6 +27,15 @@ import pyarrow.fs as pafs
 S3_SCHEME = "s3://"
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()  # what a plain open() would have given (mkstemp uses 0600)
+
+
 @dataclass(frozen=True)
 class FileInfo:
     uri: str
@@ -138,6 +147,7 @@ def atomic_output(uri: str | Path) -> Iterator[BinaryIO]:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, _FILE_MODE)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

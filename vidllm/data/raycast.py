@@ -62,8 +62,10 @@ def cast_view(
     origin, dirs = pixel_rays(camera_to_room, intrinsic, width, height)
     num_pixels = dirs[0].shape[0]
     num_boxes = len(boxes_lo)
-    # Rays parallel to an axis would divide by zero; nudging them changes nothing visible.
-    inv = [1.0 / np.where(np.abs(d) < 1e-9, np.float32(1e-9), d) for d in dirs]
+    # Rays parallel to an axis would divide by zero; nudging them (keeping the sign used for
+    # the exit-plane choice consistent) changes nothing visible.
+    dirs = [np.where(np.abs(d) < 1e-9, np.where(d < 0, np.float32(-1e-9), np.float32(1e-9)), d) for d in dirs]
+    inv = [1.0 / d for d in dirs]
 
     # Leaving the room: the nearest of the three exit planes.
     best_t = np.full(num_pixels, np.inf, dtype=np.float32)

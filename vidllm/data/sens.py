@@ -237,32 +237,41 @@ class SensReader:
             raise IndexError(f"{self.path}: frame {i} out of range (file has {self.num_frames})")
         return i
 
-    def raw_frame(self, i: int) -> RawSensFrame:
-        i = self._check_index(i)
+    def _payloads(self, i: int) -> tuple[bytes, bytes]:
+        """(colour, depth) payloads of frame i; two reads so neither needs a slicing copy
+        (BytesIO shares a `bytes` buffer but copies any other buffer)."""
         color_size, depth_size = (int(s) for s in self._sizes[i])
         self._file.seek(int(self._offsets[i]))
-        payload = self._file.read(color_size + depth_size)
-        if len(payload) != color_size + depth_size:  # file shrank after indexing
+        color = self._file.read(color_size)
+        depth = self._file.read(depth_size)
+        if len(color) != color_size or len(depth) != depth_size:  # file shrank after indexing
             raise DataError(self.path, f"truncated .sens file: frame {i} payload is incomplete")
+        return color, depth
+
+    def raw_frame(self, i: int) -> RawSensFrame:
+        i = self._check_index(i)
+        color, depth = self._payloads(i)
         ts = self._timestamps[i]
         return RawSensFrame(
             index=i,
             camera_to_world=self._poses[i].copy(),
             timestamp_color=int(ts[0]),
             timestamp_depth=int(ts[1]),
-            color_bytes=payload[:color_size],
-            depth_bytes=payload[color_size:],
+            color_bytes=color,
+            depth_bytes=depth,
         )
 
     def read_frame(self, i: int) -> SensFrame:
-        raw = self.raw_frame(i)
+        i = self._check_index(i)
+        color, depth = self._payloads(i)
+        ts = self._timestamps[i]
         return SensFrame(
-            index=raw.index,
-            camera_to_world=raw.camera_to_world,
-            timestamp_color=raw.timestamp_color,
-            timestamp_depth=raw.timestamp_depth,
-            color=self.decode_color(raw.color_bytes, raw.index),
-            depth=self.decode_depth(raw.depth_bytes, raw.index),
+            index=i,
+            camera_to_world=self._poses[i].copy(),
+            timestamp_color=int(ts[0]),
+            timestamp_depth=int(ts[1]),
+            color=self.decode_color(color, i),
+            depth=self.decode_depth(depth, i),
         )
 
     def read_color(self, i: int) -> np.ndarray:
@@ -325,7 +334,7 @@ class SensReader:
                 f"frame {index}: depth payload decodes to {len(data)} bytes, "
                 f"expected {w}x{h} uint16 = {w * h * 2}",
             )
-        # bytearray gives a writable array without a second copy.
+        # One copy into a bytearray so callers get a writable array.
         return np.frombuffer(bytearray(data), dtype="<u2").reshape(h, w).astype(np.uint16, copy=False)
 
 

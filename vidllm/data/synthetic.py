@@ -284,16 +284,17 @@ def generate_dataset(out_dir: str | Path, cfg: SynthConfig, progress: bool = Tru
     for scene in scenes:
         splits.setdefault(scene.split, []).append(scene.scene_id)
     write_split_lists(splits, annotations_dir)
-    instructions: dict[str, list[Instruction]] = {task: [] for task in (*ANNOTATION_TASKS, "scan2cap")}
     for split, by_task in per_split.items():
         for task in ("scanqa", "sqa3d", "scanrefer", "multi3drefer"):
             write_annotations(task, by_task.get(task, []), annotations_dir, split=split)
-        for task in ANNOTATION_TASKS:
-            instructions[task].extend(by_task.get(task, []))
     for task in ("nr3d", "sr3d"):  # one csv for all scans; splits come from scannetv2_{split}.txt
-        write_annotations(task, instructions[task], annotations_dir)
-    # Scan2Cap is built from the ScanRefer files, exactly as for the real benchmark.
-    for split in splits:
-        instructions["scan2cap"].extend(load_annotations("scan2cap", annotations_dir, split=split))
+        rows = [i for split in splits for i in per_split[split].get(task, [])]
+        write_annotations(task, rows, annotations_dir)
+    # Hand back exactly what the loaders read from the files (Scan2Cap is built from the
+    # ScanRefer files, as for the real benchmark), so both routes give the same records.
+    instructions = {
+        task: [i for split in splits for i in load_annotations(task, annotations_dir, split=split)]
+        for task in (*ANNOTATION_TASKS, "scan2cap")
+    }
     return SyntheticDataset(root=root, scan_dir=scan_dir, annotations_dir=annotations_dir, label_map=label_map,
                             scenes=scenes, splits=splits, instructions=instructions)

@@ -1,0 +1,66 @@
+import torch
+
+from vidllm.models.patches3d import Patch3DEmbedding, SceneFrameHead, rotation_6d_to_matrix, voxel_pool
+
+
+def test_voxel_pool_averages_per_voxel():
+    xyz = torch.tensor([[[0.05, 0.05, 0.05], [0.15, 0.1, 0.1], [0.5, 0.5, 0.5], [9.0, 9.0, 9.0]]])
+    tokens = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [5.0, 5.0], [7.0, 7.0]]])
+    valid = torch.tensor([[True, True, True, False]])
+    pooled, centroids, mask = voxel_pool(tokens, xyz, valid, voxel_size=0.2, max_tokens=10)
+    assert pooled.shape == (1, 2, 2) and mask.tolist() == [[True, True]]
+    assert torch.allclose(pooled[0, 0], torch.tensor([2.0, 1.0]))  # voxel (0,0,0): mean of the first two
+    assert torch.allclose(pooled[0, 1], torch.tensor([5.0, 5.0]))
+    assert torch.allclose(centroids[0, 0], torch.tensor([0.1, 0.075, 0.075]))
+
+
+def test_voxel_pool_cap_keeps_most_supported_voxels_deterministically():
+    torch.manual_seed(0)
+    # 3 points in voxel A, 2 in voxel B, 1 in each of C, D
+    xyz = torch.tensor([[0.1, 0, 0], [0.1, 0.1, 0], [0.05, 0, 0], [1.1, 0, 0], [1.15, 0, 0], [2.1, 0, 0], [3.1, 0, 0]])
+    tokens = torch.randn(7, 4)
+    pooled, centroids, mask = voxel_pool(tokens[None], xyz[None], torch.ones(1, 7, dtype=torch.bool), 0.5, 2)
+    assert mask.sum() == 2
+    assert torch.allclose(pooled[0, 0], tokens[:3].mean(0)) and torch.allclose(pooled[0, 1], tokens[3:5].mean(0))
+    perm = torch.randperm(7)
+    again, _, _ = voxel_pool(tokens[perm][None], xyz[perm][None], torch.ones(1, 7, dtype=torch.bool), 0.5, 2)
+    assert torch.allclose(pooled, again, atol=1e-6)
+
+
+def test_voxel_pool_batch_padding_and_gradient():
+    tokens = torch.randn(2, 5, 3, requires_grad=True)
+    xyz = torch.stack([torch.zeros(5, 3), torch.arange(15.0).view(5, 3)])
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    pooled, _, mask = voxel_pool(tokens, xyz, valid, 0.2, 64)
+    assert pooled.shape == (2, 5, 3) and mask.sum(1).tolist() == [1, 5]
+    assert (pooled[0, 1:] == 0).all()
+    pooled[mask].sum().backward()
+    assert torch.allclose(tokens.grad, torch.cat([torch.full((1, 5, 3), 0.2), torch.ones(1, 5, 3)]))
+
+
+def test_voxel_pool_empty_scene_gives_one_masked_slot():
+    pooled, _, mask = voxel_pool(torch.randn(1, 3, 4), torch.randn(1, 3, 3), torch.zeros(1, 3, dtype=torch.bool), 0.2, 8)
+    assert pooled.shape == (1, 1, 4) and not mask.any()
+
+
+def test_rotation_6d_is_proper_rotation():
+    rot = rotation_6d_to_matrix(torch.randn(10, 6))
+    eye = torch.eye(3).expand(10, 3, 3)
+    assert torch.allclose(rot.transpose(-1, -2) @ rot, eye, atol=1e-5)
+    assert torch.allclose(torch.linalg.det(rot), torch.ones(10), atol=1e-5)
+
+
+def test_scene_frame_head_starts_level():
+    head = SceneFrameHead(16, 8)
+    rot = head(torch.randn(2, 3, 4, 16))
+    assert rot.shape == (2, 3, 3)
+    level = torch.tensor([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]])  # cam x→x, y(down)→−z, z(fwd)→y
+    assert torch.allclose(rot, level.expand(2, 3, 3), atol=0.1)
+
+
+def test_patch3d_embedding_adds_position():
+    emb = Patch3DEmbedding(8)
+    tokens = torch.randn(2, 3, 4, 8)
+    out = emb(tokens, torch.randn(2, 3, 4, 3))
+    assert out.shape == tokens.shape
+    assert not torch.allclose(out, emb(tokens, torch.randn(2, 3, 4, 3)))
