@@ -3,8 +3,8 @@
 Each (part, frame count) runs in a fresh subprocess so peak RSS (`ru_maxrss`) belongs to that
 measurement alone. Peak memory is reported as the rise of max RSS during the timed forward
 passes over the RSS after building the model and inputs (`peak_forward_mib`), plus the
-per-frame ratio and the marginal MiB per extra frame (flat = memory linear in frames). `--attention math` forces the
-naive attention kernel (materialises the S·P × S·P score matrix) for contrast.
+per-frame ratio and the marginal MiB per extra frame (flat = memory linear in frames).
+`--attention math` forces the naive kernel (materialises the S·T × S·T scores) for contrast.
 
     python benchmarks/model_forward.py --recipe demo --frames 4 8 16 32
 """
@@ -69,7 +69,8 @@ def _worker(args: argparse.Namespace) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="demo", help="config recipe (default: demo)")
-    parser.add_argument("--frames", type=int, nargs="+", default=[4, 8, 16, 32], help="frame counts (default: 4 8 16 32)")
+    parser.add_argument("--frames", type=int, nargs="+", default=[4, 8, 16, 32],
+                        help="frame counts (default: 4 8 16 32)")
     parser.add_argument("--parts", nargs="+", default=["recon", "aggregator"], choices=["recon", "aggregator"],
                         help="whole branch and/or aggregator only (default: both)")
     parser.add_argument("--attention", nargs="+", default=["sdpa"], choices=["sdpa", "math"],

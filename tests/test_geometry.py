@@ -21,7 +21,8 @@ def _look_at_extrinsics(n: int, seed: int = 0) -> torch.Tensor:
 def test_quat_mat_round_trip_including_180_degree_rotations():
     rot = _random_rotations(200)
     # Near-π rotations stress the non-w pivots.
-    flips = torch.diag_embed(torch.tensor([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]], dtype=torch.float64))
+    signs = torch.tensor([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]], dtype=torch.float64)
+    flips = torch.diag_embed(signs)
     rot = torch.cat([rot, flips, torch.eye(3, dtype=torch.float64)[None]])
     quat = geo.mat_to_quat(rot)
     assert torch.all(quat[:, 3] >= 0)

@@ -236,3 +236,6 @@ def test_synth_cli_writes_and_summarises(tmp_path, capsys):
     # A second run refuses to write into the now non-empty folder; the error is one line.
     assert vidllm_main(["synth", "--out", str(out), "--scenes", "1", "--no-progress"]) == 2
     assert "not empty" in capsys.readouterr().err
+    assert vidllm_main(["synth", "--out", str(tmp_path / "bad"), "--scenes", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--scenes" in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()

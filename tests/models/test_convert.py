@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from vidllm.config import load_config
 from vidllm.errors import DataError, VidLLMError
@@ -68,7 +69,9 @@ def test_loaded_weights_reproduce_the_source_model():
     torch.manual_seed(1)
     enc, rec = SharedEncoder(cfg.encoder), ReconstructionBranch(cfg, cfg.encoder.hidden_size)
     rec.metric_depth.load_state_dict(src_rec.metric_depth.state_dict())
-    report = load_vggt_into({"encoder": enc, "reconstruction": rec}, vggt_sd)
+    model = nn.Module()  # like VidLLM: `.encoder` (SharedEncoder) and `.reconstruction`
+    model.encoder, model.reconstruction = enc, rec
+    report = load_vggt_into(model, vggt_sd)
     assert report.unexpected == [] and report.ignored == ["track_head.some.weight"]
     images = torch.rand(1, 2, 3, 56, 56)
     with torch.no_grad():
@@ -81,8 +84,11 @@ def test_loaded_weights_reproduce_the_source_model():
 
 def test_unknown_keys_are_reported_and_shape_mismatch_is_an_error():
     enc_sd, rec_sd, report = convert_vggt_state_dict(
-        {"module.camera_head.embed_pose.bias": torch.zeros(3), "aggregator.patch_embed.blocks.0.weird.weight": torch.zeros(1),
-         "something.else": torch.zeros(1)}
+        {
+            "module.camera_head.embed_pose.bias": torch.zeros(3),
+            "aggregator.patch_embed.blocks.0.weird.weight": torch.zeros(1),
+            "something.else": torch.zeros(1),
+        }
     )
     assert list(rec_sd) == ["camera_head.embed_pose.bias"] and enc_sd == {}
     assert report.unexpected == ["aggregator.patch_embed.blocks.0.weird.weight", "something.else"]

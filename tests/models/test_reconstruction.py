@@ -76,3 +76,13 @@ def test_rejects_image_size_not_multiple_of_patch():
     geom, _, base = _inputs(channels, batch=1, frames=2)
     with pytest.raises(ValueError, match="multiple of patch size"):
         branch(geom, torch.rand(1, 2, 3, 42, 50), base)
+
+
+def test_heads_stay_fp32_under_bf16_autocast():
+    branch, channels = _branch()
+    geom, images, base = _inputs(channels, batch=1, frames=2)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = branch(geom, images, base)
+    for key in ("pose_enc", "depth", "depth_conf", "metric_depth", "extrinsics", "depth_metric_aligned"):
+        assert out[key].dtype == torch.float32, key
+        assert torch.isfinite(out[key]).all(), key

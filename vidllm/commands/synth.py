@@ -10,6 +10,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from vidllm.config import SynthConfig, load_config
 from vidllm.errors import VidLLMError
 
@@ -42,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=None,
                         help=f"share of scenes in the val split (default {_DEFAULTS.val_fraction})")
     parser.add_argument("--overwrite", action="store_true",
-                        help="allow writing into a non-empty --out folder (default: refuse)")
+                        help="allow writing into a non-empty --out folder; files with the same names are "
+                             "replaced, other files are left alone (default: refuse)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -61,8 +64,10 @@ def build_synth_config(args: argparse.Namespace) -> SynthConfig:
         raise VidLLMError(f"--max-objects ({values['max_objects']}) is below --min-objects ({values['min_objects']})")
     try:
         return SynthConfig(**values)
-    except ValueError as exc:
-        raise VidLLMError(f"invalid synth settings: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']} (got {e.get('input')!r})"
+                             for e in exc.errors())
+        raise VidLLMError(f"invalid synth settings: {problems}") from None
 
 
 def summarise(dataset: Any, cfg: SynthConfig, seconds: float) -> dict[str, Any]:

@@ -526,12 +526,14 @@ def write_annotations(task: str, instructions: Sequence[Instruction], out_dir: s
             eval_type = "unique" if i.eval_subgroup.get("unique") else "multiple"
             if task == "scanrefer":
                 ann_ids, descriptions = [i.id.rsplit("|", 1)[-1]], [i.text]
+                tokens = [i.extra.get("token") or tokenize(i.text)]
             else:
                 ann_ids = i.extra.get("ann_ids") or [str(n) for n in range(len(i.answers))]
                 descriptions = i.answers
-            for ann_id, text in zip(ann_ids, descriptions, strict=True):
+                tokens = [tokenize(text) for text in descriptions]
+            for ann_id, text, token in zip(ann_ids, descriptions, tokens, strict=True):
                 records.append({"scene_id": i.scene_id, "object_id": str(object_id), "object_name": i.object_name,
-                                "ann_id": str(ann_id), "description": text, "token": tokenize(text),
+                                "ann_id": str(ann_id), "description": text, "token": token,
                                 "eval_type": eval_type})
         path = out_dir / f"ScanRefer_filtered_{split}.json"
         atomic_write_json(path, records, indent=1)

@@ -30,7 +30,7 @@ from vidllm.config import SynthConfig
 from vidllm.data import room_layout
 from vidllm.data.annotations import Instruction, load_annotations, write_annotations, write_split_lists
 from vidllm.data.raycast import ROOM_FACES, cast_view, shade
-from vidllm.data.room_layout import CATEGORIES, COLORS, ROOM_CATEGORIES, Furniture, RoomLayout
+from vidllm.data.room_layout import CATEGORIES, COLORS, ROOM_CATEGORIES, RoomLayout
 from vidllm.data.scannet_writers import write_aggregation, write_label_map, write_ply_mesh, write_scene_info, write_segs
 from vidllm.data.sens import write_sens
 from vidllm.data.synthetic_questions import generate_instructions

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vidllm.data.annotations import SCAN2CAP_PROMPT, Instruction, sqa3d_question_type, tokenize
+from vidllm.data.annotations import Instruction, sqa3d_question_type, tokenize
 from vidllm.data.room_layout import CATEGORIES, COLORS
 
 if TYPE_CHECKING:
@@ -196,8 +196,9 @@ def _multi3drefer(facts: SceneFacts, rng: np.random.Generator) -> list[Instructi
             if len(group) >= 2 and len(group) < len(members):
                 records.append((f"the {color} {plural}.", [o.id for o in group], label, "mt"))
         absent = [c for c in COLORS if c not in {o.color for o in members}]
-        color = absent[int(rng.integers(len(absent)))]
-        records.append((f"the {color} {label}.", [], label, "zt_w_d"))  # that class exists, not in that colour
+        if absent:  # that class exists, just not in that colour
+            color = absent[int(rng.integers(len(absent)))]
+            records.append((f"the {color} {label}.", [], label, "zt_w_d"))
     missing = [c for c in CATEGORIES if c not in labels]
     if missing:
         label = missing[int(rng.integers(len(missing)))]
@@ -220,17 +221,17 @@ def _referit3d(facts: SceneFacts) -> tuple[list[Instruction], list[Instruction]]
         distractors = [o.id for o in same]
         stimulus = "-".join([scene_id, obj.label.replace(" ", "_"), str(1 + len(same)), str(obj.id)]
                             + [str(d) for d in distractors])
+        # Every identifying phrase of an object that has same-class distractors is a valid Nr3D utterance.
         for text, kind, info in facts.phrases(obj):
-            if kind in ("color", "size", "view") or (kind == "spatial"):
-                nr3d.append(Instruction(
-                    task="nr3d", id=f"{scene_id}-{obj.id}-{len(nr3d)}", scene_id=scene_id, text=text,
-                    target_object_ids=[obj.id], object_name=obj.label,
-                    eval_subgroup={"hard": len(same) + 1 > 2, "view_dependent": kind == "view"},
-                    extra={"stimulus_id": stimulus, "tokens": tokenize(text), "distractor_ids": distractors,
-                           "n_objects": 1 + len(same), "mentions_target_class": True,
-                           "uses_spatial_lang": kind in ("spatial", "view"), "uses_color_lang": kind == "color",
-                           "uses_shape_lang": kind == "size"},
-                ))
+            nr3d.append(Instruction(
+                task="nr3d", id=f"{scene_id}-{obj.id}-{len(nr3d)}", scene_id=scene_id, text=text,
+                target_object_ids=[obj.id], object_name=obj.label,
+                eval_subgroup={"hard": len(same) + 1 > 2, "view_dependent": kind == "view"},
+                extra={"stimulus_id": stimulus, "tokens": tokenize(text), "distractor_ids": distractors,
+                       "n_objects": 1 + len(same), "mentions_target_class": True,
+                       "uses_spatial_lang": kind in ("spatial", "view"), "uses_color_lang": kind == "color",
+                       "uses_shape_lang": kind == "size"},
+            ))
             if kind == "spatial" and not facts.same_class(facts.objects[_index(facts, info["anchor_id"])]):
                 # Sr3D anchors are named by class alone, so the anchor's class must be unique.
                 relation = info["relation"]
@@ -370,5 +371,3 @@ def generate_instructions(scene: SyntheticScene, rng: np.random.Generator) -> di
         "sr3d": sr3d,
     }
 
-
-__all__ = ["SCAN2CAP_PROMPT", "SceneFacts", "generate_instructions"]

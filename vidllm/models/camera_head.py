@@ -29,7 +29,8 @@ class CameraHead(nn.Module):
         self.num_iterations = cfg.camera_iters
         self.token_norm = nn.LayerNorm(dim_in)
         self.trunk = nn.Sequential(
-            *[Block(dim_in, cfg.camera_num_heads, mlp_ratio=4.0, init_values=0.01) for _ in range(cfg.camera_trunk_depth)]
+            *[Block(dim_in, cfg.camera_num_heads, mlp_ratio=4.0, init_values=0.01)
+              for _ in range(cfg.camera_trunk_depth)]
         )
         self.trunk_norm = nn.LayerNorm(dim_in)
         self.empty_pose_tokens = nn.Parameter(torch.zeros(1, 1, POSE_DIM))

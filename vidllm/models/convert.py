@@ -14,7 +14,7 @@ to the Hugging Face `Dinov2Model` / `Dinov2WithRegistersModel` inside the shared
 | aggregator.patch_embed.pos_embed                  | encoder: embeddings.position_embeddings                      |
 | aggregator.patch_embed.patch_embed.proj.{w,b}     | encoder: embeddings.patch_embeddings.projection.{w,b}        |
 | aggregator.patch_embed.blocks.{i}.norm1/norm2     | encoder: encoder.layer.{i}.norm1/norm2                       |
-| aggregator.patch_embed.blocks.{i}.attn.qkv.{w,b}  | encoder: encoder.layer.{i}.attention.{q,k,v}_proj.{w,b} (split in 3) |
+| aggregator.patch_embed.blocks.{i}.attn.qkv.{w,b}  | encoder: encoder.layer.{i}.attention.{q,k,v}_proj.{w,b} (split)|
 | aggregator.patch_embed.blocks.{i}.attn.proj.{w,b} | encoder: encoder.layer.{i}.attention.o_proj.{w,b}            |
 | aggregator.patch_embed.blocks.{i}.ls1.gamma / ls2 | encoder: encoder.layer.{i}.layer_scale1.lambda1 / layer_scale2 |
 | aggregator.patch_embed.blocks.{i}.mlp.fc1/fc2     | encoder: encoder.layer.{i}.mlp.fc1/fc2                       |

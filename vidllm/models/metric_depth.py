@@ -73,7 +73,9 @@ class MetricDepthModel(nn.Module):
         batch, frames, num_patches, channels = features.shape
         height, width = image_hw
         if (height // self.patch_size) * (width // self.patch_size) != num_patches:
-            raise ValueError(f"{num_patches} feature tokens do not tile a {height}x{width} image with patch {self.patch_size}")
+            raise ValueError(
+                f"{num_patches} feature tokens do not tile a {height}x{width} image with patch {self.patch_size}"
+            )
         n = self.num_bins
         base_centers, widths, edges = adaptive_bin_centers(
             self.bin_width_mlp(features.mean(dim=2)), self.min_depth, self.max_depth

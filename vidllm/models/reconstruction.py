@@ -59,23 +59,25 @@ class ReconstructionBranch(nn.Module):
         patch_hw = (height // self.patch_size, width // self.patch_size)
         tokens_list, patch_start_idx = self.aggregator(geom_tokens, patch_hw)
 
-        pose_enc_list = self.camera_head(tokens_list)
-        pose_enc = pose_enc_list[-1]
-        depth, depth_conf = self.depth_head(tokens_list, images, patch_start_idx)
-        depth = depth.squeeze(-1)
-        out: dict = {"pose_enc": pose_enc, "pose_enc_list": pose_enc_list, "depth": depth, "depth_conf": depth_conf}
-        if self.point_head is not None:
-            out["world_points"], out["world_points_conf"] = self.point_head(tokens_list, images, patch_start_idx)
-
-        metric = self.metric_depth(base_tokens, (height, width))
+        # Heads run in fp32 even under mixed precision (exp activations and pose decoding), as VGGT.
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            tokens_list = [t.float() for t in tokens_list]
+            images = images.float()
+            pose_enc_list = self.camera_head(tokens_list)
+            pose_enc = pose_enc_list[-1]
+            depth, depth_conf = self.depth_head(tokens_list, images, patch_start_idx)
+            depth = depth.squeeze(-1)
+            out: dict = {"pose_enc": pose_enc, "pose_enc_list": pose_enc_list, "depth": depth, "depth_conf": depth_conf}
+            if self.point_head is not None:
+                out["world_points"], out["world_points_conf"] = self.point_head(tokens_list, images, patch_start_idx)
+            metric = self.metric_depth(base_tokens.float(), (height, width))
         out["metric"] = metric
         out["metric_depth"] = metric["depth"]
 
         if self.alignment.enabled:
             with torch.no_grad():
                 generator = torch.Generator().manual_seed(self.alignment.seed)
-                scale = align_scale(depth.float(), metric["depth"].float(), depth_conf.float(),
-                                    self.alignment.images_per_scene, generator).to(depth.dtype)
+                scale = align_scale(depth, metric["depth"], depth_conf, self.alignment.images_per_scene, generator)
         else:
             scale = torch.ones(batch, dtype=depth.dtype, device=depth.device)
         out["scale"] = scale

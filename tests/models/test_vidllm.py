@@ -1,0 +1,176 @@
+import pytest
+import torch
+from torch import nn
+
+from vidllm.config import load_config
+from vidllm.geometry import se3_inverse
+from vidllm.lora import apply_lora
+from vidllm.models.vidllm import VidLLM
+from vidllm.tokenizer import EOS, GROUND, SpecialTokenIds, build_prompt, train_tokenizer
+
+FRAMES, SIZE = 3, 56
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(vocab_size=512)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config("tiny").model
+
+
+def make_model(cfg, tokenizer, seed=0):
+    torch.manual_seed(seed)
+    return VidLLM(cfg, SpecialTokenIds.from_tokenizer(tokenizer), 512)
+
+
+def batch(tokenizer, ground=True):
+    texts = [build_prompt("What color is the chair?") + f" red{EOS}",
+             build_prompt("Where is the brown table?") + (f" {GROUND}{EOS}" if ground else f" here{EOS}")]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    return enc["input_ids"], enc["attention_mask"], labels
+
+
+def images(b=2, seed=1):
+    return torch.rand(b, FRAMES, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def vl_forward(model, tokenizer):
+    ids, mask, labels = batch(tokenizer)
+    return model(images(), ids, mask, labels,
+                 box_targets=torch.tensor([[0.0, 0, 0, 1, 1, 1], [1.0, 2.0, 0.5, 0.8, 0.6, 0.9]]),
+                 proposals=torch.rand(2, 4, 6) + 0.1,
+                 match_targets=torch.tensor([[0.0, 1, 0, 0], [0, 0, 0, 0]]))
+
+
+def grad_norm(module: nn.Module) -> float:
+    return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+
+
+def test_forward_shapes(cfg, tokenizer):
+    model = make_model(cfg, tokenizer)
+    out = vl_forward(model, tokenizer)
+    vision = out["vision"]
+    assert vision.tokens.shape[0] == 2 and vision.tokens.shape[2] == 64
+    assert vision.tokens.shape[1] <= cfg.patches3d.max_tokens and vision.mask.shape == vision.tokens.shape[:2]
+    assert vision.xyz.shape == (*vision.tokens.shape[:2], 3)
+    assert out["scene_rotation"].shape == (2, 3, 3)
+    recon = out["recon"]
+    assert recon["depth"].shape == recon["depth_metric_aligned"].shape == (2, FRAMES, SIZE, SIZE)
+    assert recon["extrinsics"].shape == (2, FRAMES, 3, 4) and recon["pose_enc"].shape == (2, FRAMES, 9)
+    assert out["logits"].shape[:2] == (2, batch(tokenizer)[0].shape[1] - 1 + vision.tokens.shape[1])
+    assert out["ground_mask"].tolist() == [False, True]
+    assert out["box_pred"].shape == (2, 6) and out["match_logits"].shape == (2, 5)
+    for key in ("loss_lm", "loss_box", "loss_match"):
+        assert torch.isfinite(out[key]) and out[key] > 0
+    assert torch.allclose(out["loss"], out["loss_lm"] + out["loss_box"] + out["loss_match"])
+
+
+def test_vl_loss_never_reaches_reconstruction_but_reaches_cta(cfg, tokenizer):
+    model = make_model(cfg, tokenizer)
+    vl_forward(model, tokenizer)["loss"].backward()
+    assert grad_norm(model.reconstruction) == 0.0
+    assert grad_norm(model.scene_frame) == 0.0
+    assert model.cta.phi_lang.fc1.weight.grad.abs().sum() > 0
+    assert model.cta.bridge_tokens.grad.abs().sum() > 0
+    for module in (model.encoder, model.patch3d, model.vision_proj, model.grounding, model.llm):
+        assert grad_norm(module) > 0
+
+
+def test_recon_loss_reaches_cta_and_encoder_not_llm(cfg, tokenizer):
+    model = make_model(cfg, tokenizer)
+    recon = model.encode_video(images()).recon
+    loss = recon["depth"].mean() + recon["pose_enc"].square().mean() + recon["metric_depth"].mean()
+    loss.backward()
+    assert model.cta.phi_geom.fc1.weight.grad.abs().sum() > 0
+    assert grad_norm(model.encoder) > 0 and grad_norm(model.reconstruction) > 0
+    assert grad_norm(model.llm) == 0.0 and grad_norm(model.grounding) == 0.0
+
+
+def test_lora_trains_only_adapters_and_new_modules(cfg, tokenizer):
+    model = apply_lora(make_model(cfg, tokenizer), cfg.llm)
+    for name, p in model.named_parameters():
+        if name.startswith("llm."):
+            assert p.requires_grad == ("lora_" in name), name
+        else:
+            assert p.requires_grad, name
+    vl_forward(model, tokenizer)["loss"].backward()
+    llm_grads = {n: p.grad for n, p in model.llm.named_parameters()}
+    assert all(g is None for n, g in llm_grads.items() if "lora_" not in n)
+    assert any(g is not None and g.abs().sum() > 0 for n, g in llm_grads.items() if "lora_B" in n)
+    assert grad_norm(model.cta) > 0 and grad_norm(model.reconstruction) == 0.0
+
+
+def test_one_vision_pass_serves_several_instructions(cfg, tokenizer):
+    model = make_model(cfg, tokenizer).eval()
+    ids, mask, labels = batch(tokenizer)
+    with torch.no_grad():
+        scene = images(b=1)
+        vision = model.encode_video(scene)
+        shared = model(None, ids, mask, labels, vision=vision, scene_index=torch.tensor([0, 0]))
+        repeated = model(scene.expand(2, -1, -1, -1, -1), ids, mask, labels)
+    assert torch.allclose(shared["logits"], repeated["logits"], atol=1e-5)
+
+
+def test_object_prompt_changes_output(cfg, tokenizer):
+    model = make_model(cfg, tokenizer).eval()
+    enc = tokenizer([build_prompt("Describe the object.", with_object=True)], return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        vision = model.encode_video(images(b=1))
+        a = model(None, enc["input_ids"], vision=vision, object_boxes=torch.tensor([[0.0, 0, 0, 1, 1, 1]]))
+        b = model(None, enc["input_ids"], vision=vision, object_boxes=torch.tensor([[2.0, 1, 0, 1, 1, 1]]))
+    assert not torch.allclose(a["logits"][0, -1], b["logits"][0, -1])
+
+
+def test_generate_matches_uncached_greedy_and_returns_geometry(cfg, tokenizer):
+    model = make_model(cfg, tokenizer).eval()
+    prompt = build_prompt("How many chairs are in the room?")
+    scene = images(b=1)
+    [result] = model.generate(scene, [prompt], tokenizer, max_new_tokens=6)
+    # Reference: recompute the whole sequence at every step (no KV cache).
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    expected = []
+    with torch.no_grad():
+        vision = model.encode_video(scene)
+        for _ in range(6):
+            logits = model(None, ids, vision=vision)["logits"]
+            next_id = int(logits[0, -1].argmax())
+            if next_id == model.special_ids.eos:
+                break
+            expected.append(next_id)
+            ids = torch.cat([ids, torch.tensor([[next_id]])], dim=1)
+    assert result.token_ids == expected
+    assert result.depth.shape == (FRAMES, SIZE, SIZE)
+    assert result.camera_to_world.shape == (FRAMES, 4, 4)
+    rotation = vision.scene_rotation[0]
+    world_from_cam = se3_inverse(vision.recon["extrinsics"][0])  # first-camera frame ← camera
+    assert torch.allclose(result.camera_to_world[:, :3, :3], rotation @ world_from_cam[:, :3, :3], atol=1e-5)
+    assert torch.allclose(result.camera_to_world[:, :3, 3], world_from_cam[:, :3, 3] @ rotation.T, atol=1e-5)
+    assert result.points.shape[1] == 3 and result.colors.shape == result.points.shape
+    assert result.points.shape[0] > 0 and result.boxes.shape == (0, 6)
+
+
+def test_generate_ground_boxes_match_forward(cfg, tokenizer):
+    model = make_model(cfg, tokenizer).eval()
+    ground = model.special_ids.ground
+    head = nn.Linear(64, 512, bias=True)  # a real LM head that always prefers <ground>
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[ground] = 10.0
+    model.llm.lm_head = head
+    prompt = build_prompt("Where is the brown table?")
+    centre = torch.tensor([1.0, 2.0, 0.5])
+    [result] = model.generate(images(b=1), [prompt], tokenizer, max_new_tokens=2, first_camera_center=centre,
+                              proposals=torch.rand(1, 3, 6) + 0.1)
+    assert result.token_ids == [ground, ground]
+    assert result.boxes.shape == (2, 6) and result.match_logits.shape == (2, 4)
+    assert torch.allclose(result.boxes_world[:, :3], result.boxes[:, :3] + centre)
+    assert torch.equal(result.boxes_world[:, 3:], result.boxes[:, 3:])
+    ids = tokenizer(prompt + GROUND, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        out = model(images(b=1), ids)
+    assert torch.allclose(out["box_pred"][0], result.boxes[0], atol=1e-5)

@@ -1,0 +1,39 @@
+import json
+import subprocess
+import sys
+import time
+
+from vidllm.config import load_config
+from vidllm.plan import plan_model
+
+
+def test_tiny_plan_counts_match_a_real_model():
+    from vidllm.models.vidllm import VidLLM
+
+    cfg = load_config("tiny")
+    plan = plan_model(cfg)
+    model = VidLLM(cfg.model, None, cfg.model.llm.vocab_size)
+    assert plan["parameters"]["total"] == sum(p.numel() for p in model.parameters())
+    assert plan["parameters"]["llm"] == sum(p.numel() for p in model.llm.parameters())
+    from vidllm.lora import apply_lora, count_parameters
+
+    trainable, _ = count_parameters(apply_lora(model, cfg.model.llm))
+    assert plan["trainable_under_lora"]["total"] == trainable
+    assert plan["totals"]["forward_tflops"] > 0 and plan["totals"]["activation_gib"] > 0
+
+
+def test_paper_plan_cli_json():
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "vidllm", "plan", "--recipe", "paper", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    params = plan["parameters"]
+    assert abs(params["encoder"] / 1e6 - 304) < 2  # DINOv2-L/14
+    assert abs(params["aggregator_blocks"] / 1e6 - 605) < 2  # VGGT frame + global blocks
+    assert 7.0e9 < params["llm"] < 8.0e9  # Qwen2.5-7B dimensions
+    assert plan["setting"]["frames"] == 32 and plan["setting"]["image_hw"] == [518, 518]
+    assert plan["trainable_under_lora"]["lora_adapters"] > 0
+    assert plan["totals"]["train_step_tflops"] > plan["totals"]["forward_tflops"] > 100
+    assert elapsed < 60

@@ -1,0 +1,17 @@
+from transformers import AutoTokenizer
+
+from vidllm.tokenizer import EOS, GROUND, IMAGE, OBJ, SpecialTokenIds, build_prompt, train_tokenizer
+
+
+def test_offline_tokenizer_round_trip(tmp_path):
+    tok = train_tokenizer(["how many towels are on the rack?"], vocab_size=512, out_dir=tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert len(loaded) == len(tok) <= 512
+    ids = SpecialTokenIds.from_tokenizer(loaded)
+    assert len({ids.pad, ids.eos, ids.image, ids.ground, ids.obj}) == 5
+    text = build_prompt("How many towels?", situation="I am facing the sink.", with_object=True) + f" 2 {GROUND}{EOS}"
+    encoded = loaded(text, add_special_tokens=False)["input_ids"]
+    assert encoded.count(ids.image) == 1 and encoded.count(ids.obj) == 1 and encoded[-1] == ids.eos
+    assert loaded.decode(encoded) == text
+    assert IMAGE not in loaded.decode(encoded, skip_special_tokens=True)
+    assert OBJ in text and loaded.pad_token_id == ids.pad

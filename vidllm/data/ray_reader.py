@@ -1,0 +1,153 @@
+"""Ray Data pipeline over scene-clip shards: `read_webdataset` → decode in `map_batches` → torch batches.
+
+`ray_shard_dataset(uri)` gives the decoded `ray.data.Dataset` (one row per scene clip, numpy
+columns) for Ray Train's `get_dataset_shard`; `iter_ray_batches(uri, batch_size)` iterates
+it as torch batches on the driver. Both check shard sizes and every sample's digest against
+the manifest, skip samples the manifest does not list, and report a missing sample, a
+truncated shard, a missing member or a corrupt JPEG/PNG as a DataError naming shard and key.
+
+Ray is imported here only (never by vidllm.models).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from vidllm import storage
+from vidllm.data.shards import (
+    DEPTH_SCALE_M,
+    check_shard_size,
+    decode_sample,
+    manifest_uri,
+    read_manifest,
+    shard_groups,
+)
+from vidllm.errors import DataError
+
+# Columns of the decoded dataset; rows with the same image size stack into [B,...] batches.
+ARRAY_COLUMNS = ("images", "depth_mm", "camera_to_world", "intrinsics")
+
+
+def _decode_batch(batch: dict[str, np.ndarray], expected: dict[str, tuple[str, str, int]], base: str,
+                  verify: bool) -> dict[str, np.ndarray]:
+    """map_batches: raw WebDataset members → decoded arrays (samples not in the manifest are dropped)."""
+    out: dict[str, list[Any]] = {name: [] for name in (*ARRAY_COLUMNS, "key", "shard", "meta_json",
+                                                          "annotations_json")}
+    member_columns = [c for c in batch if not c.startswith("__")]
+    for row in range(len(batch["__key__"])):
+        key = str(batch["__key__"][row])
+        shard = str(batch["__url__"][row]).rsplit("/", 1)[-1]
+        listed = expected.get(key)
+        if listed is None or listed[0] != shard:
+            continue  # superseded copy left in an older shard
+        members = {c: batch[c][row] for c in member_columns
+                   if batch[c][row] is not None and not (isinstance(batch[c][row], float) and np.isnan(batch[c][row]))}
+        members = {name: bytes(value) for name, value in members.items()}
+        where = f"{base}/{shard}:{key}"
+        sample = decode_sample(members, where, listed[2], listed[1] if verify else None)
+        for name in ARRAY_COLUMNS:
+            out[name].append(sample[name])
+        out["key"].append(key)
+        out["shard"].append(shard)
+        out["meta_json"].append(json.dumps(sample["meta"]))
+        out["annotations_json"].append(json.dumps(sample["annotations"]))
+    result: dict[str, np.ndarray] = {}
+    for name, values in out.items():
+        if name in ARRAY_COLUMNS:
+            result[name] = np.stack(values) if values else np.zeros((0,), np.uint8)
+        else:
+            result[name] = np.asarray(values, dtype=object)
+    return result
+
+
+def ray_shard_dataset(dataset_uri: str, *, verify: bool = True):
+    """The decoded `ray.data.Dataset` of a shard dataset (one row per scene clip)."""
+    import ray
+
+    entries = read_manifest(str(dataset_uri))
+    if not entries:
+        raise DataError(manifest_uri(str(dataset_uri)), "no manifest (or an empty one): run `vidllm prepare` first")
+    groups = shard_groups(entries)
+    if verify:
+        for shard, group in groups.items():
+            check_shard_size(storage.join(dataset_uri, shard), group[0].shard_bytes)
+    fs, base = storage.resolve(dataset_uri)
+    expected = {e.key: (e.shard, e.digest, e.frames) for e in entries}
+    ds = ray.data.read_webdataset([f"{base}/{shard}" for shard in sorted(groups)], filesystem=fs, decoder=None,
+                                  override_num_blocks=len(groups))
+    # One clip per decode call: clips can differ in size, and a clip is already S frames of work.
+    return ds.map_batches(_decode_batch, batch_size=1, batch_format="numpy",
+                          fn_kwargs={"expected": expected, "base": str(dataset_uri).rstrip("/"), "verify": verify})
+
+
+def batch_to_torch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A numpy batch of the decoded dataset → model-ready tensors.
+
+    images [B,S,3,H,W] float32 in [0,1]; depths [B,S,H,W] float32 metres (0 = invalid);
+    camera_to_world [B,S,4,4], intrinsics [B,S,3,3] float32; key/meta/annotations as lists.
+    """
+    arrays = {}
+    for name in ARRAY_COLUMNS:
+        value = batch[name]
+        if value.dtype == object:  # Ray hands ragged tensors back as an object array
+            raise DataError(str(batch["key"][0]), f"clips in one batch have different shapes ({name}); "
+                                                  "use batch_size=1 or one image size per dataset")
+        arrays[name] = torch.from_numpy(np.require(value, requirements=["C", "W"]))  # Ray gives read-only views
+    return {
+        "key": [str(k) for k in batch["key"]],
+        "images": arrays["images"].permute(0, 1, 4, 2, 3).float().div_(255.0),
+        "depths": arrays["depth_mm"].to(torch.float32).div_(DEPTH_SCALE_M),
+        "camera_to_world": arrays["camera_to_world"].float(),
+        "intrinsics": arrays["intrinsics"].float(),
+        "meta": [json.loads(m) for m in batch["meta_json"]],
+        "annotations": [json.loads(a) for a in batch["annotations_json"]],
+    }
+
+
+def _find_data_error(exc: BaseException) -> DataError | None:
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, DataError):
+            return DataError(current.path, current.problem)
+        stack += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+    return None
+
+
+def iter_ray_batches(dataset_uri: str, batch_size: int = 1, *, verify: bool = True,
+                     prefetch_batches: int = 2) -> Iterator[dict[str, Any]]:
+    """Torch batches (see `batch_to_torch`) of every sample in the manifest, read through Ray Data."""
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    dataset_uri = str(dataset_uri)
+    entries = read_manifest(dataset_uri)
+    ds = ray_shard_dataset(dataset_uri, verify=verify)
+    ds.context.enable_progress_bars = False
+    seen: set[str] = set()
+    try:
+        for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy",
+                                     prefetch_batches=prefetch_batches):
+            out = batch_to_torch(batch)
+            seen.update(out["key"])
+            yield out
+    except DataError:
+        raise
+    except Exception as exc:
+        found = _find_data_error(exc)
+        if found is not None:
+            raise found from None
+        raise DataError(dataset_uri, f"reading shards failed: {type(exc).__name__}: {exc}") from exc
+    missing = [e for e in entries if e.key not in seen]
+    if missing:
+        names = ", ".join(f"{e.shard}:{e.key}" for e in missing[:10])
+        raise DataError(storage.join(dataset_uri, missing[0].shard),
+                        f"{len(missing)} sample(s) listed in the manifest were not read ({names})")
