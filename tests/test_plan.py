@@ -37,3 +37,12 @@ def test_paper_plan_cli_json():
     assert plan["trainable_under_lora"]["lora_adapters"] > 0
     assert plan["totals"]["train_step_tflops"] > plan["totals"]["forward_tflops"] > 100
     assert elapsed < 60
+
+
+def test_plan_rejects_sizes_off_the_patch_grid():
+    import pytest
+
+    from vidllm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="image size 50x56 must be positive multiples of the patch size 14"):
+        plan_model(load_config("tiny"), image_hw=(50, 56))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from vidllm.config import VidLLMConfig
+from vidllm.config import ConfigError, VidLLMConfig
 
 
 class _FlashLikeAttention(torch.autograd.Function):
@@ -136,6 +136,11 @@ def plan_model(
     model_cfg.llm.pretrained = None
     frames = frames or model_cfg.frames
     height, width = image_hw or tuple(model_cfg.image_size)
+    patch = model_cfg.encoder.patch_size
+    if height % patch or width % patch or height <= 0 or width <= 0:
+        raise ConfigError(f"image size {height}x{width} must be positive multiples of the patch size {patch}")
+    if frames < 1 or batch < 1 or text_tokens < 0:
+        raise ConfigError(f"frames ({frames}) and batch ({batch}) must be >= 1, text_tokens ({text_tokens}) >= 0")
     with torch.device("meta"):
         model = VidLLM(model_cfg, None, model_cfg.llm.vocab_size, "sdpa").to(dtype)
     recon = model.reconstruction

@@ -20,6 +20,7 @@ sample's digest, and name the shard and key in every error.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import json
@@ -104,6 +105,13 @@ class ManifestEntry:
     shard_bytes: int
 
 
+def _collect_arrow_garbage() -> None:
+    # Arrow objects left to interpreter teardown can abort the process at exit
+    # ("terminate called without an active exception", apache/arrow#34314) when torch is
+    # loaded too; collecting them while Arrow is alive avoids it.
+    gc.collect()
+
+
 def manifest_uri(dataset_uri: str) -> str:
     return storage.join(dataset_uri, MANIFEST_NAME)
 
@@ -120,7 +128,10 @@ def read_manifest(dataset_uri: str) -> list[ManifestEntry]:
     missing = set(MANIFEST_SCHEMA.names) - set(table.column_names)
     if missing:
         raise DataError(uri, f"manifest lacks columns {sorted(missing)}")
-    return [ManifestEntry(**{k: row[k] for k in MANIFEST_SCHEMA.names}) for row in table.to_pylist()]
+    rows = table.to_pylist()
+    del table
+    _collect_arrow_garbage()
+    return [ManifestEntry(**{k: row[k] for k in MANIFEST_SCHEMA.names}) for row in rows]
 
 
 def write_manifest(dataset_uri: str, entries: list[ManifestEntry]) -> None:
@@ -129,6 +140,8 @@ def write_manifest(dataset_uri: str, entries: list[ManifestEntry]) -> None:
     table = pa.Table.from_pylist([e.__dict__ for e in rows], schema=MANIFEST_SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)
+    del table
+    _collect_arrow_garbage()
     storage.write_bytes(manifest_uri(dataset_uri), buf.getvalue())
 
 

@@ -1,0 +1,9 @@
+"""Evaluation: benchmark metrics, prediction files, scoring, `predict` and the run report.
+
+- `captions`, `grounding`, `geometry_metrics`: metric definitions (numpy/scipy/pycocoevalcap).
+- `predictions`: the prediction JSONL format and its validation.
+- `benchmarks`: per-benchmark scoring (used by `vidllm score`).
+- `predict`: model inference over shards (used by `vidllm predict`).
+- `run_dir`: the run-directory layout and training-log format shared with training.
+- `report`: markdown/HTML report with plots (used by `vidllm report`).
+"""

@@ -100,6 +100,8 @@ def read_predictions(path: str | Path, benchmark: str) -> dict[str, Prediction]:
             raise DataError(path, f"{where}: {benchmark} predictions need a 'boxes' field (id {pred_id!r})")
         if benchmark == "recon" and pred.geometry is None:
             raise DataError(path, f"{where}: recon predictions need a 'geometry' field (id {pred_id!r})")
+        if benchmark == "recon" and not pred.geometry.is_file():
+            raise DataError(path, f"{where}: geometry file {record['geometry']!r} not found (relative to this file)")
         predictions[pred_id] = pred
     if not predictions:
         raise DataError(path, "no predictions in file")

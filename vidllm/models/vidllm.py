@@ -193,10 +193,10 @@ class VidLLM(nn.Module):
     @torch.no_grad()
     def _greedy(self, embeds: Tensor, max_new_tokens: int) -> tuple[list[int], list[Tensor]]:
         """Greedy decoding from `inputs_embeds [1, L, D]` with a KV cache; returns the new token
-        ids and the last-layer hidden state of every generated `<ground>` token."""
+        ids and the last-layer hidden state of every generated `<ground>` token. One unpadded
+        row, so no attention mask is needed (causal masking is implicit)."""
         embed_tokens = self.llm.get_input_embeddings()
-        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-        out = self.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=True, output_hidden_states=True)
+        out = self.llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
         tokens: list[int] = []
         ground_hidden: list[Tensor] = []
         for _ in range(max_new_tokens):
@@ -204,11 +204,11 @@ class VidLLM(nn.Module):
             if next_id == self.special_ids.eos:
                 break
             tokens.append(next_id)
-            mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+            is_ground = next_id == self.special_ids.ground
             step = embed_tokens(torch.tensor([[next_id]], device=embeds.device))
-            out = self.llm(inputs_embeds=step, attention_mask=mask, past_key_values=out.past_key_values,
-                           use_cache=True, output_hidden_states=True)
-            if next_id == self.special_ids.ground:  # its hidden state is the box query
+            out = self.llm(inputs_embeds=step, past_key_values=out.past_key_values, use_cache=True,
+                           output_hidden_states=is_ground, logits_to_keep=1)
+            if is_ground:  # its hidden state is the box query
                 ground_hidden.append(out.hidden_states[-1][0, -1])
         return tokens, ground_hidden
 

@@ -1,0 +1,112 @@
+"""`vidllm predict` with a random-init tiny model on real shards, then `vidllm score` on its output."""
+
+import json
+
+import numpy as np
+import pytest
+
+from vidllm.cli import main
+from vidllm.config import load_config
+from vidllm.eval.predictions import read_meta, read_predictions
+from vidllm.eval.run_dir import read_geometry
+
+
+@pytest.fixture(scope="module")
+def shards_and_model(synthetic_dataset, tmp_path_factory):
+    # Shards are written with the PREP helper's own writer (no Ray needed for two scenes).
+    from preprocessing.prepare import PrepareSummary, ShardWriter, build_sample, config_digest, load_scene_annotations
+
+    root = tmp_path_factory.mktemp("predict")
+    prep = load_config("tiny").data.prep
+    by_scene = load_scene_annotations(synthetic_dataset.annotations_dir)
+    shards = root / "shards"
+    shards.mkdir()
+    writer = ShardWriter(str(shards), {}, 0, prep.shard_max_bytes, config_digest(prep), PrepareSummary(str(shards)))
+    try:
+        for scene in synthetic_dataset.scenes:
+            members = build_sample(scene.path, prep, label_map=str(synthetic_dataset.label_map),
+                                   annotations=by_scene.get(scene.scene_id, []))
+            writer.add(scene.scene_id, scene.scene_id, members, prep.frames, scene.scene_id)
+        writer.commit()
+    finally:
+        writer.close()
+    model = root / "model"
+    assert main(["init", "--recipe", "tiny", "--out", str(model)]) == 0
+    return shards, model
+
+
+def _scene_and_split(ds, task):
+    inst = ds.instructions[task][0]
+    split = next(s for s, scenes in ds.splits.items() if inst.scene_id in scenes)
+    return inst.scene_id, split
+
+
+def test_predict_scanrefer_then_score(shards_and_model, synthetic_dataset, tmp_path, capsys):
+    shards, model = shards_and_model
+    ds = synthetic_dataset
+    scene_id, split = _scene_and_split(ds, "scanrefer")
+    out = tmp_path / "predictions" / "scanrefer.jsonl"
+    argv = ["predict", "--model", str(model), "--benchmark", "scanrefer", "--shards", str(shards), "--out", str(out),
+            "--split", split, "--max-new-tokens", "3"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    preds = read_predictions(out, "scanrefer")
+    expected = {i.id for i in ds.instructions["scanrefer"] if (i.scene_id in ds.splits[split])}
+    assert set(preds) == expected
+    assert all(len(p.boxes) <= 1 for p in preds.values())
+    meta = read_meta(out)
+    assert meta["protocol"] == "first_camera_gt" and meta["benchmark"] == "scanrefer" and meta["seconds_per_scene"] > 0
+    # The output scores as is; the protocol recorded by predict is carried into the score.
+    assert main(["score", "--benchmark", "scanrefer", "--pred", str(out), "--gt", str(ds.annotations_dir),
+                 "--split", split, "--scans", str(ds.scan_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["protocol"] == "first_camera_gt" and 0.0 <= result["metrics"]["Acc@0.25"] <= 1.0
+    assert result["count"] == len(expected)
+
+
+def test_predict_recon_writes_geometry_that_scores(shards_and_model, tmp_path, capsys):
+    shards, model = shards_and_model
+    out = tmp_path / "predictions" / "recon.jsonl"
+    assert main(["predict", "--model", str(model), "--benchmark", "recon", "--shards", str(shards), "--out", str(out),
+                 "--limit-scenes", "1"]) == 0
+    capsys.readouterr()
+    preds = read_predictions(out, "recon")
+    assert len(preds) == 1
+    geo = read_geometry(next(iter(preds.values())).geometry)
+    n = len(geo["camera_to_world_gt"])
+    assert geo["camera_to_world_pred"].shape == (n, 4, 4) and geo["depth_pred"].shape[0] == n
+    # first_camera_gt: the first predicted camera sits exactly on the GT first camera centre.
+    assert np.allclose(geo["camera_to_world_pred"][0, :3, 3], geo["camera_to_world_gt"][0, :3, 3], atol=1e-4)
+    assert main(["score", "--benchmark", "recon", "--pred", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["metrics"]) >= {"depth/delta1", "pose/AUC@30", "recon/F-score"}
+
+
+def test_predict_rejects_missing_model(tmp_path, capsys):
+    assert main(["predict", "--model", str(tmp_path / "nope"), "--benchmark", "scanqa", "--shards", str(tmp_path),
+                 "--out", str(tmp_path / "p.jsonl")]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_protocols_map_scene_frame_to_scannet_world():
+    from scipy.spatial.transform import Rotation
+
+    from vidllm.errors import VidLLMError
+    from vidllm.eval.predict import scene_to_world_map
+
+    rng = np.random.default_rng(0)
+    gt = np.tile(np.eye(4), (5, 1, 1))
+    gt[:, :3, :3] = Rotation.random(5, random_state=1).as_matrix()
+    gt[:, :3, 3] = rng.uniform(0, 4, size=(5, 3))
+    # The scene frame is the GT world moved so the first camera is the origin, rotated and at half scale.
+    rot = Rotation.from_euler("z", 30, degrees=True).as_matrix()
+    pred = gt.copy()
+    pred[:, :3, :3] = rot.T @ gt[:, :3, :3]
+    pred[:, :3, 3] = 0.5 * (gt[:, :3, 3] - gt[0, :3, 3]) @ rot
+    sim3 = scene_to_world_map("umeyama_sim3", pred, gt)
+    assert sim3.scale == pytest.approx(2.0) and np.allclose(sim3.poses(pred), gt, atol=1e-9)
+    assert np.allclose(sim3.boxes(np.array([[0, 0, 0, 1, 1, 1.0]]))[0, 3:], 2.0)
+    first = scene_to_world_map("first_camera_gt", pred, gt)
+    assert first.scale == 1.0 and np.allclose(first.poses(pred)[0, :3, 3], gt[0, :3, 3])
+    with pytest.raises(VidLLMError, match="non-collinear"):
+        scene_to_world_map("umeyama_sim3", pred[:2], gt[:2])
