@@ -19,12 +19,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
 import tarfile
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -387,12 +389,15 @@ def _run_scenes(rows: list[dict[str, Any]], cfg: PrepConfig, label_map: str | No
     import ray
 
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    ctx = ds.context
+    with warnings.catch_warnings():  # copying Ray's DataContext touches its own deprecated fields
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx = ds.context
     ctx.execution_options.preserve_order = True  # shard contents follow scene order: re-runs are identical
     ctx.enable_progress_bars = False  # our own tqdm bar counts scenes
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     ds = ds.map(_process_scene_row,
                 fn_kwargs={"cfg_json": cfg.model_dump_json(), "label_map": label_map, "cache_dir": cache_dir},
-                concurrency=cfg.workers or None)
+                compute=ray.data.TaskPoolStrategy(size=min(cfg.workers, len(rows)) or None))
     yield from ds.iter_rows()
 
 

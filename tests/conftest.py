@@ -3,7 +3,7 @@ sub-package conftests that need them, on 127.0.0.1, and stopped by their PID."""
 
 import os
 
-pytest_plugins = ["tests.s3_server"]  # session fixture `s3_server`: SeaweedFS on 127.0.0.1
+pytest_plugins = ["tests.s3_server", "tests.shard_fixtures"]  # `s3_server` (SeaweedFS), `ray_session`, `synthetic_shards`
 
 # Nothing is downloaded at run time; all sockets stay on loopback.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

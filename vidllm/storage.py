@@ -78,7 +78,8 @@ def s3_filesystem() -> pafs.S3FileSystem:
         kwargs["secret_key"] = os.environ["AWS_SECRET_ACCESS_KEY"]
         if os.environ.get("AWS_SESSION_TOKEN"):
             kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
-    return pafs.S3FileSystem(**kwargs)
+    # Synchronous uploads: no Arrow thread keeps Python buffers alive past the write call.
+    return pafs.S3FileSystem(background_writes=False, **kwargs)
 
 
 def resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:

@@ -82,8 +82,12 @@ def test_caption_ids_must_match():
 
 
 def test_clean_answer_and_exact_match():
-    assert clean_answer("The Brown, wooden chair.") == "brown wooden chair"
+    # LEO's rules: commas, apostrophes, hyphens and colons survive; other punctuation goes.
+    assert clean_answer("The Brown, wooden chair.") == "brown, wooden chair"
     assert clean_answer("2 chairs") == "two chairs"
+    assert clean_answer("None") == "zero" and clean_answer("12") == "twelve"
+    assert clean_answer("on the letf of an oclock sign") == "on left of o'clock sign"
+    assert clean_answer("Chair2 in  the  corner !") == "chair in corner"
     assert exact_match("Two.", ["2", "three"]) == (True, True)
     assert exact_match("a brown chair", ["brown chair"]) == (True, True)
     assert exact_match("brown", ["dark brown"]) == (False, True)  # refined: substring after space removal

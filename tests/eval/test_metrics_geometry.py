@@ -73,6 +73,19 @@ def test_pose_errors_known_rotation():
     assert pose_auc(rot_err, np.zeros_like(rot_err)) == pytest.approx(10 / 30)
 
 
+def test_translation_error_is_a_sign_agnostic_direction_angle_and_auc_takes_the_max():
+    gt = np.tile(np.eye(4), (2, 1, 1))
+    gt[1, :3, 3] = [2.0, 0.0, 0.0]
+    sideways, backwards = gt.copy(), gt.copy()
+    sideways[1, :3, 3] = [0.0, 0.5, 0.0]
+    backwards[1, :3, 3] = [-1.0, 0.0, 0.0]
+    rot_err, trans_err = pose_errors(sideways, gt)
+    assert rot_err[0] == pytest.approx(0.0, abs=1e-6) and trans_err[0] == pytest.approx(90.0)
+    assert pose_errors(backwards, gt)[1][0] == pytest.approx(0.0, abs=1e-6)
+    m = pose_metrics(sideways, gt)
+    assert m["RRA@15"] == 1.0 and m["RTA@15"] == 0.0 and m["AUC@30"] == 0.0  # max(rot, trans), not min
+
+
 def test_point_cloud_metrics_known_offset():
     rng = np.random.default_rng(0)
     gt = rng.uniform(0, 2, size=(20000, 3))

@@ -64,6 +64,24 @@ def test_predict_scanrefer_then_score(shards_and_model, synthetic_dataset, tmp_p
     assert result["count"] == len(expected)
 
 
+def test_predict_nr3d_split_matches_the_scored_split(shards_and_model, synthetic_dataset, tmp_path, capsys):
+    """Nr3D records have no split of their own: `--split` must still keep only that split's scenes."""
+    shards, model = shards_and_model
+    ds = synthetic_dataset
+    scene_id, split = _scene_and_split(ds, "nr3d")
+    out = tmp_path / "nr3d.jsonl"
+    assert main(["predict", "--model", str(model), "--benchmark", "nr3d", "--shards", str(shards), "--out", str(out),
+                 "--split", split, "--max-new-tokens", "2"]) == 0
+    capsys.readouterr()
+    expected = {i.id for i in ds.instructions["nr3d"] if i.scene_id in ds.splits[split]}
+    assert set(read_predictions(out, "nr3d")) == expected and len(expected) < len(ds.instructions["nr3d"])
+    assert main(["score", "--benchmark", "nr3d", "--pred", str(out), "--gt", str(ds.annotations_dir),
+                 "--split", split, "--scans", str(ds.scan_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["count"] == len(expected)
+    assert 0.0 <= result["metrics"]["Acc"] <= 1.0
+
+
 def test_predict_recon_writes_geometry_that_scores(shards_and_model, tmp_path, capsys):
     shards, model = shards_and_model
     out = tmp_path / "predictions" / "recon.jsonl"
@@ -82,10 +100,16 @@ def test_predict_recon_writes_geometry_that_scores(shards_and_model, tmp_path, c
     assert set(result["metrics"]) >= {"depth/delta1", "pose/AUC@30", "recon/F-score"}
 
 
-def test_predict_rejects_missing_model(tmp_path, capsys):
-    assert main(["predict", "--model", str(tmp_path / "nope"), "--benchmark", "scanqa", "--shards", str(tmp_path),
+def test_predict_rejects_missing_model_and_missing_shards(shards_and_model, tmp_path, capsys):
+    shards, model = shards_and_model
+    assert main(["predict", "--model", str(tmp_path / "nope"), "--benchmark", "scanqa", "--shards", str(shards),
                  "--out", str(tmp_path / "p.jsonl")]) == 2
     assert "nope" in capsys.readouterr().err
+    # The shards are checked before the model is loaded.
+    assert main(["predict", "--model", str(model), "--benchmark", "scanqa", "--shards", str(tmp_path / "empty"),
+                 "--out", str(tmp_path / "p.jsonl")]) == 2
+    assert "manifest.parquet: no manifest" in capsys.readouterr().err
+    assert not (tmp_path / "p.jsonl").exists()
 
 
 def test_protocols_map_scene_frame_to_scannet_world():

@@ -93,6 +93,10 @@ def test_score_with_scans_and_report(run_dir, synthetic_dataset, capsys):
     assert "Evaluation protocol: first_camera_gt." in md
     assert "| 1.25 |" in md  # time per scene, from the predictions' meta
     assert "Table 6" in md and "w/o CTA" in md
+    # Tables 5 and 6 summarise a benchmark by the mean of its metrics (paper §4.1).
+    refer_mean = 100 * (scanrefer["metrics"]["Acc@0.25"] + scanrefer["metrics"]["Acc@0.5"]) / 2
+    table5 = md.split("## Table 5")[1].split("## ")[0]
+    assert f"| — | — | {refer_mean:.1f} | 1.25 |" in table5
     assert "| Vid-LLM (paper) | 101.9 |" in md  # the paper's row sits under ours
     html_text = (run_dir / rd.REPORT_HTML).read_text()
     assert html_text.startswith("<!DOCTYPE html>") and "<table>" in html_text and "plots/loss_curves.png" in html_text
@@ -117,6 +121,12 @@ def test_report_of_empty_run_dir_and_bad_train_log(tmp_path, capsys):
     (tmp_path / rd.TRAIN_LOG_FILE).write_text("step,stage,lr,samples_per_s,loss/total\n1,stage1,0.001,3,abc\n")
     assert main(["report", str(tmp_path)]) == 2
     assert "train_log.csv: line 2: column 'loss/total' is not a number" in capsys.readouterr().err
+    # The minimal training-log format (no stage column) still plots.
+    (tmp_path / rd.TRAIN_LOG_FILE).write_text("step,lr,samples_per_s,loss/total,loss/vl\n1,0.001,3,2.0,1.0\n2,0.001,3,1.5,\n")
+    assert main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / rd.PLOTS_DIR / "loss_curves.png").stat().st_size > 0
     (tmp_path / rd.TRAIN_LOG_FILE).write_text("step,loss\n1,2\n")
+    assert main(["report", str(tmp_path)]) == 2
+    assert "header lacks column(s) lr, samples_per_s" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "run directory not found" in capsys.readouterr().err

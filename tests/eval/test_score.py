@@ -227,3 +227,37 @@ def test_recon_scores_geometry_files(tmp_path, capsys):
     _jsonl(pred, [{"id": "scene0000_00", "geometry": "geometry/missing.npz"}])
     assert main(["score", "--benchmark", "recon", "--pred", str(pred)]) == 2
     assert "line 1: geometry file 'geometry/missing.npz' not found" in capsys.readouterr().err
+
+
+def test_score_predictions_library_call_matches_cli(tmp_path, capsys, boxes_file):
+    """The CLI is a thin shell: the library function with plain arguments gives the same result."""
+    from vidllm.errors import VidLLMError
+    from vidllm.eval.run_dir import jsonable
+    from vidllm.eval.scoring import score_predictions
+
+    gt = _write(tmp_path / "ScanRefer_filtered_val.json", [
+        {"scene_id": "scene0000_00", "object_id": "2", "object_name": "table", "ann_id": "0", "description": "a"},
+    ])
+    pred = _jsonl(tmp_path / "p.jsonl", [{"id": "scene0000_00|2|0", "boxes": [[0.5, 3, 0.5, 2, 1, 1]]}])
+    result = score_predictions("scanrefer", pred, gt, boxes=boxes_file, protocol="umeyama_sim3")
+    assert result["metrics"]["Acc@0.25"] == 1.0 and result["metrics"]["mean_IoU"] == pytest.approx(1.5 / 2.5)
+    assert jsonable(result) == _score(capsys, "--benchmark", "scanrefer", "--pred", str(pred), "--gt", str(gt),
+                                      "--boxes", str(boxes_file), "--protocol", "umeyama_sim3")
+    with pytest.raises(VidLLMError, match="unknown evaluation protocol 'gt_everything'"):
+        score_predictions("scanrefer", pred, gt, boxes=boxes_file, protocol="gt_everything")
+    with pytest.raises(VidLLMError, match="needs ground-truth boxes"):
+        score_predictions("scanrefer", pred, gt)
+
+
+def test_prediction_files_are_written_atomically_with_normal_permissions(tmp_path):
+    import os
+
+    from vidllm.eval.predictions import meta_path, read_meta, write_predictions
+
+    out = tmp_path / "preds" / "scanqa.jsonl"
+    write_predictions(out, [{"id": "q1", "text": "two"}], meta={"benchmark": "scanqa"})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    assert read_meta(out) == {"benchmark": "scanqa"} and meta_path(out).name == "scanqa.meta.json"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["scanqa.jsonl", "scanqa.meta.json"]  # no temp left

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -131,7 +132,9 @@ def iter_ray_batches(dataset_uri: str, batch_size: int = 1, *, verify: bool = Tr
     dataset_uri = str(dataset_uri)
     entries = read_manifest(dataset_uri)
     ds = ray_shard_dataset(dataset_uri, verify=verify)
-    ds.context.enable_progress_bars = False
+    with warnings.catch_warnings():  # copying Ray's DataContext touches its own deprecated fields
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds.context.enable_progress_bars = False
     seen: set[str] = set()
     try:
         for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy",

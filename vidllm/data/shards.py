@@ -20,12 +20,14 @@ sample's digest, and name the shard and key in every error.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import io
 import json
+import os
 import tarfile
+import tempfile
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,13 +107,6 @@ class ManifestEntry:
     shard_bytes: int
 
 
-def _collect_arrow_garbage() -> None:
-    # Arrow objects left to interpreter teardown can abort the process at exit
-    # ("terminate called without an active exception", apache/arrow#34314) when torch is
-    # loaded too; collecting them while Arrow is alive avoids it.
-    gc.collect()
-
-
 def manifest_uri(dataset_uri: str) -> str:
     return storage.join(dataset_uri, MANIFEST_NAME)
 
@@ -121,28 +116,28 @@ def read_manifest(dataset_uri: str) -> list[ManifestEntry]:
     uri = manifest_uri(dataset_uri)
     if not storage.exists(uri):
         return []
+    fs, path = storage.resolve(uri)
     try:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+        # Read through the Arrow filesystem, not a Python file object: Arrow threads holding
+        # Python objects can abort the interpreter at exit when torch is loaded (apache/arrow#34314).
+        table = pq.read_table(path, filesystem=fs)
     except Exception as exc:
         raise DataError(uri, f"not a readable parquet manifest ({exc})") from None
     missing = set(MANIFEST_SCHEMA.names) - set(table.column_names)
     if missing:
         raise DataError(uri, f"manifest lacks columns {sorted(missing)}")
-    rows = table.to_pylist()
-    del table
-    _collect_arrow_garbage()
-    return [ManifestEntry(**{k: row[k] for k in MANIFEST_SCHEMA.names}) for row in rows]
+    return [ManifestEntry(**{k: row[k] for k in MANIFEST_SCHEMA.names}) for row in table.to_pylist()]
 
 
 def write_manifest(dataset_uri: str, entries: list[ManifestEntry]) -> None:
     """Atomically replace the manifest (rows sorted by shard, then offset)."""
     rows = sorted(entries, key=lambda e: (e.shard, e.offset))
     table = pa.Table.from_pylist([e.__dict__ for e in rows], schema=MANIFEST_SCHEMA)
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    del table
-    _collect_arrow_garbage()
-    storage.write_bytes(manifest_uri(dataset_uri), buf.getvalue())
+    with tempfile.TemporaryDirectory(prefix="vidllm-manifest-") as tmp:
+        local = os.path.join(tmp, MANIFEST_NAME)
+        pq.write_table(table, local)  # a path, not a Python file object (see read_manifest)
+        with open(local, "rb") as f:
+            storage.write_bytes(manifest_uri(dataset_uri), f.read())
 
 
 def shard_groups(entries: list[ManifestEntry]) -> dict[str, list[ManifestEntry]]:
@@ -180,15 +175,16 @@ def _decode_image(data: bytes, where: str, kind: str) -> np.ndarray:
 
 
 def decode_sample(members: Mapping[str, bytes], where: str, frames: int,
-                  expected_digest: str | None = None) -> dict[str, Any]:
+                  expected_digest: str | None = None, pool: Executor | None = None) -> dict[str, Any]:
     """Decode one sample's members into numpy arrays; errors name `where` (shard:key/member).
 
     Returns `images` uint8 [S,H,W,3], `depth_mm` uint16 [S,H,W], `camera_to_world` float64
     [S,4,4], `intrinsics` float64 [S,3,3], `meta` dict, `annotations` list of dicts.
+    `pool` decodes the frames on several threads (PIL releases the GIL while decoding).
     """
     check_members(members, frames, where)
-    images, depths = [], []
-    for i in range(frames):
+
+    def decode_frame(i: int) -> tuple[np.ndarray, np.ndarray]:
         color = _decode_image(members[color_member(i)], f"{where}/{color_member(i)}", "JPEG")
         depth = _decode_image(members[depth_member(i)], f"{where}/{depth_member(i)}", "PNG")
         if color.ndim != 3 or color.shape[2] != 3:
@@ -196,8 +192,18 @@ def decode_sample(members: Mapping[str, bytes], where: str, frames: int,
         if depth.ndim != 2 or depth.shape != color.shape[:2]:
             raise DataError(f"{where}/{depth_member(i)}",
                             f"depth shape {depth.shape} does not match colour {color.shape[:2]}")
-        images.append(color)
-        depths.append(depth.astype(np.uint16, copy=False))
+        return color, depth
+
+    decoded = list(pool.map(decode_frame, range(frames))) if pool is not None else \
+        [decode_frame(i) for i in range(frames)]
+    first = decoded[0][0].shape
+    if any(c.shape != first for c, _ in decoded):
+        raise DataError(where, "frames of one clip have different image sizes")
+    images = np.empty((frames, *first), np.uint8)
+    depths = np.empty((frames, *first[:2]), np.uint16)
+    for i, (color, depth) in enumerate(decoded):
+        images[i] = color
+        depths[i] = depth
     try:
         poses = np.load(io.BytesIO(members["poses.npy"]), allow_pickle=False)
         intrinsics = np.load(io.BytesIO(members["intrinsics.npy"]), allow_pickle=False)
@@ -216,8 +222,8 @@ def decode_sample(members: Mapping[str, bytes], where: str, frames: int,
             raise DataError(where, f"content digest mismatch (manifest {expected_digest[:12]}…, "
                                    f"data {found[:12]}…): the sample was modified or corrupted")
     return {
-        "images": np.stack(images),
-        "depth_mm": np.stack(depths),
+        "images": images,
+        "depth_mm": depths,
         "camera_to_world": poses,
         "intrinsics": intrinsics,
         "meta": meta,
@@ -274,7 +280,8 @@ def iter_tar_samples(shard_uri: str) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield current_key, members
 
 
-def iter_shard(shard_uri: str, entries: list[ManifestEntry], verify: bool = True) -> Iterator[dict[str, Any]]:
+def iter_shard(shard_uri: str, entries: list[ManifestEntry], verify: bool = True,
+               pool: Executor | None = None) -> Iterator[dict[str, Any]]:
     """Decoded numpy samples of one shard, in order; only the manifest's keys; all of them."""
     wanted = {e.key: e for e in entries}
     if verify:
@@ -284,7 +291,7 @@ def iter_shard(shard_uri: str, entries: list[ManifestEntry], verify: bool = True
         entry = wanted.get(key)
         if entry is None or key in seen:
             continue  # superseded sample left in an older shard: the manifest points elsewhere
-        sample = decode_sample(members, f"{shard_uri}:{key}", entry.frames, entry.digest if verify else None)
+        sample = decode_sample(members, f"{shard_uri}:{key}", entry.frames, entry.digest if verify else None, pool)
         sample["key"] = key
         seen.add(key)
         yield sample
@@ -298,11 +305,14 @@ class ShardDataset(torch.utils.data.IterableDataset):
     """Single-process (or DataLoader-worker) reader over a shard dataset, yielding `to_torch` samples.
 
     Shards are split round-robin over `world_size` ranks and then over DataLoader workers,
-    so each sample is read by exactly one consumer.
+    so each sample is read by exactly one consumer. `decode_threads` (default: all cores in a
+    plain loop, 1 inside DataLoader workers) decode a clip's frames in parallel.
     """
 
-    def __init__(self, dataset_uri: str, *, verify: bool = True, rank: int = 0, world_size: int = 1):
+    def __init__(self, dataset_uri: str, *, verify: bool = True, rank: int = 0, world_size: int = 1,
+                 decode_threads: int | None = None):
         self.dataset_uri = str(dataset_uri)
+        self.decode_threads = decode_threads
         self.verify = verify
         self.rank, self.world_size = rank, world_size
         entries = read_manifest(self.dataset_uri)
@@ -319,9 +329,17 @@ class ShardDataset(torch.utils.data.IterableDataset):
         worker = torch.utils.data.get_worker_info()
         if worker is not None:
             shards = shards[worker.id::worker.num_workers]
-        for shard in shards:
-            for sample in iter_shard(storage.join(self.dataset_uri, shard), self.groups[shard], self.verify):
-                yield to_torch(sample)
+        # Alone, decode a clip's frames on every core; inside DataLoader workers, one thread each.
+        threads = self.decode_threads or (1 if worker is not None else os.cpu_count() or 1)
+        pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
+        try:
+            for shard in shards:
+                for sample in iter_shard(storage.join(self.dataset_uri, shard), self.groups[shard], self.verify,
+                                         pool):
+                    yield to_torch(sample)
+        finally:
+            if pool is not None:
+                pool.shutdown()
 
 
 def shards_info(dataset_uri: str) -> dict[str, Any]:

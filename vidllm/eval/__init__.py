@@ -2,7 +2,8 @@
 
 - `captions`, `grounding`, `geometry_metrics`: metric definitions (numpy/scipy/pycocoevalcap).
 - `predictions`: the prediction JSONL format and its validation.
-- `benchmarks`: per-benchmark scoring (used by `vidllm score`).
+- `benchmarks`: per-benchmark scoring of validated predictions.
+- `scoring`: `score_predictions`, the one scoring entry point (CLI `vidllm score`, flows, DVC).
 - `predict`: model inference over shards (used by `vidllm predict`).
 - `run_dir`: the run-directory layout and training-log format shared with training.
 - `report`: markdown/HTML report with plots (used by `vidllm report`).

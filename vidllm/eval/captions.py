@@ -166,27 +166,41 @@ def score_captions(
 
 # ----------------------------------------------------------------------------- exact match
 
-_NUMBER_WORDS = {"0": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five",
-                 "6": "six", "7": "seven", "8": "eight", "9": "nine", "10": "ten"}  # fmt: skip
-# Frequent misspellings in ScanQA/SQA3D answers (after LEO's answer cleaning).
-_TYPOS = {"letf": "left", "lef": "left", "rigth": "right", "closetd": "closet",
-          "whit": "white", "grey": "gray", "colour": "color", "bown": "brown", "tow": "two"}  # fmt: skip
-_ARTICLES = {"a", "an", "the"}
+# LEO's answer cleaning (embodied-generalist `data_utils.clean_answer`, used by LLaVA-3D), rule by rule.
+_NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+                 "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+                 "twenty"]  # fmt: skip
+_WORD_FIXES: list[tuple[str, str]] = [
+    (r"\bletf\b", "left"), (r"\blet\b", "left"), (r"\btehre\b", "there"), (r"\brigth\b", "right"),
+    (r"\brght\b", "right"), (r"\bbehine\b", "behind"), (r"\bchai\b", "chair"), (r"\bwasing\b", "washing"),
+    (r"\bwaslked\b", "walked"), (r"\boclock\b", "o'clock"), (r"\bo'[ ]+clock\b", "o'clock"),
+    (r"\bnone\b", "zero"), *((rf"\b{n}\b", word) for n, word in enumerate(_NUMBER_WORDS)),
+    (r"\b23\b", "twenty-three"),
+    (r"\b([a-z]+)([0-9])\b", r"\g<1>"),  # "no1", "mat2" -> the word
+    (r"\ba\b ([a-z]+)", r"\g<1>"), (r"\ban\b ([a-z]+)", r"\g<1>"), (r"\bthe\b ([a-z]+)", r"\g<1>"),
+    (r"\bbackwards\b", "backward"),
+]  # fmt: skip
 
 
 def clean_answer(text: str) -> str:
-    """Normalise an answer for EM: lowercase, no punctuation, typos fixed, digits → words, no articles."""
-    text = text.lower().replace("’", "'").replace("ç", "c")
-    text = re.sub(r"[^a-z0-9\s]", " ", text)
-    words = [_NUMBER_WORDS.get(_TYPOS.get(w, w), _TYPOS.get(w, w)) for w in text.split()]
-    return " ".join(w for w in words if w not in _ARTICLES)
+    """LEO's answer cleaning: lowercase; drop characters other than letters, digits, whitespace and
+    `,'-:`; fix frequent typos; numbers 0–20 (and "none") to words; drop a/an/the before a word.
+
+    One deliberate difference: whitespace is normalised at the end, so "brown ." and "brown" agree.
+    """
+    text = re.sub(r"\s+", " ", text.lower()).strip()
+    text = re.sub(r"[^a-z0-9,'\s\-:]+", "", text)
+    for pattern, replacement in _WORD_FIXES:
+        text = re.sub(pattern, replacement, text)
+    return " ".join(text.split())
 
 
 def exact_match(prediction: str, answers: Sequence[str]) -> tuple[bool, bool]:
     """(EM, refined EM) of one cleaned prediction against cleaned answers.
 
     Refined EM also accepts a space-stripped prediction that is a substring of a space-stripped
-    answer or vice versa (LEO / LLaVA-3D). An empty prediction never matches.
+    answer or vice versa (LEO / LLaVA-3D). An empty prediction never matches (LEO's substring test
+    would let it refined-match every answer).
     """
     pred = clean_answer(prediction)
     gts = [clean_answer(a) for a in answers]

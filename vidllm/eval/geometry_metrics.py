@@ -54,8 +54,8 @@ def _relative_poses(camera_to_world: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """All i<j pairs: relative rotation `[P, 3, 3]` and translation `[P, 3]` of world-to-camera poses."""
     world_to_camera = np.linalg.inv(camera_to_world)
     i, j = np.triu_indices(len(camera_to_world), k=1)
-    # T_ij = E_j · E_i⁻¹ maps camera-i coordinates to camera-j; any global rigid change of world cancels.
-    relative = world_to_camera[j] @ camera_to_world[i]
+    # VGGT's T_ij = E_i · E_j⁻¹ (camera j → camera i); any global rigid change of the world cancels.
+    relative = world_to_camera[i] @ camera_to_world[j]
     return relative[:, :3, :3], relative[:, :3, 3], i, j
 
 

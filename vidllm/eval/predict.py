@@ -26,7 +26,7 @@ from vidllm.data.annotations import Instruction
 from vidllm.errors import DataError, VidLLMError
 from vidllm.eval import run_dir as rd
 from vidllm.eval.geometry_metrics import backproject_depth
-from vidllm.eval.predictions import BENCHMARKS, write_predictions
+from vidllm.eval.predictions import BENCHMARKS, PROTOCOLS, write_predictions
 
 
 @dataclass
@@ -78,11 +78,16 @@ def scene_to_world_map(protocol: str, pred_camera_to_scene: np.ndarray, gt_camer
 
 
 def _instructions(sample: dict[str, Any], benchmark: str, split: str | None) -> list[Instruction]:
+    records = sample["annotations"]
+    # Nr3D/Sr3D records carry no split (their csv covers all scans). A scene lies in one split, so
+    # they take the split of the scene's other records; otherwise `--split val` would keep train scenes.
+    scene_splits = {r.get("split") for r in records} - {None}
+    scene_split = next(iter(scene_splits)) if len(scene_splits) == 1 else None
     out = []
-    for record in sample["annotations"]:
+    for record in records:
         if record.get("task") != benchmark:
             continue
-        record_split = record.get("split")
+        record_split = record.get("split") or scene_split
         if split is not None and record_split is not None and record_split != split:
             continue
         out.append(Instruction.from_dict({k: v for k, v in record.items() if k != "split"}))
@@ -103,12 +108,13 @@ def predict(
     max_new_tokens: int = 32,
     geometry_dir: str | Path | None = None,
     limit_scenes: int | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> PredictSummary:
     """Predict every `benchmark` instruction found in the shards; write JSONL + `.meta.json` atomically.
 
     `geometry_dir` (default: `<out dir>/geometry` for recon) receives `<scene>.npz` files in the
-    run-directory format; recon prediction lines point at them.
+    run-directory format; recon prediction lines point at them. `progress(samples_read, total)` is
+    called after every shard sample (scene clip).
     """
     from vidllm.checkpoint import load_pretrained
     from vidllm.data.shards import ShardDataset
@@ -116,7 +122,11 @@ def predict(
 
     if benchmark not in BENCHMARKS:
         raise VidLLMError(f"unknown benchmark '{benchmark}' (choose from {', '.join(BENCHMARKS)})")
+    if protocol not in PROTOCOLS:
+        raise VidLLMError(f"unknown evaluation protocol '{protocol}' (choose from {', '.join(PROTOCOLS)})")
     out_path = Path(out_path)
+    dataset = ShardDataset(shards_uri)  # a missing manifest fails here, before the model loads
+    total = len(dataset) if limit_scenes is None else min(len(dataset), limit_scenes)
     model, tokenizer = load_pretrained(model_dir, merge_lora=True)
     if tokenizer is None:
         raise DataError(model_dir, "model directory has no tokenizer/ (needed to read prompts)")
@@ -126,9 +136,11 @@ def predict(
     records: list[dict[str, Any]] = []
     seconds: list[float] = []
 
-    for sample in ShardDataset(shards_uri):
+    for samples_read, sample in enumerate(dataset, start=1):
         if limit_scenes is not None and summary.scenes >= limit_scenes:
             break
+        if progress is not None:
+            progress(samples_read, total)
         meta = sample["meta"]
         scene_id = meta["scene_id"]
         where = f"{shards_uri}:{sample['key']}"
@@ -202,8 +214,6 @@ def predict(
                     boxes = boxes[:1]
                 records.append({"id": inst.id, "text": result.text, "boxes": np.round(boxes, 4).tolist()})
         summary.scenes += 1
-        if progress is not None:
-            progress(1)
 
     if not records:
         raise DataError(shards_uri, f"no {benchmark} instructions in these shards" + (f" (split {split})" if split else ""))

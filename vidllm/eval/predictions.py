@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import typing
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from vidllm.config import EvalConfig
 from vidllm.errors import DataError
 
 TEXT_BENCHMARKS = ("scanqa", "sqa3d", "scan2cap")
 BOX_BENCHMARKS = ("scanrefer", "multi3drefer", "nr3d", "sr3d")
 BENCHMARKS = TEXT_BENCHMARKS + BOX_BENCHMARKS + ("recon",)
+# Named evaluation protocols: how predicted geometry is mapped to ScanNet's axis-aligned world.
+PROTOCOLS: tuple[str, ...] = typing.get_args(EvalConfig.model_fields["protocol"].annotation)
 
 
 @dataclass
@@ -124,13 +128,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write via a temp file in the same directory + os.replace, so no half-written file is visible."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A unique name opened with "x" (not mkstemp, whose 0600 mode would make reports unreadable to others).
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with tmp.open("x", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -40,8 +40,9 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 
 # Fixed leading columns of train_log.csv; loss terms follow as `loss/<term>` (e.g. loss/total,
-# loss/geo, loss/lang, loss/sc, loss/recon, loss/vl, loss/md).
+# loss/geo, loss/lang, loss/sc, loss/recon, loss/vl, loss/md). `stage` is optional when reading.
 TRAIN_LOG_COLUMNS = ("step", "stage", "lr", "samples_per_s")
+REQUIRED_TRAIN_LOG_COLUMNS = ("step", "lr", "samples_per_s")
 LOSS_PREFIX = "loss/"
 
 # geometry/<scene>.npz keys. Frames are the model's input frames; GT depth is resampled to the
@@ -97,7 +98,7 @@ def read_train_log(path: str | Path) -> TrainLog:
         raise DataError(path, "training log not found") from None
     reader = csv.DictReader(io.StringIO(text))
     header = reader.fieldnames or []
-    missing = [c for c in TRAIN_LOG_COLUMNS if c not in header]
+    missing = [c for c in REQUIRED_TRAIN_LOG_COLUMNS if c not in header]
     if missing:
         raise DataError(path, f"header lacks column(s) {', '.join(missing)} (expected {', '.join(TRAIN_LOG_COLUMNS)}, loss/<term>...)")
     terms = [c[len(LOSS_PREFIX):] for c in header if c.startswith(LOSS_PREFIX)]
@@ -108,7 +109,7 @@ def read_train_log(path: str | Path) -> TrainLog:
         if not math.isfinite(step):
             raise DataError(path, f"line {line}: 'step' is missing")
         steps.append(int(step))
-        stages.append(row["stage"] or "")
+        stages.append(row.get("stage") or "")
         lr.append(_as_float(path, line, "lr", row["lr"]))
         sps.append(_as_float(path, line, "samples_per_s", row["samples_per_s"]))
         for t in terms:

@@ -1,0 +1,146 @@
+"""Benchmark: sharding throughput and shard reading+decoding throughput. Prints one JSON object.
+
+(a) `prepare_shards` frames/s on synthetic ScanNet-format scenes (local Ray, Ray start-up excluded);
+(b) reading + decoding + digest-checking every frame through the Ray Data reader and through the
+    plain reader (one process, and a DataLoader with one worker per core), each as a ratio to the
+    bound: decoding the same JPEG/PNG bytes, already in memory, in a tight loop in one process
+    with one thread per core (PIL releases the GIL while decoding). Goal: reader >= 0.7 of it.
+
+    python benchmarks/shard_throughput.py [--scenes 24] [--frames 32] [--short-side 238] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from preprocessing.prepare import prepare_shards  # noqa: E402
+from vidllm.config import PrepConfig, SynthConfig  # noqa: E402
+from vidllm.data.shards import ShardDataset, iter_tar_samples, read_manifest  # noqa: E402
+from vidllm.data.synthetic import generate_dataset  # noqa: E402
+
+
+def _decode_frame(pair: tuple[bytes, bytes]) -> int:
+    color = np.asarray(Image.open(io.BytesIO(pair[0])))
+    depth = np.asarray(Image.open(io.BytesIO(pair[1])))
+    return color.shape[0] + depth.shape[0]
+
+
+def _best(fn, repeats: int) -> float:
+    return min(_timed(fn) for _ in range(repeats))
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenes", type=int, default=24, help="synthetic scenes (default: 24)")
+    parser.add_argument("--frames", type=int, default=32, help="frames per clip (default: 32)")
+    parser.add_argument("--short-side", type=int, default=238, help="shorter output side (default: 238)")
+    parser.add_argument("--source", default="320x240", help="synthetic frame size WxH (default: 320x240)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed repeats of each reader; best kept (default: 2)")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    cores = os.cpu_count() or 1
+    width, height = (int(v) for v in args.source.lower().split("x"))
+
+    import ray
+    import torch
+
+    torch.set_num_threads(1)  # decode-bound work; keep torch's pool from competing for the cores
+    with tempfile.TemporaryDirectory(prefix="shard-bench-") as tmp:
+        synth = SynthConfig(scenes=args.scenes, frames=args.frames + 8, width=width, height=height,
+                            depth_width=width, depth_height=height, seed=0)
+        dataset = generate_dataset(Path(tmp) / "synth", synth, progress=False, keep_depths=False)
+        out = str(Path(tmp) / "shards")
+        cfg = PrepConfig(frames=args.frames, short_side=args.short_side, shard_max_bytes=64_000_000)
+
+        ray.init(num_cpus=cores, include_dashboard=False, logging_level="WARNING")
+        try:
+            start = time.perf_counter()
+            summary = prepare_shards(str(dataset.root), dataset.annotations_dir, out, cfg, progress=False)
+            shard_s = time.perf_counter() - start
+            assert not summary.failed, summary.failed
+            total_frames = summary.frames_written
+
+            # The bound: the same compressed bytes, decoded from memory, one thread per core.
+            pairs = []
+            for entry_shard in sorted({e.shard for e in read_manifest(out)}):
+                for _, members in iter_tar_samples(str(Path(out) / entry_shard)):
+                    pairs += [(members[f"color.{i:03d}.jpg"], members[f"depth.{i:03d}.png"])
+                              for i in range(args.frames)]
+            pool = ThreadPoolExecutor(max_workers=cores)
+            bound_s = _best(lambda: list(pool.map(_decode_frame, pairs, chunksize=8)), args.repeats + 1)
+            pool.shutdown()
+
+            def plain() -> None:
+                assert sum(1 for _ in ShardDataset(out)) == args.scenes
+
+            def loader() -> None:
+                dl = torch.utils.data.DataLoader(ShardDataset(out), batch_size=None, num_workers=cores)
+                assert sum(1 for _ in dl) == args.scenes
+
+            from vidllm.data.ray_reader import iter_ray_batches
+
+            def via_ray() -> None:
+                assert sum(len(b["key"]) for b in iter_ray_batches(out, batch_size=1)) == args.scenes
+
+            plain_s = _best(plain, args.repeats)
+            loader_s = _best(loader, args.repeats)
+            via_ray()  # warm-up: Ray worker processes import the decode code once
+            ray_s = _best(via_ray, args.repeats)
+        finally:
+            ray.shutdown()
+
+    bound_fps = total_frames / bound_s
+    result = {
+        "benchmark": "shard_throughput",
+        "scenes": args.scenes,
+        "frames_per_clip": args.frames,
+        "total_frames": total_frames,
+        "source_size": [width, height],
+        "image_size": read_image_size(summary, args),
+        "shard_bytes": summary.bytes_written,
+        "shards": len(summary.shards_written),
+        "sharding_frames_per_s": round(total_frames / shard_s, 1),
+        "sharding_s": round(shard_s, 2),
+        "bound_decode_frames_per_s": round(bound_fps, 1),
+        "ray_reader_frames_per_s": round(total_frames / ray_s, 1),
+        "ray_reader_ratio": round(total_frames / ray_s / bound_fps, 3),
+        "plain_reader_frames_per_s": round(total_frames / plain_s, 1),
+        "plain_reader_ratio": round(total_frames / plain_s / bound_fps, 3),
+        "plain_dataloader_frames_per_s": round(total_frames / loader_s, 1),
+        "plain_dataloader_ratio": round(total_frames / loader_s / bound_fps, 3),
+        "goal_ratio": 0.7,
+        "cores": cores,
+        "machine": f"{platform.machine()}, {cores} cpu",
+    }
+    print(json.dumps(result))
+
+
+def read_image_size(summary, args) -> list[int]:
+    from preprocessing.sampling import plan_resize_crop
+
+    width, height = (int(v) for v in args.source.lower().split("x"))
+    return list(plan_resize_crop((width, height), args.short_side, 14).out_size)
+
+
+if __name__ == "__main__":
+    main()

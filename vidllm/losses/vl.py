@@ -1,0 +1,78 @@
+"""3D vision-language losses (L_VL of eq. 8): LM cross-entropy, box regression, matching.
+
+`VidLLM.forward` already computes the terms that need its internals — `loss_lm` (next-token
+CE over answer tokens), `loss_box` (L1 between the `<ground>` box and its target, rows with a
+`<ground>` only) and `loss_match` (soft cross-entropy over proposals + "no target") — so they
+are taken from its outputs, never recomputed. This module adds the one term the model does
+not compute, an axis-aligned 3D GIoU on the same predicted boxes (as in DETR-style box
+regression: L1 fixes the coordinates, GIoU the overlap independent of object size), and
+weights everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class VLLossWeights:
+    lm: float = 1.0
+    box: float = 1.0
+    giou: float = 1.0
+    match: float = 1.0
+
+
+def box_corners(boxes: Tensor) -> tuple[Tensor, Tensor]:
+    """Boxes `[..., 6]` (cx, cy, cz, dx, dy, dz) → (min corner `[..., 3]`, max corner `[..., 3]`)."""
+    half = 0.5 * boxes[..., 3:].clamp_min(0)
+    return boxes[..., :3] - half, boxes[..., :3] + half
+
+
+def box_iou_3d(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Axis-aligned 3D IoU and GIoU of paired boxes `[..., 6]` → (iou `[...]`, giou `[...]`).
+
+    GIoU = IoU − (|C| − |A ∪ B|) / |C| with C the smallest box enclosing both (in [−1, 1]).
+    """
+    p_lo, p_hi = box_corners(pred)
+    t_lo, t_hi = box_corners(target)
+    inter = (torch.minimum(p_hi, t_hi) - torch.maximum(p_lo, t_lo)).clamp_min(0).prod(-1)
+    vol_p, vol_t = (p_hi - p_lo).prod(-1), (t_hi - t_lo).prod(-1)
+    union = vol_p + vol_t - inter
+    iou = inter / union.clamp_min(1e-9)
+    hull = (torch.maximum(p_hi, t_hi) - torch.minimum(p_lo, t_lo)).prod(-1)
+    giou = iou - (hull - union) / hull.clamp_min(1e-9)
+    return iou, giou
+
+
+def giou_3d_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """mean(1 − GIoU) over paired boxes `[N, 6]`; 0 for identical boxes, up to 2."""
+    return (1.0 - box_iou_3d(pred, target.to(pred.dtype))[1]).mean()
+
+
+def vl_loss(outputs: dict, box_targets: Tensor | None = None, weights: VLLossWeights | None = None) -> dict[str, Tensor]:
+    """Weighted L_VL from a `VidLLM.forward` result.
+
+    Args:
+        outputs: the model's dict; uses loss_lm, loss_box, loss_match when present, and
+            box_pred `[B, 6]` + ground_mask `[B]` for the GIoU term.
+        box_targets: `[B, 6]` the same scene-frame targets given to the model (rows without a
+            `<ground>` token are ignored); None skips GIoU.
+    Returns:
+        dict of scalars: total and each present term (lm, box, giou, match); absent terms are
+        omitted. total is 0 (no graph) if no term is present.
+    """
+    weights = weights or VLLossWeights()
+    terms: dict[str, Tensor] = {}
+    for key, name in (("loss_lm", "lm"), ("loss_box", "box"), ("loss_match", "match")):
+        if outputs.get(key) is not None:
+            terms[name] = outputs[key]
+    ground_mask = outputs.get("ground_mask")
+    if box_targets is not None and weights.giou > 0 and ground_mask is not None and bool(ground_mask.any()):
+        terms["giou"] = giou_3d_loss(outputs["box_pred"][ground_mask], box_targets[ground_mask])
+    if not terms:
+        return {"total": torch.zeros(())}
+    total = sum(getattr(weights, name) * value for name, value in terms.items())
+    return {"total": total, **terms}
