@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=32, help="frames per clip (default: 32)")
     parser.add_argument("--short-side", type=int, default=238, help="shorter output side (default: 238)")
     parser.add_argument("--source", default="320x240", help="synthetic frame size WxH (default: 320x240)")
+    parser.add_argument("--shard-mb", type=float, default=4.0,
+                        help="target shard size in MB: several shards so readers can parallelise (default: 4)")
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats of each reader; best kept (default: 2)")
     args = parser.parse_args()
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -70,7 +72,7 @@ def main() -> None:
                             depth_width=width, depth_height=height, seed=0)
         dataset = generate_dataset(Path(tmp) / "synth", synth, progress=False, keep_depths=False)
         out = str(Path(tmp) / "shards")
-        cfg = PrepConfig(frames=args.frames, short_side=args.short_side, shard_max_bytes=64_000_000)
+        cfg = PrepConfig(frames=args.frames, short_side=args.short_side, shard_max_bytes=int(args.shard_mb * 1e6))
 
         ray.init(num_cpus=cores, include_dashboard=False, logging_level="WARNING")
         try:

@@ -28,6 +28,7 @@ from vidllm.data.shards import (
     manifest_uri,
     read_manifest,
     shard_groups,
+    to_unit_float,
 )
 from vidllm.errors import DataError
 
@@ -93,19 +94,18 @@ def batch_to_torch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
     images [B,S,3,H,W] float32 in [0,1]; depths [B,S,H,W] float32 metres (0 = invalid);
     camera_to_world [B,S,4,4], intrinsics [B,S,3,3] float32; key/meta/annotations as lists.
     """
-    arrays = {}
     for name in ARRAY_COLUMNS:
-        value = batch[name]
-        if value.dtype == object:  # Ray hands ragged tensors back as an object array
+        if batch[name].dtype == object:  # Ray hands ragged tensors back as an object array
             raise DataError(str(batch["key"][0]), f"clips in one batch have different shapes ({name}); "
                                                   "use batch_size=1 or one image size per dataset")
-        arrays[name] = torch.from_numpy(np.require(value, requirements=["C", "W"]))  # Ray gives read-only views
+    # Every array below is a fresh copy: Ray's batches are read-only views of its object store.
     return {
         "key": [str(k) for k in batch["key"]],
-        "images": arrays["images"].permute(0, 1, 4, 2, 3).float().div_(255.0),
-        "depths": arrays["depth_mm"].to(torch.float32).div_(DEPTH_SCALE_M),
-        "camera_to_world": arrays["camera_to_world"].float(),
-        "intrinsics": arrays["intrinsics"].float(),
+        "images": torch.from_numpy(to_unit_float(batch["images"])).permute(0, 1, 4, 2, 3),
+        "depths": torch.from_numpy(np.multiply(batch["depth_mm"], np.float32(1.0 / DEPTH_SCALE_M),
+                                               dtype=np.float32)),
+        "camera_to_world": torch.from_numpy(np.array(batch["camera_to_world"], dtype=np.float32)),
+        "intrinsics": torch.from_numpy(np.array(batch["intrinsics"], dtype=np.float32)),
         "meta": [json.loads(m) for m in batch["meta_json"]],
         "annotations": [json.loads(a) for a in batch["annotations_json"]],
     }

@@ -5,7 +5,12 @@ each term, for logging); trainable pieces such as the distillation projections l
 the trainer.
 """
 
-from vidllm.losses.distill import distill_loss, geometry_feature_loss, semantic_feature_loss, structural_consistency_loss
+from vidllm.losses.distill import (
+    distill_loss,
+    geometry_feature_loss,
+    semantic_feature_loss,
+    structural_consistency_loss,
+)
 from vidllm.losses.metric_depth import bin_chamfer_loss, metric_depth_loss
 from vidllm.losses.recon import camera_loss, depth_loss, point_loss, reconstruction_targets, scene_rotation_loss
 from vidllm.losses.stage2 import Stage2LossWeights, stage2_loss

@@ -112,7 +112,8 @@ def structural_consistency_loss(
     Returns:
         scalar in [0, 4].
     """
-    for name, tensor in (("student_lang", student_lang), ("teacher_geom", teacher_geom), ("teacher_lang", teacher_lang)):
+    others = {"student_lang": student_lang, "teacher_geom": teacher_geom, "teacher_lang": teacher_lang}
+    for name, tensor in others.items():
         _check_same_shape(student_geom, tensor, f"structural_consistency_loss ({name} vs student_geom)")
     if num_tokens < 1:
         raise ValueError(f"num_tokens must be ≥ 1, got {num_tokens}")

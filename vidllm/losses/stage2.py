@@ -87,7 +87,8 @@ def stage2_loss(model_outputs: dict, batch: dict, weights: Stage2LossWeights | N
     if "world_points" in recon and w.point > 0:
         pts = point_loss(recon["world_points"], recon["world_points_conf"], batch["points"].to(dtype), recon_mask,
                          alpha=w.conf_alpha, grad_weight=w.grad_weight, valid_range=w.valid_range)
-        out.update({"point": pts["total"], "point_conf": pts["conf"], "point_reg": pts["reg"], "point_grad": pts["grad"]})
+        out.update({"point": pts["total"], "point_conf": pts["conf"], "point_reg": pts["reg"],
+                    "point_grad": pts["grad"]})
         total_recon = total_recon + w.point * out["point"]
     if model_outputs.get("scene_rotation") is not None and w.rotation > 0:
         rotation = model_outputs["scene_rotation"]
@@ -98,7 +99,8 @@ def stage2_loss(model_outputs: dict, batch: dict, weights: Stage2LossWeights | N
     out["md_log"] = metric_depth_loss(metric, batch["depth_metric"].to(metric.dtype), valid, alpha=w.md_alpha)
     total_md = w.md * out["md_log"]
     if w.md_chamfer > 0:
-        out["md_chamfer"] = bin_chamfer_loss(recon["metric"]["bin_edges"], batch["depth_metric"].to(metric.dtype), valid)
+        gt_metric = batch["depth_metric"].to(metric.dtype)
+        out["md_chamfer"] = bin_chamfer_loss(recon["metric"]["bin_edges"], gt_metric, valid)
         total_md = total_md + w.md_chamfer * out["md_chamfer"]
 
     vl_weights = VLLossWeights(lm=w.lm, box=w.box, giou=w.giou, match=w.match)

@@ -52,7 +52,9 @@ def giou_3d_loss(pred: Tensor, target: Tensor) -> Tensor:
     return (1.0 - box_iou_3d(pred, target.to(pred.dtype))[1]).mean()
 
 
-def vl_loss(outputs: dict, box_targets: Tensor | None = None, weights: VLLossWeights | None = None) -> dict[str, Tensor]:
+def vl_loss(
+    outputs: dict, box_targets: Tensor | None = None, weights: VLLossWeights | None = None
+) -> dict[str, Tensor]:
     """Weighted L_VL from a `VidLLM.forward` result.
 
     Args:
