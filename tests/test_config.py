@@ -44,3 +44,16 @@ def test_bad_override_syntax_and_recipe(tmp_path):
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="bad.yaml"):
         load_config("tiny", yaml_path=bad)
+
+
+def test_synth_section_fills_depth_size_and_clip_from_the_rest():
+    from vidllm.config import SynthConfig
+
+    cfg = load_config("tiny", overrides=["data.synth.width=96", "data.prep.frames=6"])
+    assert (cfg.data.synth.depth_width, cfg.data.synth.depth_height) == (96, 60)
+    assert cfg.data.synth.clip_frames == 6
+    assert load_config("tiny", overrides=["data.synth.clip_frames=2"]).data.synth.clip_frames == 2
+    bare = SynthConfig(width=64, height=48, depth_width=32)
+    assert (bare.depth_width, bare.depth_height, bare.clip_frames) == (32, 48, None)
+    with pytest.raises(ConfigError, match=r"'data.synth'.*max_objects \(2\) is below min_objects \(3\)"):
+        load_config("tiny", overrides=["data.synth.max_objects=2"])

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -36,14 +36,31 @@ class SynthConfig(_Section):
     frames: int = Field(32, ge=2)
     width: int = Field(320, ge=16)
     height: int = Field(240, ge=16)
-    depth_width: int = Field(320, ge=16)
-    depth_height: int = Field(240, ge=16)
+    depth_width: int | None = Field(None, ge=16, description="None = the colour width")
+    depth_height: int | None = Field(None, ge=16, description="None = the colour height")
     min_objects: int = Field(3, ge=1)
     max_objects: int = Field(7, ge=1)
     seed: int = 0
     val_fraction: float = Field(0.25, ge=0, lt=1, description="share of scenes in the val split")
     invalid_pose_fraction: float = Field(0.0, ge=0, lt=1, description="frames stored with -inf poses")
     mesh_spacing: float = Field(0.1, gt=0, description="max edge length of the written mesh, metres")
+    clip_frames: int | None = Field(
+        None, ge=1,
+        description="every kept object is visible within this many frames spread uniformly over the valid "
+                    "frames (the clip `prepare` samples); None = data.prep.frames inside a full config, "
+                    "all valid frames for a bare SynthConfig",
+    )
+
+    @model_validator(mode="after")
+    def _check_and_fill(self) -> SynthConfig:
+        if self.max_objects < self.min_objects:
+            raise ValueError(f"max_objects ({self.max_objects}) is below min_objects ({self.min_objects})")
+        # Conditional assignments: each re-runs this validator once (validate_assignment).
+        if self.depth_width is None:
+            self.depth_width = self.width
+        if self.depth_height is None:
+            self.depth_height = self.height
+        return self
 
 
 class PrepConfig(_Section):
@@ -61,8 +78,16 @@ class DataConfig(_Section):
     root: str = "data/scannet"
     annotations: str = "data/annotations"
     shards: str = "data/shards"
-    synth: SynthConfig = SynthConfig()
-    prep: PrepConfig = PrepConfig()
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    prep: PrepConfig = Field(default_factory=PrepConfig)
+
+    @model_validator(mode="after")
+    def _clip_follows_prep(self) -> DataConfig:
+        # Synthetic objects must show up in the clip that `prepare` will actually sample.
+        # A copy, so a SynthConfig passed in by the caller is left as it was.
+        if self.synth.clip_frames is None:
+            self.synth = self.synth.model_copy(update={"clip_frames": self.prep.frames})
+        return self
 
 
 # ----------------------------------------------------------------------------- model
@@ -218,7 +243,7 @@ class VidLLMConfig(_Section):
 # A little duplication here beats a recipe framework.
 _TINY: dict[str, Any] = {
     "data": {
-        "synth": {"scenes": 2, "frames": 8, "width": 80, "height": 60, "depth_width": 80, "depth_height": 60},
+        "synth": {"scenes": 2, "frames": 8, "width": 80, "height": 60},
         "prep": {"frames": 4, "short_side": 56, "shard_max_bytes": 2_000_000},
     },
     "model": {
@@ -247,7 +272,7 @@ _TINY: dict[str, Any] = {
 
 _DEMO: dict[str, Any] = {
     "data": {
-        "synth": {"scenes": 6, "frames": 24, "width": 160, "height": 120, "depth_width": 160, "depth_height": 120},
+        "synth": {"scenes": 6, "frames": 24, "width": 160, "height": 120},
         "prep": {"frames": 8, "short_side": 112, "shard_max_bytes": 50_000_000},
     },
     "model": {

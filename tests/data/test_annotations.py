@@ -158,7 +158,18 @@ def test_multi3drefer_zero_single_multi(tmp_path):
     items = load_annotations("multi3drefer", tmp_path, split="val")
     assert [i.target_object_ids for i in items] == [[3, 4, 7], [], [9]]
     assert [i.eval_subgroup["eval_type"] for i in items] == ["mt", "zt_wo_d", "st_wo_d"]
-    assert items[1].object_name == "sofa" and items[1].id == "scene0000_00||1"
+    # Ids follow M3DRef-CLIP's key (scene_id, 0, ann_id): they never reveal the targets.
+    assert [i.id for i in items] == ["scene0000_00|0|0", "scene0000_00|0|1", "scene0000_00|0|2"]
+    assert items[1].object_name == "sofa"
+
+
+def test_duplicate_ids_are_rejected(tmp_path):
+    path = _dump(tmp_path / "multi3drefer_val.json", [MULTI3DREFER[0], {**MULTI3DREFER[2], "ann_id": "0"}])
+    with pytest.raises(DataError, match=r"multi3drefer_val.json: two multi3drefer records share the id 'scene0000_00\|0\|0'"):
+        load_annotations("multi3drefer", path)
+    path = _dump(tmp_path / "ScanQA_v1.0_val.json", [SCANQA[0], SCANQA[0]])
+    with pytest.raises(DataError, match="share the id 'train-scene0000-0'"):
+        load_annotations("scanqa", path)
 
 
 @pytest.mark.parametrize("change,message", [

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from preprocessing.sampling import sample_frame_ids
 from vidllm.cli import main as vidllm_main
 from vidllm.config import SynthConfig
 from vidllm.data.annotations import load_annotations
@@ -22,7 +23,7 @@ from vidllm.data.synthetic_questions import generate_instructions
 @pytest.fixture(scope="module")
 def dataset_with_lost_frames(tmp_path_factory):
     cfg = SynthConfig(scenes=2, frames=8, width=64, height=48, depth_width=48, depth_height=36,
-                      invalid_pose_fraction=0.25, seed=3)
+                      invalid_pose_fraction=0.25, clip_frames=3, seed=3)
     return generate_dataset(tmp_path_factory.mktemp("synth_lost"), cfg, progress=False)
 
 
@@ -77,6 +78,25 @@ def test_depth_and_poses_place_every_object_where_its_box_is(synthetic_dataset):
             for obj in truth.objects:
                 lo, hi = obj.box[:3] - obj.box[3:] / 2 - 0.01, obj.box[:3] + obj.box[3:] / 2 + 0.01
                 assert np.all((points > lo) & (points < hi), axis=1).sum() >= 4, f"{obj} never seen"
+
+
+def test_every_object_is_visible_in_the_sampled_clip(dataset_with_lost_frames):
+    """Counting and referring answers need every object on screen in the frames `prepare` keeps:
+    `clip_frames` frames spread over the valid (finite-pose) frames, away from the crop border."""
+    for truth in dataset_with_lost_frames.scenes:
+        with load_scene(truth.path) as scene:
+            clip = sample_frame_ids(scene.valid_frame_ids, 3)
+            assert not set(clip.tolist()) & set(truth.invalid_frame_ids)
+            lo = np.array([o.box[:3] - o.box[3:] / 2 for o in truth.objects], dtype=np.float32)
+            hi = np.array([o.box[:3] + o.box[3:] / 2 for o in truth.objects], dtype=np.float32)
+            w, h = scene.color_size
+            seen = np.zeros(len(truth.objects), dtype=int)
+            for frame_id in clip:
+                hits = cast_view(truth.axis_alignment @ scene.pose(int(frame_id)), scene.intrinsic_color, w, h,
+                                 np.zeros(3, np.float32), truth.room_size.astype(np.float32), lo, hi)
+                inner = hits.surface[h // 20 + 1:-(h // 20 + 1), w // 20 + 1:-(w // 20 + 1)]
+                seen += np.bincount(inner.ravel(), minlength=len(truth.objects) + 6)[:len(truth.objects)]
+            assert truth.objects and (seen >= 4).all(), seen
 
 
 def test_colour_frames_show_the_named_colours(synthetic_dataset):
@@ -162,7 +182,7 @@ def test_annotations_load_back_and_answers_follow_from_the_scene(synthetic_datas
             generated.setdefault(task, []).extend(items)
     for task, made in generated.items():
         loaded = [i for split in ds.splits for i in load_annotations(task, ds.annotations_dir, split=split)]
-        # Sr3D rows have no id column: the loader names them scan|target|csv line.
+        # Sr3D rows have no id column: the loader names them scan|target|csv row.
         skip = {"extra", "id"} if task == "sr3d" else {"extra"}
         core = lambda i: {k: v for k, v in i.to_dict().items() if k not in skip}  # noqa: E731
         assert sorted(map(str, map(core, loaded))) == sorted(map(str, map(core, made))), task
@@ -238,4 +258,20 @@ def test_synth_cli_writes_and_summarises(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert vidllm_main(["synth", "--out", str(tmp_path / "bad"), "--scenes", "0", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "--scenes" in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
+    assert "data.synth.scenes" in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
+
+
+def test_synth_cli_config_file_overrides_and_flags(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text("recipe: tiny\ndata:\n  synth:\n    scenes: 1\n    frames: 3\n    seed: 9\n")
+    out = tmp_path / "synth"
+    code = vidllm_main(["synth", "--out", str(out), "--config", str(params), "--set", "data.synth.width=40",
+                        "--set", "data.synth.seed=2", "--seed", "4", "--height", "30", "--json", "--no-progress"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    # YAML over the recipe, --set over YAML, flags over --set; depth follows the colour size.
+    assert summary["scenes"] == 1 and summary["frames"] == 3
+    assert summary["color_size"] == [40, 30] == summary["depth_size"]
+    assert summary["clip_frames"] == 4  # the tiny recipe's data.prep.frames
+    assert vidllm_main(["synth", "--out", str(tmp_path / "x"), "--set", "data.synth.colour=red"]) == 2
+    assert "unknown config key 'data.synth.colour'" in capsys.readouterr().err

@@ -67,8 +67,8 @@ def test_multi3drefer_f1_per_eval_type(tmp_path, capsys, boxes_file):
          "object_ids": [0], "eval_type": "st_wo_d"},
     ])
     pred = _jsonl(tmp_path / "p.jsonl", [
-        {"id": "scene0000_00|0,1|0", "boxes": [[0, 0, 0.5, 1, 1, 1]]},  # 1 of 2 → F1 2/3
-        {"id": "scene0000_00||1", "boxes": []},  # zero-target, nothing predicted → 1
+        {"id": "scene0000_00|0|0", "boxes": [[0, 0, 0.5, 1, 1, 1]]},  # 1 of 2 → F1 2/3
+        {"id": "scene0000_00|0|1", "boxes": []},  # zero-target, nothing predicted → 1
         {"id": "scene0001_00|0|2", "boxes": [[1, 1, 1, 2, 2, 2], [9, 9, 9, 1, 1, 1]]},  # TP 1, P 2, G 1 → 2/3
     ])
     out = _score(capsys, "--benchmark", "multi3drefer", "--pred", str(pred), "--gt", str(gt), "--boxes", str(boxes_file))

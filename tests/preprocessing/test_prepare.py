@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from preprocessing.prepare import CRASH_AFTER_SHARDS_ENV, config_digest, prepare_shards
 from tests.shard_fixtures import TINY_PREP

@@ -11,7 +11,8 @@ from vidllm.config import load_config
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scannet", required=True, metavar="DIR_OR_URI",
-                        help="ScanNet scans/ folder (or the folder containing scans/), local path or s3://bucket/prefix")
+                        help="ScanNet scans/ folder (or the folder containing scans/), "
+                             "local path or s3://bucket/prefix")
     parser.add_argument("--annotations", default=None, metavar="DIR",
                         help="folder with the benchmark annotation files (ScanQA, SQA3D, ScanRefer, Multi3DRefer, "
                              "Nr3D/Sr3D) joined into each scene's sample; local or s3:// (default: none)")

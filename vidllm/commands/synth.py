@@ -8,41 +8,50 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from vidllm.config import SynthConfig, load_config
 from vidllm.errors import VidLLMError
 
-_DEFAULTS = SynthConfig()
+if TYPE_CHECKING:
+    from vidllm.data.synthetic import SyntheticDataset
+
+# flag -> data.synth field (argparse dest == field name)
+_FLAG_FIELDS = ("scenes", "frames", "width", "height", "depth_width", "depth_height", "seed", "min_objects",
+                "max_objects", "invalid_pose_fraction", "val_fraction", "clip_frames")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder; gets scans/, annotations/ and scannetv2-labels.combined.tsv")
-    parser.add_argument("--recipe", default=None, metavar="NAME",
-                        help="take the data.synth defaults from this recipe (tiny/demo/paper) instead of "
-                             "SynthConfig's defaults; the flags below still override")
-    parser.add_argument("--scenes", type=int, default=None, help=f"number of scenes (default {_DEFAULTS.scenes})")
-    parser.add_argument("--frames", type=int, default=None, help=f"frames per scene (default {_DEFAULTS.frames})")
-    parser.add_argument("--width", type=int, default=None, help=f"colour width in pixels (default {_DEFAULTS.width})")
+    parser.add_argument("--recipe", default="paper", metavar="NAME",
+                        help="recipe giving the data.synth defaults: tiny, demo or paper (default: paper)")
+    parser.add_argument("--config", default=None, metavar="YAML",
+                        help="config file (e.g. params.yaml) applied over the recipe (default: none)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted config override, repeatable (e.g. data.synth.mesh_spacing=0.05); "
+                             "the flags below win over it")
+    parser.add_argument("--scenes", type=int, default=None, help="number of scenes (default: recipe, paper 4)")
+    parser.add_argument("--frames", type=int, default=None, help="frames per scene (default: recipe, paper 32)")
+    parser.add_argument("--width", type=int, default=None, help="colour width in pixels (default: recipe, paper 320)")
     parser.add_argument("--height", type=int, default=None,
-                        help=f"colour height in pixels (default {_DEFAULTS.height})")
+                        help="colour height in pixels (default: recipe, paper 240)")
     parser.add_argument("--depth-width", type=int, default=None,
                         help="depth width in pixels (default: the colour width)")
     parser.add_argument("--depth-height", type=int, default=None,
                         help="depth height in pixels (default: the colour height)")
-    parser.add_argument("--seed", type=int, default=None, help=f"random seed; same seed, same data (default {_DEFAULTS.seed})")
-    parser.add_argument("--min-objects", type=int, default=None,
-                        help=f"least furniture per room (default {_DEFAULTS.min_objects})")
-    parser.add_argument("--max-objects", type=int, default=None,
-                        help=f"most furniture per room (default {_DEFAULTS.max_objects})")
+    parser.add_argument("--seed", type=int, default=None, help="random seed; same seed, same data (default: 0)")
+    parser.add_argument("--min-objects", type=int, default=None, help="least furniture per room (default: 3)")
+    parser.add_argument("--max-objects", type=int, default=None, help="most furniture per room (default: 7)")
     parser.add_argument("--invalid-pose-fraction", type=float, default=None,
                         help="share of frames stored with -inf poses, like ScanNet's lost-tracking frames "
-                             f"(default {_DEFAULTS.invalid_pose_fraction})")
+                             "(default: 0)")
     parser.add_argument("--val-fraction", type=float, default=None,
-                        help=f"share of scenes in the val split (default {_DEFAULTS.val_fraction})")
+                        help="share of scenes in the val split (default: 0.25)")
+    parser.add_argument("--clip-frames", type=int, default=None,
+                        help="objects not visible within this many frames spread over the valid frames are "
+                             "left out, so every answer can be seen in the clip `prepare` samples "
+                             "(default: the recipe's data.prep.frames)")
     parser.add_argument("--overwrite", action="store_true",
                         help="allow writing into a non-empty --out folder; files with the same names are "
                              "replaced, other files are left alone (default: refuse)")
@@ -50,27 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def build_synth_config(args: argparse.Namespace) -> SynthConfig:
-    base = load_config(args.recipe).data.synth if args.recipe else SynthConfig()
-    values = base.model_dump()
-    for key in ("scenes", "frames", "width", "height", "seed", "min_objects", "max_objects",
-                "invalid_pose_fraction", "val_fraction"):
-        if getattr(args, key) is not None:
-            values[key] = getattr(args, key)
-    # Depth follows the colour size unless asked otherwise (or set by the recipe).
-    values["depth_width"] = args.depth_width or (values["width"] if args.width else values["depth_width"])
-    values["depth_height"] = args.depth_height or (values["height"] if args.height else values["depth_height"])
-    if values["max_objects"] < values["min_objects"]:
-        raise VidLLMError(f"--max-objects ({values['max_objects']}) is below --min-objects ({values['min_objects']})")
-    try:
-        return SynthConfig(**values)
-    except ValidationError as exc:
-        problems = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']} (got {e.get('input')!r})"
-                             for e in exc.errors())
-        raise VidLLMError(f"invalid synth settings: {problems}") from None
+def build_synth_config(recipe: str, config_path: str | None, overrides: list[str],
+                       flags: dict[str, int | float | None]) -> SynthConfig:
+    """Recipe ← YAML ← `--set` overrides ← explicit flags (None = not given)."""
+    flag_overrides = [f"data.synth.{key}={value}" for key, value in flags.items() if value is not None]
+    return load_config(recipe, config_path, [*overrides, *flag_overrides]).data.synth
 
 
-def summarise(dataset: Any, cfg: SynthConfig, seconds: float) -> dict[str, Any]:
+def summarise(dataset: SyntheticDataset, cfg: SynthConfig, seconds: float) -> dict[str, Any]:
     objects = Counter(o.label for scene in dataset.scenes for o in scene.objects)
     per_task: dict[str, dict[str, int]] = {}
     scene_split = {s.scene_id: s.split for s in dataset.scenes}
@@ -82,6 +78,7 @@ def summarise(dataset: Any, cfg: SynthConfig, seconds: float) -> dict[str, Any]:
         "splits": {k: len(v) for k, v in dataset.splits.items()},
         "frames": cfg.frames * len(dataset.scenes),
         "invalid_pose_frames": sum(len(s.invalid_frame_ids) for s in dataset.scenes),
+        "clip_frames": cfg.clip_frames,
         "color_size": [cfg.width, cfg.height],
         "depth_size": [cfg.depth_width, cfg.depth_height],
         "objects": sum(objects.values()),
@@ -94,7 +91,8 @@ def summarise(dataset: Any, cfg: SynthConfig, seconds: float) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from vidllm.data.synthetic import generate_dataset
 
-    cfg = build_synth_config(args)
+    cfg = build_synth_config(args.recipe, args.config, args.overrides,
+                             {key: getattr(args, key) for key in _FLAG_FIELDS})
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise VidLLMError(f"{out}: exists and is not a folder")
@@ -111,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
       f"({', '.join(f'{k}: {v}' for k, v in summary['splits'].items())})\n")
     w(f"frames: {summary['frames']} ({summary['invalid_pose_frames']} with -inf poses), "
       f"colour {cfg.width}x{cfg.height}, depth {cfg.depth_width}x{cfg.depth_height}\n")
+    w(f"every object is visible within {cfg.clip_frames or 'all'} frames spread over the valid frames\n")
     w(f"objects: {summary['objects']} ({', '.join(f'{k} {v}' for k, v in summary['objects_per_label'].items())})\n")
     w("instructions:\n")
     for task, counts in summary["instructions"].items():

@@ -12,6 +12,18 @@
 
 `load_annotations(task, path, split)` takes a file or a folder (searched recursively for the
 published name). Malformed input raises DataError naming the file and the record.
+
+Instruction ids (the `id` of a prediction line, unique per file):
+
+| task         | id                                                                           |
+|--------------|------------------------------------------------------------------------------|
+| scanqa/sqa3d | `question_id`                                                                |
+| scanrefer    | `scene_id|object_id|ann_id`                                                  |
+| multi3drefer | `scene_id|0|ann_id`: a query has zero or several targets, so the object slot |
+|              | is 0, as in M3DRef-CLIP's evaluator key `(scene_id, 0, ann_id)`              |
+| scan2cap     | `scene_id|object_id|object_name`                                             |
+| nr3d         | `assignmentid`                                                               |
+| sr3d         | `scan_id|target_id|csv row` (the csv has no id column; row 2 = first record) |
 """
 
 from __future__ import annotations
@@ -347,12 +359,17 @@ def _load_multi3drefer(path: Path) -> list[Instruction]:
         if not expected:
             raise rec.fail(f"eval_type {eval_type} does not match {len(ids)} object_ids {ids}")
         out.append(Instruction(
-            task="multi3drefer", id=f"{scene_id}|{','.join(map(str, ids))}|{ann_id}", scene_id=scene_id,
+            task="multi3drefer", id=multi3drefer_id(scene_id, ann_id), scene_id=scene_id,
             text=rec.get("description", str, nonempty=True), target_object_ids=ids,
             object_name=rec.get("object_name", str, nonempty=True),
             eval_subgroup={"eval_type": eval_type}, extra={"ann_id": ann_id},
         ))
     return out
+
+
+def multi3drefer_id(scene_id: str, ann_id: str | int) -> str:
+    """`scene_id|0|ann_id`; the targets are not part of the id, so predictions never need them."""
+    return f"{scene_id}|0|{ann_id}"
 
 
 def _parse_list_cell(text: str, what: str) -> list[Any]:
@@ -408,8 +425,8 @@ def _load_referit3d(task: str, path: Path, split: str | None) -> list[Instructio
         raise DataError(path, f"csv header lacks column(s) {', '.join(sorted(missing))}")
     keep = _split_scans(path, split)
     out = []
-    for line_no, row in enumerate(reader, start=2):
-        where = f"line {line_no}"
+    for row_no, row in enumerate(reader, start=2):
+        where = f"line {reader.line_num}"  # physical line (utterances may hold newlines)
         try:
             scan_id = row["scan_id"].strip()
             if not scan_id:
@@ -441,7 +458,7 @@ def _load_referit3d(task: str, path: Path, split: str | None) -> list[Instructio
                         extra[key] = row[key]
         except (ValueError, KeyError, TypeError) as exc:
             raise DataError(path, f"{where}: {exc}") from None
-        record_id = row.get("assignmentid") or f"{scan_id}|{target_id}|{line_no}"
+        record_id = row.get("assignmentid") or f"{scan_id}|{target_id}|{row_no}"
         out.append(Instruction(
             task=task, id=record_id, scene_id=scan_id, text=utterance, target_object_ids=[target_id],
             object_name=row["instance_type"],
@@ -456,16 +473,24 @@ def load_annotations(task: str, path: str | Path, split: str | None = None) -> l
     """Read `task`'s published annotation file(s) at `path` (a file or a folder) into Instructions."""
     file = find_annotation_file(task, path, split)
     if task == "scanqa":
-        return _load_scanqa(file)
-    if task == "sqa3d":
-        return _load_sqa3d(file)
-    if task == "scanrefer":
-        return _load_scanrefer(file)
-    if task == "scan2cap":
-        return _load_scan2cap(file)
-    if task == "multi3drefer":
-        return _load_multi3drefer(file)
-    return _load_referit3d(task, file, split)
+        instructions = _load_scanqa(file)
+    elif task == "sqa3d":
+        instructions = _load_sqa3d(file)
+    elif task == "scanrefer":
+        instructions = _load_scanrefer(file)
+    elif task == "scan2cap":
+        instructions = _load_scan2cap(file)
+    elif task == "multi3drefer":
+        instructions = _load_multi3drefer(file)
+    else:
+        instructions = _load_referit3d(task, file, split)
+    # Predictions and scores are keyed by id, so two records with one id would silently merge.
+    seen: set[str] = set()
+    for instruction in instructions:
+        if instruction.id in seen:
+            raise DataError(file, f"two {task} records share the id {instruction.id!r}")
+        seen.add(instruction.id)
+    return instructions
 
 
 # ----------------------------------------------------------------------------- writers

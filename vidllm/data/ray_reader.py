@@ -62,7 +62,12 @@ def _decode_batch(batch: dict[str, np.ndarray], expected: dict[str, tuple[str, s
     result: dict[str, np.ndarray] = {}
     for name, values in out.items():
         if name in ARRAY_COLUMNS:
-            result[name] = np.stack(values) if values else np.zeros((0,), np.uint8)
+            if values and all(v.shape == values[0].shape for v in values):
+                result[name] = np.stack(values)
+            else:  # clips of different sizes (or none): a ragged column, Ray keeps per-row shapes
+                ragged = np.empty(len(values), dtype=object)
+                ragged[:] = values
+                result[name] = ragged
         else:
             result[name] = np.asarray(values, dtype=object)
     return result
@@ -84,7 +89,7 @@ def ray_shard_dataset(dataset_uri: str, *, verify: bool = True):
     ds = ray.data.read_webdataset([f"{base}/{shard}" for shard in sorted(groups)], filesystem=fs, decoder=None,
                                   override_num_blocks=len(groups))
     # One clip per decode call: clips can differ in size, and a clip is already S frames of work.
-    return ds.map_batches(_decode_batch, batch_size=1, batch_format="numpy",
+    return ds.map_batches(_decode_batch, batch_size=None, batch_format="numpy",
                           fn_kwargs={"expected": expected, "base": str(dataset_uri).rstrip("/"), "verify": verify})
 
 

@@ -341,6 +341,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         # Alone, decode a clip's frames on every core; inside DataLoader workers, one thread each.
         threads = self.decode_threads or (1 if worker is not None else os.cpu_count() or 1)
         pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
+
         try:
             for shard in shards:
                 for sample in iter_shard(storage.join(self.dataset_uri, shard), self.groups[shard], self.verify,

@@ -12,8 +12,8 @@
     out_dir/scannetv2-labels.combined.tsv
 
 Rooms are rendered by ray casting (vidllm.data.raycast), so depth is exact and every question's
-answer is computed from the same geometry the video shows; objects that no frame shows are
-removed before anything is written.
+answer is computed from the same geometry the video shows; objects that the sampled clip
+(`cfg.clip_frames` frames over the valid ones) never shows are removed before anything is written.
 """
 
 from __future__ import annotations
@@ -31,12 +31,15 @@ from vidllm.data import room_layout
 from vidllm.data.annotations import Instruction, load_annotations, write_annotations, write_split_lists
 from vidllm.data.raycast import ROOM_FACES, cast_view, shade
 from vidllm.data.room_layout import CATEGORIES, COLORS, ROOM_CATEGORIES, RoomLayout
+from vidllm.data.scannet_meta import apply_transform
 from vidllm.data.scannet_writers import write_aggregation, write_label_map, write_ply_mesh, write_scene_info, write_segs
 from vidllm.data.sens import write_sens
 from vidllm.data.synthetic_questions import generate_instructions
 
-# A furniture piece counts as visible if, in at least one frame, it covers this share of the image.
+# A furniture piece counts as visible if, in at least one clip frame, it covers this share of the image
+# inside the border below (which `prepare`'s crop to multiples of 14 may cut away).
 MIN_VISIBLE_FRACTION = 0.002
+CROP_BORDER_FRACTION = 0.05
 ANNOTATION_TASKS = ("scanqa", "sqa3d", "scanrefer", "multi3drefer", "nr3d", "sr3d")
 
 
@@ -104,25 +107,36 @@ def _surface_tables(layout: RoomLayout) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(albedo, dtype=np.float32), np.asarray(checker, dtype=np.float32)
 
 
+def clip_frame_ids(valid_frame_ids: list[int], clip_frames: int | None) -> list[int]:
+    """The frames a clip of `clip_frames` shows: spread uniformly over the valid frames, first and
+    last included (as `preprocessing.sampling.sample_frame_ids`); None = every valid frame."""
+    if clip_frames is None or clip_frames >= len(valid_frame_ids):
+        return list(valid_frame_ids)
+    positions = np.round(np.linspace(0, len(valid_frame_ids) - 1, clip_frames)).astype(np.int64)
+    return [valid_frame_ids[p] for p in positions]
+
+
 def _render(layout: RoomLayout, camera_to_room: np.ndarray, k_color: np.ndarray, color_size: tuple[int, int],
             k_depth: np.ndarray, depth_size: tuple[int, int]):
-    """Colour uint8 [N,H,W,3], depth float32 [N,h,w], visible fraction per furniture [M]."""
+    """Colour uint8 [N,H,W,3], depth float32 [N,h,w], and per frame the share of the image (inside
+    the crop border) each furniture piece covers [N,M]."""
     boxes_lo = np.array([f.lo for f in layout.furniture], dtype=np.float32).reshape(-1, 3)
     boxes_hi = np.array([f.hi for f in layout.furniture], dtype=np.float32).reshape(-1, 3)
     room_lo, room_hi = np.zeros(3, dtype=np.float32), layout.size.astype(np.float32)
     albedo, checker = _surface_tables(layout)
     same_grid = color_size == depth_size and np.allclose(k_color, k_depth)
-    colors, depths = [], []
-    visible = np.zeros(len(layout.furniture))
+    colors, depths, visible = [], [], []
+    border_x, border_y = (math.ceil(CROP_BORDER_FRACTION * side) for side in color_size)
     for pose in camera_to_room:
         hits = cast_view(pose, k_color, *color_size, room_lo, room_hi, boxes_lo, boxes_hi)
         colors.append(shade(hits, albedo, checker))
-        counts = np.bincount(hits.surface.ravel(), minlength=len(layout.furniture) + len(ROOM_FACES))
-        visible = np.maximum(visible, counts[: len(layout.furniture)] / hits.surface.size)
+        inner = hits.surface[border_y:color_size[1] - border_y, border_x:color_size[0] - border_x]
+        counts = np.bincount(inner.ravel(), minlength=len(layout.furniture) + len(ROOM_FACES))
+        visible.append(counts[: len(layout.furniture)] / hits.surface.size)
         if not same_grid:
             hits = cast_view(pose, k_depth, *depth_size, room_lo, room_hi, boxes_lo, boxes_hi)
         depths.append(hits.depth)
-    return np.stack(colors), np.stack(depths), visible
+    return np.stack(colors), np.stack(depths), np.asarray(visible).reshape(len(camera_to_room), -1)
 
 
 def _grid_face(lo: np.ndarray, hi: np.ndarray, axis: int, side: int, spacing: float):
@@ -187,28 +201,31 @@ def _build_mesh(layout: RoomLayout, spacing: float):
             furniture_segments)
 
 
-def _transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    return points @ matrix[:3, :3].T + matrix[:3, 3]
-
-
 def generate_scene(scene_index: int, scan_dir: Path, cfg: SynthConfig, split: str,
                    keep_depths: bool = True) -> SyntheticScene:
     """Lay out, render and write one scene; returns its ground truth."""
     rng = np.random.default_rng([cfg.seed, scene_index])
     scene_id = f"scene{scene_index:04d}_00"
-    layout = room_layout.sample_layout(rng, cfg.min_objects, max(cfg.min_objects, cfg.max_objects))
+    layout = room_layout.sample_layout(rng, cfg.min_objects, cfg.max_objects)
     camera_to_room = room_layout.camera_walk(rng, layout, cfg.frames)
     k_color = intrinsic_matrix(cfg.width, cfg.height)
     k_depth = intrinsic_matrix(cfg.depth_width, cfg.depth_height)
     color_size, depth_size = (cfg.width, cfg.height), (cfg.depth_width, cfg.depth_height)
 
+    # Lost-tracking frames are chosen first: readers drop them, so they cannot make an object visible.
+    num_invalid = int(round(cfg.invalid_pose_fraction * cfg.frames))
+    num_invalid = min(num_invalid, cfg.frames - 2)  # always keep two tracked frames
+    invalid = sorted(int(i) for i in rng.choice(cfg.frames, size=num_invalid, replace=False)) if num_invalid else []
+    shown = clip_frame_ids([i for i in range(cfg.frames) if i not in invalid], cfg.clip_frames)
+
     colors, depths, visible = _render(layout, camera_to_room, k_color, color_size, k_depth, depth_size)
+    seen = visible[shown].max(axis=0)
     min_fraction = max(MIN_VISIBLE_FRACTION, 4.0 / (cfg.width * cfg.height))
-    if np.any(visible < min_fraction):
-        # Hidden furniture would make counting answers wrong: drop it and render again
-        # (removing boxes only uncovers others, so one pass is enough).
-        layout = RoomLayout(layout.size, [f for f, v in zip(layout.furniture, visible) if v >= min_fraction])
-        colors, depths, visible = _render(layout, camera_to_room, k_color, color_size, k_depth, depth_size)
+    if np.any(seen < min_fraction):
+        # Furniture the clip never shows would make counting answers unanswerable: drop it and
+        # render again (removing boxes only uncovers others, so one pass is enough).
+        layout = RoomLayout(layout.size, [f for f, v in zip(layout.furniture, seen) if v >= min_fraction])
+        colors, depths, _ = _render(layout, camera_to_room, k_color, color_size, k_depth, depth_size)
 
     # World frame = the room frame rotated about z and shifted, as in raw ScanNet scans.
     axis_alignment = room_layout.random_axis_alignment(rng)
@@ -216,9 +233,6 @@ def generate_scene(scene_index: int, scan_dir: Path, cfg: SynthConfig, split: st
     camera_to_world = world_from_room @ camera_to_room
 
     stored_poses = camera_to_world.copy()
-    num_invalid = int(round(cfg.invalid_pose_fraction * cfg.frames))
-    num_invalid = min(num_invalid, cfg.frames - 2)  # always keep two tracked frames
-    invalid = sorted(int(i) for i in rng.choice(cfg.frames, size=num_invalid, replace=False)) if num_invalid else []
     stored_poses[invalid] = -np.inf  # ScanNet marks lost tracking with all -inf poses
 
     folder = scan_dir / scene_id
@@ -231,7 +245,7 @@ def generate_scene(scene_index: int, scan_dir: Path, cfg: SynthConfig, split: st
                      intrinsic_depth=k_depth, color_size=color_size, depth_size=depth_size, num_frames=cfg.frames,
                      scene_type=str(rng.choice(["Living room / Lounge", "Bedroom / Hotel", "Office", "Apartment"])))
     verts, vert_colors, faces, segs, furniture_segments = _build_mesh(layout, cfg.mesh_spacing)
-    write_ply_mesh(folder / f"{scene_id}_vh_clean_2.ply", _transform(world_from_room, verts), vert_colors, faces)
+    write_ply_mesh(folder / f"{scene_id}_vh_clean_2.ply", apply_transform(world_from_room, verts), vert_colors, faces)
     write_segs(folder / f"{scene_id}_vh_clean_2.0.010000.segs.json", scene_id, segs)
     write_aggregation(folder / f"{scene_id}.aggregation.json", scene_id,
                       [(i, f.label, furniture_segments[i]) for i, f in enumerate(layout.furniture)])

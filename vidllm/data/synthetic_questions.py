@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vidllm.data.annotations import Instruction, sqa3d_question_type, tokenize
+from vidllm.data.annotations import Instruction, multi3drefer_id, sqa3d_question_type, tokenize
 from vidllm.data.room_layout import CATEGORIES, COLORS
 
 if TYPE_CHECKING:
@@ -204,7 +204,7 @@ def _multi3drefer(facts: SceneFacts, rng: np.random.Generator) -> list[Instructi
         label = missing[int(rng.integers(len(missing)))]
         records.append((f"the {label} in this room.", [], label, "zt_wo_d"))
     return [
-        Instruction(task="multi3drefer", id=f"{scene_id}|{','.join(map(str, ids))}|{ann_id}", scene_id=scene_id,
+        Instruction(task="multi3drefer", id=multi3drefer_id(scene_id, ann_id), scene_id=scene_id,
                     text=text, target_object_ids=ids, object_name=name, eval_subgroup={"eval_type": eval_type},
                     extra={"ann_id": str(ann_id)})
         for ann_id, (text, ids, name, eval_type) in enumerate(records)
