@@ -221,6 +221,30 @@ class TrainConfig(_Section):
     strategy: Literal["ddp", "fsdp"] = "ddp"
     storage_path: str = "runs"
     seed: int = 0
+    max_failures: int = Field(1, ge=0, description="Ray Train restarts from the last checkpoint after a worker failure")
+    checkpoints_to_keep: int = Field(2, ge=1)
+    distill_sc_tokens: int = Field(256, ge=1, description="token positions sampled per scene for L_sc (eq. 7)")
+    instructions_per_scene: int = Field(2, ge=1, description="stage-2 instructions drawn per scene clip per step")
+    max_text_tokens: int = Field(128, ge=8, description="prompt + answer tokens per instruction (longer are cut)")
+
+
+class TeacherConfig(_Section):
+    """Stage-1 teachers (DESIGN §4): local `from_pretrained` directories (or hub ids when online).
+
+    geometry = VGGT's DINO patch embed saved as a Dinov2(WithRegisters)Model; semantic = a CLIP
+    vision tower (CLIPVisionModel). `random_*` size the random teachers that `vidllm teachers
+    --init-random DIR` writes for the tiny/demo recipes (no downloads).
+    """
+
+    geometry: str | None = None
+    semantic: str | None = None
+    semantic_image_size: int = Field(336, ge=14, description="CLIP input side (square resize)")
+    dtype: Literal["float16"] = "float16"
+    frames_per_batch: int = Field(16, ge=1, description="frames per teacher forward pass")
+    random_hidden_size: int = Field(1024, ge=8)
+    random_num_layers: int = Field(2, ge=1)
+    random_num_heads: int = Field(4, ge=1)
+    random_patch_size: int = Field(14, ge=1)
 
 
 class EvalConfig(_Section):
@@ -234,6 +258,7 @@ class VidLLMConfig(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    teachers: TeacherConfig = TeacherConfig()
     eval: EvalConfig = EvalConfig()
 
 
@@ -267,6 +292,7 @@ _TINY: dict[str, Any] = {
         "stage1": {"steps": 4, "warmup_steps": 1, "lr": 1e-3, "checkpoint_every": 2, "log_every": 1},
         "stage2": {"steps": 4, "warmup_steps": 1, "lr": 1e-3, "checkpoint_every": 2, "log_every": 1},
     },
+    "teachers": {"semantic_image_size": 56, "random_hidden_size": 32, "random_num_layers": 1, "random_num_heads": 2},
     "eval": {"max_new_tokens": 8},
 }
 
@@ -296,6 +322,7 @@ _DEMO: dict[str, Any] = {
         "stage1": {"steps": 60, "warmup_steps": 5, "lr": 5e-4, "checkpoint_every": 20, "log_every": 5},
         "stage2": {"steps": 120, "warmup_steps": 10, "lr": 5e-4, "checkpoint_every": 40, "log_every": 5},
     },
+    "teachers": {"semantic_image_size": 112, "random_hidden_size": 64, "random_num_layers": 1, "random_num_heads": 4},
     "eval": {"max_new_tokens": 16},
 }
 

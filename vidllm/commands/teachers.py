@@ -1,0 +1,56 @@
+"""`vidllm teachers`: compute the Stage-1 teacher features of a shard dataset into the content-addressed cache."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+
+
+def add_common_teacher_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--geometry-teacher", default=None, metavar="DIR",
+                        help="geometry teacher: a saved Dinov2Model (VGGT's DINO patch embed) directory "
+                             "(default: config teachers.geometry)")
+    parser.add_argument("--semantic-teacher", default=None, metavar="DIR",
+                        help="semantic teacher: a saved CLIPVisionModel directory (default: config teachers.semantic)")
+    parser.add_argument("--init-random", default=None, metavar="DIR",
+                        help="write random teachers sized by the recipe (teachers.random_*) to DIR if missing and "
+                             "use them; for tiny/demo runs without downloaded weights")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shards", required=True, metavar="DIR_OR_URI", help="shard dataset (folder or s3:// prefix)")
+    parser.add_argument("--cache", required=True, metavar="DIR_OR_URI",
+                        help="teacher feature cache (folder or s3:// prefix); present keys are never recomputed")
+    parser.add_argument("--recipe", default="paper", help="config recipe: tiny, demo or paper (default: paper)")
+    parser.add_argument("--config", default=None, metavar="YAML", help="config file (e.g. params.yaml) over the recipe")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted config override, repeatable (e.g. teachers.semantic_image_size=336)")
+    add_common_teacher_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def resolve_teachers(args: argparse.Namespace, cfg):
+    """cfg.teachers with the command-line teacher options applied."""
+    from preprocessing.teacher_cache import init_random_teachers
+
+    teachers = cfg.teachers
+    if args.init_random:
+        teachers = init_random_teachers(teachers, args.init_random, seed=cfg.train.seed)
+    updates = {k: v for k, v in (("geometry", args.geometry_teacher), ("semantic", args.semantic_teacher)) if v}
+    return teachers.model_copy(update=updates) if updates else teachers
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from preprocessing.teacher_cache import build_teacher_cache
+    from vidllm.config import load_config
+
+    cfg = load_config(args.recipe, args.config, args.overrides)
+    teachers = resolve_teachers(args, cfg)
+    torch.set_grad_enabled(False)
+    summary = build_teacher_cache(args.shards, args.cache, teachers, progress=not args.no_progress)
+    print(json.dumps(asdict(summary)) if args.json else summary.line())
+    return 0

@@ -1,0 +1,228 @@
+"""Shard samples → training batches for Stage 1 and Stage 2.
+
+A shard sample is one scene clip (`vidllm.data.shards.to_torch`). Batches keep scenes and text
+rows apart: `images [B, S, 3, H, W]` once per scene, and one text row per instruction with
+`scene_index [R]` pointing at its scene, so one vision pass serves several instructions.
+
+Stage-2 text rows: `build_prompt(...)` then the answer and `</s>`; labels are −100 on the
+prompt (the model marks vision positions −100 when it splices them in). Answers:
+- scanqa / sqa3d / scan2cap: the first reference answer (scan2cap carries the object box at `<obj>`).
+- scanrefer / nr3d / sr3d / multi3drefer: one `<ground>` per target (its hidden state is the box
+  query); box target = the first target's box; every row scores the scene's objects as proposals
+  with the targets multi-hot. A zero-target Multi3DRefer row answers "none" with no `<ground>`.
+Boxes are in the scene frame: gravity-aligned ScanNet axes, origin at the first camera centre
+(the frame `vidllm predict` maps back with the GT first camera centre).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vidllm.errors import DataError
+from vidllm.losses import reconstruction_targets
+from vidllm.tokenizer import GROUND, build_prompt
+
+GROUNDING_TASKS = ("scanrefer", "nr3d", "sr3d", "multi3drefer")
+ANSWER_TASKS = ("scanqa", "sqa3d", "scan2cap")
+NO_TARGET_ANSWER = "none"
+
+
+def stack_images(samples: list[dict[str, Any]]) -> Tensor:
+    """Scene clips → `[B, S, 3, H, W]` in [0, 1]; every clip must have the same frame count and size."""
+    shapes = {tuple(s["images"].shape) for s in samples}
+    if len(shapes) != 1:
+        raise DataError(", ".join(s["key"] for s in samples), f"clips in one batch differ in shape: {sorted(shapes)}")
+    return torch.stack([s["images"] for s in samples])
+
+
+def train_instructions(sample: dict[str, Any], split: str = "train") -> list[dict[str, Any]]:
+    """The sample's instruction records usable for training: the `split` ones (records without a
+    split, e.g. Nr3D/Sr3D, take the scene's split), of a known task, in a stable order."""
+    records = sample["annotations"]
+    splits = {r.get("split") for r in records} - {None}
+    scene_split = next(iter(splits)) if len(splits) == 1 else None
+    out = []
+    for r in records:
+        task = r.get("task")
+        if task not in GROUNDING_TASKS + ANSWER_TASKS:
+            continue
+        if (r.get("split") or scene_split) not in (split, None):
+            continue
+        if task in ANSWER_TASKS and not r.get("answers"):
+            continue
+        out.append(r)
+    return out
+
+
+@dataclass
+class TextRow:
+    input_ids: list[int]
+    labels: list[int]
+    box_target: list[float] | None  # scene frame (cx, cy, cz, dx, dy, dz)
+    object_box: list[float] | None  # scan2cap prompt box
+    match_ids: list[int] | None  # target object ids for proposal matching (grounding rows)
+
+
+def encode_row(record: dict[str, Any], tokenizer, objects: dict[int, list[float]], centre: list[float],
+               max_tokens: int) -> TextRow:
+    """One instruction record → token ids and labels (prompt −100, answer + eos supervised)."""
+    task = record["task"]
+
+    def scene_box(object_id: int) -> list[float]:
+        box = objects[object_id]
+        return [box[0] - centre[0], box[1] - centre[1], box[2] - centre[2], *box[3:6]]
+
+    targets = [int(i) for i in record.get("target_object_ids") or [] if int(i) in objects]
+    box_target = object_box = match_ids = None
+    prompt = build_prompt(record["text"], record.get("situation"), with_object=task == "scan2cap")
+    if task in GROUNDING_TASKS:
+        answer = " ".join([GROUND] * len(targets)) if targets else NO_TARGET_ANSWER
+        box_target = scene_box(targets[0]) if targets else None
+        match_ids = targets
+    else:
+        answer = str(record["answers"][0])
+        if task == "scan2cap":
+            if not targets:
+                raise DataError(record.get("id", "?"), "scan2cap record has no target object in the scene")
+            object_box = scene_box(targets[0])
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    # Keep the whole prompt (it holds <image>); cut the answer if the row is too long.
+    answer_ids = answer_ids[: max(1, max_tokens - len(prompt_ids))]
+    return TextRow(prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids, box_target, object_box, match_ids)
+
+
+def _objects(meta: dict[str, Any]) -> dict[int, list[float]]:
+    return {int(o["object_id"]): [float(v) for v in o["box"]] for o in meta.get("objects", [])}
+
+
+def stage1_batch(samples: list[dict[str, Any]], teacher_features: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """images `[B,S,3,H,W]`; teacher_geom `[B,S,Pg,Cg]` + grid; teacher_lang `[B,S,Pl,Cl]` + grid (fp32)."""
+    geom = [f["geometry"] for f in teacher_features]
+    lang = [f["semantic"] for f in teacher_features]
+    return {
+        "keys": [s["key"] for s in samples],
+        "images": stack_images(samples),
+        "teacher_geom": torch.stack([g["patch_tokens"] for g in geom]).float(),
+        "geom_grid": geom[0]["grid"],
+        "teacher_lang": torch.stack([g["patch_tokens"] for g in lang]).float(),
+        "lang_grid": lang[0]["grid"],
+    }
+
+
+def stage2_batch(samples: list[dict[str, Any]], tokenizer, *, instructions_per_scene: int, max_text_tokens: int,
+                 max_proposals: int, pad_id: int, seed: int, step: int) -> dict[str, Any]:
+    """Scene clips → one Stage-2 batch (see the module docstring).
+
+    Clips without train-split instructions still give reconstruction supervision: when no clip
+    of the batch has any, `input_ids` is None (a reconstruction-only step).
+
+    Instructions are drawn per scene with a generator seeded by (seed, step, scene key), so a
+    resumed run draws the same rows as an uninterrupted one. Returns images, recon targets
+    (`reconstruction_targets` keys), and text tensors input_ids/attention_mask/labels `[R, L]`,
+    scene_index `[R]`, box_targets `[R, 6]`, object_boxes `[R, 6]`, proposals `[R, M, 6]`,
+    proposal_mask `[R, M]`, match_targets `[R, M]`.
+    """
+    images = stack_images(samples)
+    height, width = images.shape[-2:]
+    alignment = torch.stack([torch.as_tensor(s["meta"].get("axis_alignment", torch.eye(4).tolist()),
+                                             dtype=torch.float32) for s in samples])
+    targets = reconstruction_targets(
+        torch.stack([s["camera_to_world"] for s in samples]), torch.stack([s["intrinsics"] for s in samples]),
+        torch.stack([s["depths"] for s in samples]), alignment, (height, width),
+    )
+    rows: list[TextRow] = []
+    scene_index: list[int] = []
+    proposals_per_scene: list[list[list[float]]] = []
+    proposal_ids: list[list[int]] = []
+    for b, sample in enumerate(samples):
+        records = train_instructions(sample)
+        objects = _objects(sample["meta"])
+        centre = targets["first_camera_center"][b].tolist()
+        ids = sorted(objects)[:max_proposals]
+        proposal_ids.append(ids)
+        proposals_per_scene.append([[objects[i][0] - centre[0], objects[i][1] - centre[1], objects[i][2] - centre[2],
+                                     *objects[i][3:6]] for i in ids])
+        if not records:
+            continue
+        rng = random.Random(f"{seed}:{step}:{sample['key']}")
+        for record in rng.sample(records, min(instructions_per_scene, len(records))):
+            rows.append(encode_row(record, tokenizer, objects, centre, max_text_tokens))
+            scene_index.append(b)
+    base = {"keys": [s["key"] for s in samples], "images": images, "targets": targets}
+    if not rows:  # e.g. val-split scenes: a reconstruction-only step
+        return {**base, "input_ids": None}
+    length = max(len(r.input_ids) for r in rows)
+    num_rows = len(rows)
+    input_ids = torch.full((num_rows, length), pad_id, dtype=torch.long)
+    labels = torch.full((num_rows, length), -100, dtype=torch.long)
+    attention_mask = torch.zeros((num_rows, length), dtype=torch.long)
+    box_targets = torch.zeros(num_rows, 6)
+    object_boxes = torch.zeros(num_rows, 6)
+    max_m = max(1, max(len(p) for p in proposal_ids))
+    proposals = torch.zeros(num_rows, max_m, 6)
+    proposal_mask = torch.zeros(num_rows, max_m, dtype=torch.bool)
+    match_targets = torch.zeros(num_rows, max_m)
+    has_box = torch.zeros(num_rows, dtype=torch.bool)
+    for r, (row, b) in enumerate(zip(rows, scene_index)):
+        n = len(row.input_ids)
+        input_ids[r, :n] = torch.tensor(row.input_ids)
+        labels[r, :n] = torch.tensor(row.labels)
+        attention_mask[r, :n] = 1
+        if row.box_target is not None:
+            box_targets[r] = torch.tensor(row.box_target)
+            has_box[r] = True
+        if row.object_box is not None:
+            object_boxes[r] = torch.tensor(row.object_box)
+        m = len(proposal_ids[b])
+        if m:
+            proposals[r, :m] = torch.tensor(proposals_per_scene[b])
+            proposal_mask[r, :m] = True
+        for object_id in row.match_ids or []:
+            if object_id in proposal_ids[b]:
+                match_targets[r, proposal_ids[b].index(object_id)] = 1.0
+    return {
+        **base,
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "scene_index": torch.tensor(scene_index, dtype=torch.long),
+        "box_targets": box_targets,
+        "has_box": has_box,
+        "object_boxes": object_boxes,
+        "proposals": proposals,
+        "proposal_mask": proposal_mask,
+        "match_targets": match_targets,
+    }
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor of a (nested) batch to `device`."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list):
+        return [to_device(v, device) for v in batch]
+    return batch
+
+
+def cycle_samples(dataset_factory, skip: int = 0) -> Iterator[dict[str, Any]]:
+    """Endless stream over `dataset_factory()` epochs, skipping the first `skip` samples (resume)."""
+    seen = 0
+    while True:
+        produced = False
+        for sample in dataset_factory():
+            produced = True
+            if seen < skip:
+                seen += 1
+                continue
+            yield sample
+        if not produced:
+            raise DataError("shards", "this rank's share of the dataset is empty (fewer samples than workers?)")

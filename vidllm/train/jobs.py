@@ -1,0 +1,204 @@
+"""The two training jobs — `train_stage1` and `train_stage2` — called by the CLI, Prefect flows and DVC.
+
+Run directory (besides `vidllm.eval.run_dir`'s files)::
+
+    RUN_DIR/config.yaml, train_log.csv     (both stages append to one log; `stage` column)
+    RUN_DIR/checkpoints/stage{1,2}/step-NNNNNNNN/   single-process checkpoints (Ray: under storage_path)
+    RUN_DIR/stage1_model/                  Stage-1 output (encoder + CTA, `vidllm.train.stage1`)
+    RUN_DIR/model/                         Stage-2 output: a full model directory (`vidllm predict --model`)
+
+A re-run resumes from the latest checkpoint of that stage (Ray: same run name in storage_path).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vidllm.config import VidLLMConfig, config_to_yaml
+from vidllm.errors import DataError
+from vidllm.eval import run_dir as rd
+from vidllm.train.batches import cycle_samples, stage1_batch, stage2_batch, to_device
+from vidllm.train.loop import (
+    CHECKPOINTS_DIR, StageJob, checkpoint_name, latest_checkpoint, load_checkpoint, prune_checkpoints, run_loop,
+    save_checkpoint, seed_everything,
+)
+
+STAGE1_MODEL_DIR = "stage1_model"
+STAGE2_MODEL_DIR = "model"
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    steps: int
+    final_losses: dict[str, float] = field(default_factory=dict)
+    resumed_from: int = 0
+
+
+@dataclass
+class StageSetup:
+    """Everything one process needs for a stage: the objective, its batches, and how to export it."""
+
+    job: StageJob
+    export: Any  # callable(objective: nn.Module, out_dir: Path) -> Path
+
+
+class Stage1Objective(nn.Module):
+    def __init__(self, student: nn.Module, sc_weight: float, sc_tokens: int, seed: int):
+        super().__init__()
+        self.student = student
+        self.sc_weight, self.sc_tokens, self.seed = sc_weight, sc_tokens, seed
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Stage-1 batch → {total, geo, lang, sc, tokens}; L_sc positions are drawn per step (seeded)."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(batch["step"]))
+        losses = self.student(batch, self.sc_weight, self.sc_tokens, generator)
+        images = batch["images"]
+        patches = (images.shape[-2] // self.student.encoder.patch_size) * (images.shape[-1] // self.student.encoder.patch_size)
+        return {**losses, "tokens": torch.tensor(float(images.shape[0] * images.shape[1] * patches))}
+
+
+def rank_samples(shards_uri: str, rank: int, world_size: int):
+    """A factory of this rank's sample stream: whole shards per rank when there are enough shards,
+    else every `world_size`-th sample (small datasets)."""
+    from vidllm.data.shards import ShardDataset
+
+    dataset = ShardDataset(shards_uri, rank=rank, world_size=world_size)
+    if world_size == 1 or len(dataset.groups) >= world_size:
+        return lambda: iter(ShardDataset(shards_uri, rank=rank, world_size=world_size))
+    if len(dataset) < world_size:
+        raise DataError(shards_uri, f"{len(dataset)} samples cannot feed {world_size} workers")
+    return lambda: itertools.islice(iter(ShardDataset(shards_uri)), rank, None, world_size)
+
+
+def _batched(stream: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    while True:
+        yield [next(stream) for _ in range(size)]
+
+
+def stage1_setup(cfg: VidLLMConfig, shards_uri: str, cache_uri: str, init_model: str | Path | None,
+                 rank: int = 0, world_size: int = 1) -> StageSetup:
+    from preprocessing.teacher_cache import feature_keys, load_teacher_features
+    from vidllm.train.stage1 import build_student, save_stage1_model
+
+    keys = feature_keys(cache_uri, shards_uri, cfg.teachers)
+    if not keys:
+        raise DataError(shards_uri, "no samples in the manifest")
+    first = next(iter(keys.values()))
+    dims = [load_teacher_features(cache_uri, first[role])["patch_tokens"].shape[-1] for role in ("geometry", "semantic")]
+    seed_everything(cfg.train.seed)
+    student = build_student(cfg, dims[0], dims[1], init_model)
+    objective = Stage1Objective(student, cfg.train.distill_lambda, cfg.train.distill_sc_tokens, cfg.train.seed)
+    stage_cfg = cfg.train.stage1
+    samples = rank_samples(shards_uri, rank, world_size)
+
+    def batches(start_step: int) -> Iterator[tuple[dict[str, Any], int]]:
+        stream = cycle_samples(samples, skip=start_step * stage_cfg.batch_size)
+        for step, group in enumerate(_batched(stream, stage_cfg.batch_size), start=start_step):
+            feats = [{role: load_teacher_features(cache_uri, keys[s["key"]][role]) for role in ("geometry", "semantic")}
+                     for s in group]
+            yield {**stage1_batch(group, feats), "step": step}, len(group)
+
+    def export(module: nn.Module, out_dir: Path) -> Path:
+        return save_stage1_model(module.student, cfg, out_dir)
+
+    job = StageJob("stage1", objective, batches, stage_cfg, cfg.train, to_device)
+    return StageSetup(job, export)
+
+
+def stage2_setup(cfg: VidLLMConfig, shards_uri: str, init_model: str | Path | None,
+                 rank: int = 0, world_size: int = 1) -> StageSetup:
+    from vidllm.checkpoint import save_pretrained
+    from vidllm.train.stage2 import Stage2Objective, build_stage2_model
+
+    seed_everything(cfg.train.seed)
+    model, tokenizer = build_stage2_model(cfg, shards_uri, init_model)
+    objective = Stage2Objective(model)
+    stage_cfg = cfg.train.stage2
+    samples = rank_samples(shards_uri, rank, world_size)
+    pad_id = model.special_ids.pad
+
+    def batches(start_step: int) -> Iterator[tuple[dict[str, Any], int]]:
+        stream = cycle_samples(samples, skip=start_step * stage_cfg.batch_size)
+        for step, group in enumerate(_batched(stream, stage_cfg.batch_size), start=start_step):
+            batch = stage2_batch(group, tokenizer, instructions_per_scene=cfg.train.instructions_per_scene,
+                                 max_text_tokens=cfg.train.max_text_tokens,
+                                 max_proposals=cfg.model.grounding.max_proposals, pad_id=pad_id,
+                                 seed=cfg.train.seed + rank, step=step)
+            yield batch, len(group)
+
+    def export(module: nn.Module, out_dir: Path) -> Path:
+        return save_pretrained(module.model, out_dir, tokenizer, recipe=cfg.recipe)
+
+    job = StageJob("stage2", objective, batches, stage_cfg, cfg.train, to_device)
+    return StageSetup(job, export)
+
+
+def _write_config(cfg: VidLLMConfig, run_dir: Path) -> None:
+    from vidllm.eval.predictions import atomic_write_text
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / rd.CONFIG_FILE, config_to_yaml(cfg))
+
+
+def _train_local(stage: str, setup: StageSetup, cfg: VidLLMConfig, run_dir: Path, model_dir: Path,
+                 stop_after: int | None, progress: bool) -> TrainResult:
+    ckpt_root = run_dir / CHECKPOINTS_DIR / stage
+    latest = latest_checkpoint(ckpt_root)
+    resume = load_checkpoint(latest) if latest is not None else None
+    objective = setup.job.objective
+    if resume is not None:
+        objective.load_state_dict(resume["model"])
+
+    def checkpoint_fn(step: int, model_state: dict, optimizer_state: dict, metrics: dict) -> None:
+        save_checkpoint(ckpt_root / checkpoint_name(step), step, model_state, optimizer_state,
+                        {"final_losses": metrics})
+        prune_checkpoints(ckpt_root, cfg.train.checkpoints_to_keep)
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    result = run_loop(setup.job, run_dir, resume=resume, checkpoint_fn=checkpoint_fn, stop_after=stop_after,
+                      progress=progress)
+    if result.steps >= setup.job.stage_cfg.steps:
+        setup.export(objective, model_dir)
+    return TrainResult(model_dir, result.steps, result.final_losses, result.start_step)
+
+
+def train_stage1(cfg: VidLLMConfig, shards_uri: str, teacher_cache_uri: str, run_dir: str | Path, *,
+                 init_model: str | Path | None = None, use_ray: bool = False, stop_after: int | None = None,
+                 progress: bool = True) -> TrainResult:
+    """Stage-1 distillation → RUN_DIR/stage1_model (encoder + CTA, loadable as Stage-2 init).
+
+    `stop_after` ends after that many steps without exporting (tests: an interrupted run)."""
+    run_dir = Path(run_dir)
+    _write_config(cfg, run_dir)
+    model_dir = run_dir / STAGE1_MODEL_DIR
+    if use_ray:
+        from vidllm.train.ray_launcher import fit_with_ray
+
+        return fit_with_ray("stage1", cfg, shards_uri, run_dir, model_dir, cache_uri=teacher_cache_uri,
+                            init_model=init_model)
+    setup = stage1_setup(cfg, shards_uri, teacher_cache_uri, init_model)
+    return _train_local("stage1", setup, cfg, run_dir, model_dir, stop_after, progress)
+
+
+def train_stage2(cfg: VidLLMConfig, shards_uri: str, run_dir: str | Path, *, init_model: str | Path | None,
+                 use_ray: bool = False, stop_after: int | None = None, progress: bool = True) -> TrainResult:
+    """Stage-2 joint training → RUN_DIR/model (a full model directory with LoRA adapters and tokenizer).
+
+    init_model: RUN_DIR/stage1_model, a `vidllm init` directory, or None (all from the config)."""
+    run_dir = Path(run_dir)
+    _write_config(cfg, run_dir)
+    model_dir = run_dir / STAGE2_MODEL_DIR
+    if use_ray:
+        from vidllm.train.ray_launcher import fit_with_ray
+
+        return fit_with_ray("stage2", cfg, shards_uri, run_dir, model_dir, init_model=init_model)
+    setup = stage2_setup(cfg, shards_uri, init_model)
+    return _train_local("stage2", setup, cfg, run_dir, model_dir, stop_after, progress)

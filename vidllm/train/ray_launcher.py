@@ -1,0 +1,140 @@
+"""Ray Train launcher: the same loop (`vidllm.train.loop.run_loop`) in every `TorchTrainer` worker.
+
+- `ScalingConfig(num_workers=train.num_workers, use_gpu=<CUDA on this machine>)`.
+- `train.strategy`: "ddp" → DistributedDataParallel (find_unused_parameters: a step may not
+  reach every head, e.g. a reconstruction-only Stage-2 batch); "fsdp" → FullyShardedDataParallel
+  with size-based auto-wrapping and `use_orig_params` (LoRA mixes frozen and trainable weights);
+  the full state is gathered on rank 0 for checkpoints.
+- `RunConfig(name=<run dir name>-<stage>, storage_path=train.storage_path)` (local or s3://,
+  the endpoint from the AWS environment); `FailureConfig(max_failures=train.max_failures)`
+  restarts from the last reported checkpoint; re-running with the same name resumes.
+- Rank 0 writes RUN_DIR/train_log.csv (RUN_DIR must be shared storage on multi-node clusters)
+  and reports checkpoints with `ray.train.report(..., checkpoint=...)`; the driver exports the
+  final model from the last checkpoint into RUN_DIR.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vidllm.config import VidLLMConfig
+from vidllm.errors import VidLLMError
+
+FSDP_MIN_WRAP_PARAMS = 10_000_000
+
+
+def storage_path(cfg: VidLLMConfig) -> str:
+    path = cfg.train.storage_path
+    return path if "://" in path else str(Path(path).absolute())
+
+
+def run_name(run_dir: Path, stage: str) -> str:
+    return f"{run_dir.name}-{stage}"
+
+
+def _parallel_kwargs(strategy: str) -> dict[str, Any]:
+    if strategy == "fsdp":
+        from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
+
+        return {"auto_wrap_policy": functools.partial(size_based_auto_wrap_policy,
+                                                      min_num_params=FSDP_MIN_WRAP_PARAMS),
+                "use_orig_params": True}
+    return {"find_unused_parameters": True}
+
+
+def _worker(config: dict[str, Any]) -> None:
+    """Train loop of one Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    from vidllm.train.jobs import stage1_setup, stage2_setup
+    from vidllm.train.loop import load_checkpoint, run_loop, save_checkpoint
+
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    cfg = VidLLMConfig.model_validate(config["cfg"])
+    stage = config["stage"]
+    if stage == "stage1":
+        setup = stage1_setup(cfg, config["shards_uri"], config["cache_uri"], config["init_model"], rank, world_size)
+    else:
+        setup = stage2_setup(cfg, config["shards_uri"], config["init_model"], rank, world_size)
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            resume = load_checkpoint(Path(directory))
+        setup.job.objective.load_state_dict(resume["model"])
+    device = ray.train.torch.get_device()
+    setup.job.objective = ray.train.torch.prepare_model(
+        setup.job.objective, parallel_strategy=cfg.train.strategy if world_size > 1 else None,
+        parallel_strategy_kwargs=_parallel_kwargs(cfg.train.strategy) if world_size > 1 else None,
+    )
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        ray.train.report({"step": step, **metrics})
+
+    def save(step: int, model_state: dict, optimizer_state: dict, metrics: dict[str, float]) -> None:
+        if rank != 0:
+            ray.train.report({"step": step})
+            return
+        with tempfile.TemporaryDirectory(prefix="vidllm-ckpt-") as tmp:
+            directory = save_checkpoint(Path(tmp) / "checkpoint", step, model_state, optimizer_state,
+                                        {"final_losses": metrics})
+            ray.train.report({"step": step, **{f"loss/{k}": v for k, v in metrics.items()}},
+                             checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
+                             checkpoint_dir_name=f"step-{step:08d}")
+
+    run_loop(setup.job, Path(config["run_dir"]), device=device, resume=resume, checkpoint_fn=save, report_fn=report,
+             is_main=rank == 0, world_size=world_size, progress=False)
+
+
+def fit_with_ray(stage: str, cfg: VidLLMConfig, shards_uri: str, run_dir: Path, model_dir: Path, *,
+                 cache_uri: str | None = None, init_model: str | Path | None = None):
+    """Run one stage as a Ray Train job, then export the final model into `model_dir` (driver side)."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from vidllm.train.jobs import TrainResult, stage1_setup, stage2_setup
+    from vidllm.train.loop import load_checkpoint
+
+    started = False
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, logging_level="WARNING")  # RAY_ADDRESS selects a cluster
+        started = True
+    try:
+        trainer = TorchTrainer(
+            _worker,
+            train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage, "shards_uri": str(shards_uri),
+                               "cache_uri": None if cache_uri is None else str(cache_uri),
+                               "init_model": None if init_model is None else str(Path(init_model).absolute()),
+                               "run_dir": str(Path(run_dir).absolute())},
+            scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=torch.cuda.is_available()),
+            run_config=RunConfig(
+                name=run_name(Path(run_dir), stage), storage_path=storage_path(cfg),
+                failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
+            ),
+        )
+        result = trainer.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    if result.error is not None:
+        raise VidLLMError(f"Ray Train {stage} failed: {result.error}")
+    if result.checkpoint is None:
+        raise VidLLMError(f"Ray Train {stage} finished without a checkpoint")
+    with result.checkpoint.as_directory() as directory:
+        final = load_checkpoint(Path(directory))
+    setup = (stage1_setup(cfg, shards_uri, cache_uri, init_model) if stage == "stage1"
+             else stage2_setup(cfg, shards_uri, init_model))
+    setup.job.objective.load_state_dict(final["model"])
+    setup.export(setup.job.objective, model_dir)
+    return TrainResult(model_dir, int(final["step"]), dict(final.get("final_losses", {})))
