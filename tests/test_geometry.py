@@ -56,6 +56,18 @@ def test_pose_encoding_round_trip():
     assert math.isclose(enc[0, 0, 7].item(), 2 * math.atan(140 / 290.0), rel_tol=1e-6)
 
 
+def test_untrained_fov_decodes_to_finite_focal_lengths():
+    # An untrained camera head's ReLU gives FoV 0 (or a tiny value): focal lengths stay finite.
+    enc = torch.zeros(1, 2, 9)
+    enc[..., 6] = 1.0  # identity quaternion
+    enc[0, 1, 7:] = torch.tensor([1e-6, 4.0])
+    _, intr = geo.pose_encoding_to_extri_intri(enc, (56, 70))
+    assert torch.isfinite(intr).all()
+    narrowest, widest = 1 / math.tan(geo.MIN_FOV / 2), 1 / math.tan((math.pi - geo.MIN_FOV) / 2)
+    assert torch.allclose(intr[0, :, 1, 1], torch.tensor([28 * narrowest, 28 * narrowest]))  # fov_h 0, 1e-6
+    assert torch.allclose(intr[0, :, 0, 0], torch.tensor([35 * narrowest, 35 * widest]))  # fov_w 0, 4 rad
+
+
 def test_se3_inverse():
     extr = _look_at_extrinsics(5)
     inv = geo.se3_inverse(extr)

@@ -1,6 +1,8 @@
+import pytest
 from transformers import AutoTokenizer
 
-from vidllm.tokenizer import EOS, GROUND, IMAGE, OBJ, SpecialTokenIds, build_prompt, train_tokenizer
+from vidllm.errors import DataError
+from vidllm.tokenizer import EOS, GROUND, IMAGE, OBJ, SpecialTokenIds, build_prompt, load_tokenizer, train_tokenizer
 
 
 def test_offline_tokenizer_round_trip(tmp_path):
@@ -15,3 +17,11 @@ def test_offline_tokenizer_round_trip(tmp_path):
     assert loaded.decode(encoded) == text
     assert IMAGE not in loaded.decode(encoded, skip_special_tokens=True)
     assert OBJ in text and loaded.pad_token_id == ids.pad
+
+
+def test_load_tokenizer_errors_name_the_directory(tmp_path):
+    with pytest.raises(DataError, match="missing: tokenizer directory not found"):
+        load_tokenizer(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: not a loadable tokenizer directory"):
+        load_tokenizer(tmp_path / "empty")

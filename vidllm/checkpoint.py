@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,11 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from vidllm.attention_select import select_attn_implementation
-from vidllm.config import ModelConfig
+from vidllm.config import ModelConfig, VidLLMConfig
 from vidllm.errors import DataError
-from vidllm.lora import has_lora
-from vidllm.tokenizer import SpecialTokenIds, load_tokenizer
+from vidllm.lora import apply_lora, count_parameters, has_lora
+from vidllm.models.convert import LoadReport, load_vggt_into, read_checkpoint
+from vidllm.tokenizer import SpecialTokenIds, add_special_tokens, load_tokenizer, train_tokenizer
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -197,3 +199,65 @@ def load_pretrained(
             model.llm = model.llm.merge_and_unload()
     tokenizer = load_tokenizer(model_dir / TOKENIZER_DIR) if (model_dir / TOKENIZER_DIR).is_dir() else None
     return model.to(device), tokenizer
+
+
+@dataclass
+class InitSummary:
+    path: Path
+    parameters: int
+    trainable: int
+    tokenizer_size: int
+    vggt: LoadReport | None  # what a VGGT checkpoint provided, if one was loaded
+
+
+def _corpus_lines(paths: list[Path]) -> list[str]:
+    lines: list[str] = []
+    for path in paths:
+        if not path.is_file():
+            raise DataError(path, "corpus file not found")
+        try:
+            lines += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as exc:
+            raise DataError(path, f"not UTF-8 text: {exc}") from None
+    return lines
+
+
+def init_model_dir(
+    cfg: VidLLMConfig,
+    out_dir: str | Path,
+    corpus_files: list[Path] | None = None,
+    tokenizer_dir: Path | None = None,
+    lora: bool = True,
+    seed: int = 0,
+    vggt_checkpoint: Path | None = None,
+) -> InitSummary:
+    """Write a model directory for `cfg` (what every `--model` argument accepts).
+
+    Weights are random (seeded) except, with `vggt_checkpoint`, the shared encoder and the
+    reconstruction branch, which are loaded from a VGGT checkpoint through
+    `vidllm.models.convert` (the metric depth model and everything after the CTA stay random).
+    The tokenizer is `tokenizer_dir` with the Vid-LLM tokens added, or a byte-level BPE trained
+    on the built-in corpus plus the lines of `corpus_files`.
+    """
+    from vidllm.models.vidllm import VidLLM  # heavy import kept local
+
+    texts = _corpus_lines([Path(p) for p in corpus_files or []])
+    vggt_state = read_checkpoint(vggt_checkpoint) if vggt_checkpoint is not None else None  # fail before building
+    if tokenizer_dir is not None:
+        tokenizer = add_special_tokens(load_tokenizer(tokenizer_dir))
+    else:
+        tokenizer = train_tokenizer(texts, vocab_size=cfg.model.llm.vocab_size)
+    vocab = max(cfg.model.llm.vocab_size, len(tokenizer))
+    torch.manual_seed(seed)
+    attn = select_attn_implementation(cfg.model.llm.attn_implementation)
+    model = VidLLM(cfg.model, SpecialTokenIds.from_tokenizer(tokenizer), vocab, attn)
+    report = None
+    if vggt_state is not None:
+        report = load_vggt_into(model, vggt_state)
+        if report.loaded == 0:
+            raise DataError(vggt_checkpoint, "no VGGT aggregator, head or patch-embed weights in this checkpoint")
+    if lora:
+        apply_lora(model, cfg.model.llm)
+    path = save_pretrained(model, out_dir, tokenizer, recipe=cfg.recipe)
+    trainable, total = count_parameters(model)
+    return InitSummary(path, total, trainable, len(tokenizer), report)

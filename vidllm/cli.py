@@ -21,12 +21,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("inspect_scene", "summarise a ScanNet scene folder or .sens file"),
     "prepare": ("prepare", "sample frames into WebDataset shards with a manifest (Ray Data)"),
     "shards-info": ("shards_info", "summarise a shard directory or s3:// prefix"),
-    "init": ("init_model", "write a random-init model directory for a recipe"),
+    "init": ("init_model", "write a model directory for a recipe (random init, or VGGT weights with --vggt)"),
     "teachers": ("teachers", "compute Stage-1 teacher features into the content-addressed cache"),
     "train": ("train", "Stage-1 distillation or Stage-2 joint training (single process or Ray Train)"),
     "plan": ("plan", "parameter counts, memory and FLOPs of a recipe, built on the meta device"),
     "predict": ("predict", "run a model on a benchmark's shards and write predictions JSONL"),
     "score": ("score", "score a predictions JSONL against benchmark ground truth"),
+    "evaluate": ("evaluate", "predict + score every benchmark on a split and write RUN_DIR/metrics.json"),
     "report": ("report", "write a paper-style markdown/HTML report with plots for a run"),
 }
 

@@ -97,7 +97,8 @@ class EncoderConfig(_Section):
     """Shared DINOv2 encoder. `pretrained` is a local path or hub id; None = random init from the fields."""
 
     pretrained: str | None = None
-    registers: int = Field(0, ge=0, description=">0 uses Dinov2WithRegistersModel")
+    registers: int = Field(4, ge=0, description=">0 uses Dinov2WithRegistersModel; 4 = VGGT's dinov2_vitl14_reg patch "
+                           "embed, so a VGGT checkpoint loads (`vidllm init --vggt`)")
     hidden_size: int = Field(1024, ge=8)
     num_layers: int = Field(24, ge=1)
     num_heads: int = Field(16, ge=1)
@@ -154,8 +155,18 @@ class AlignmentConfig(_Section):
 
 
 class Patches3DConfig(_Section):
-    voxel_size: float = Field(0.2, gt=0)
-    max_tokens: int = Field(2048, ge=1)
+    """Voxel pooling of the 3D patch tokens handed to the LLM (DESIGN §5.6)."""
+
+    voxel_size: float = Field(0.2, gt=0, description="metres")
+    max_tokens: int = Field(2048, ge=1, description="cap: the best-supported voxels are kept")
+    min_tokens: int = Field(256, ge=1, description="fewer occupied voxels (degenerate or small geometry) "
+                                                   "→ the voxel size is halved, up to 8 times")
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> Patches3DConfig:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
+        return self
 
 
 class LLMConfig(_Section):
@@ -282,7 +293,7 @@ _TINY: dict[str, Any] = {
                   "dpt_out_channels": [16, 16, 32, 32]},
         "metric_depth": {"num_bins": 16, "features": 16},
         "alignment": {"images_per_scene": 4},
-        "patches3d": {"max_tokens": 64},
+        "patches3d": {"max_tokens": 64, "min_tokens": 16},
         "llm": {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4,
                 "num_kv_heads": 2, "vocab_size": 512, "max_position_embeddings": 1024, "lora_r": 4,
                 "lora_alpha": 8},
@@ -312,7 +323,7 @@ _DEMO: dict[str, Any] = {
                   "dpt_out_channels": [32, 32, 64, 64]},
         "metric_depth": {"num_bins": 32, "features": 32},
         "alignment": {"images_per_scene": 8},
-        "patches3d": {"max_tokens": 256},
+        "patches3d": {"max_tokens": 256, "min_tokens": 64},
         "llm": {"hidden_size": 128, "intermediate_size": 256, "num_layers": 2, "num_heads": 4,
                 "num_kv_heads": 2, "vocab_size": 1024, "max_position_embeddings": 2048, "lora_r": 8,
                 "lora_alpha": 16},

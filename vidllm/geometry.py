@@ -105,6 +105,8 @@ def extrinsics_relative_to_first(camera_to_world: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------------------- pose encoding
 
+MIN_FOV = 0.01  # radians (≈0.6°); decoded focal lengths stay finite
+
 
 def extri_intri_to_pose_encoding(extrinsics: Tensor, intrinsics: Tensor, image_hw: tuple[int, int]) -> Tensor:
     """Cameras → VGGT "absT_quaR_FoV" encoding.
@@ -130,11 +132,13 @@ def pose_encoding_to_extri_intri(pose_enc: Tensor, image_hw: tuple[int, int]) ->
         image_hw: (H, W) of the network input.
     Returns:
         extrinsics `[B, S, 3, 4]` (camera-from-world), intrinsics `[B, S, 3, 3]` with the
-        principal point at (W/2, H/2).
+        principal point at (W/2, H/2). FoVs are clamped to [MIN_FOV, π − MIN_FOV]: the camera
+        head's ReLU gives FoV 0 (an infinite focal length) when untrained, which would collapse
+        every back-projected ray onto the optical axis.
     """
     height, width = image_hw
     trans, quat = pose_enc[..., :3], pose_enc[..., 3:7]
-    fov_h, fov_w = pose_enc[..., 7], pose_enc[..., 8]
+    fov_h, fov_w = pose_enc[..., 7:9].clamp(MIN_FOV, math.pi - MIN_FOV).unbind(-1)
     extrinsics = torch.cat([quat_to_mat(quat), trans[..., None]], dim=-1)
     fy = (height / 2) / torch.tan(fov_h / 2)
     fx = (width / 2) / torch.tan(fov_w / 2)

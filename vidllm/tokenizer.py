@@ -17,6 +17,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from vidllm.errors import DataError
+
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 IMAGE, GROUND, OBJ = "<image>", "<ground>", "<obj>"
 SPECIAL_TOKENS = [PAD, EOS, UNK, IMAGE, GROUND, OBJ]
@@ -118,4 +120,11 @@ def add_special_tokens(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(str(path))
+    """A saved tokenizer directory (local files only; DataError naming the path if unusable)."""
+    if not Path(path).is_dir():
+        raise DataError(path, "tokenizer directory not found")
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(path, f"not a loadable tokenizer directory ({first_line})") from None

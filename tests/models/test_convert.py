@@ -20,7 +20,7 @@ SHAPES = Path(__file__).parent / "data" / "vggt_state_dict_shapes.json"
 
 def test_real_vggt_key_names_and_shapes_load_at_paper_size_without_unexpected_keys():
     shapes = json.loads(SHAPES.read_text())
-    cfg = load_config("paper", overrides=["model.encoder.registers=4"]).model  # VGGT: dinov2_vitl14_reg
+    cfg = load_config("paper").model  # encoder = VGGT's dinov2_vitl14_reg (4 registers)
     with torch.device("meta"):  # 1.2B parameters: shapes only, nothing materialised
         encoder = SharedEncoder(cfg.encoder)
         recon = ReconstructionBranch(cfg, in_dim=cfg.encoder.hidden_size)
@@ -62,7 +62,7 @@ def _to_vggt_names(encoder: SharedEncoder, recon: ReconstructionBranch) -> dict[
 
 
 def test_loaded_weights_reproduce_the_source_model():
-    cfg = load_config("tiny", overrides=["model.encoder.registers=4"]).model
+    cfg = load_config("tiny").model
     torch.manual_seed(0)
     src_enc, src_rec = SharedEncoder(cfg.encoder), ReconstructionBranch(cfg, cfg.encoder.hidden_size)
     vggt_sd = _to_vggt_names(src_enc, src_rec)
@@ -107,3 +107,35 @@ def test_read_checkpoint(tmp_path):
         read_checkpoint(bad)
     with pytest.raises(DataError, match="not found"):
         read_checkpoint(tmp_path / "missing.pt")
+
+
+def test_vidllm_init_loads_a_vggt_checkpoint(tmp_path, capsys):
+    """`vidllm init --vggt` on a tiny VGGT-named safetensors file: the saved model directory
+    holds exactly those encoder and reconstruction weights."""
+    from vidllm.checkpoint import load_pretrained
+    from vidllm.cli import main
+
+    cfg = load_config("tiny").model
+    torch.manual_seed(5)
+    src_enc, src_rec = SharedEncoder(cfg.encoder), ReconstructionBranch(cfg, cfg.encoder.hidden_size)
+    path = tmp_path / "vggt_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in _to_vggt_names(src_enc, src_rec).items()}, str(path))
+    assert main(["init", "--recipe", "tiny", "--out", str(tmp_path / "m"), "--vggt", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "0 unexpected, 1 ignored" in out and "wrote" in out
+    model, _ = load_pretrained(tmp_path / "m")
+    for name, value in src_rec.state_dict().items():
+        if not name.startswith("metric_depth."):
+            assert torch.equal(model.reconstruction.state_dict()[name], value), name
+    images = torch.rand(1, 2, 3, 56, 56)
+    with torch.no_grad():
+        assert torch.allclose(model.encoder(images), src_enc(images), atol=1e-6)
+    # A checkpoint that does not fit the recipe, or is not a checkpoint: one line, exit 2.
+    assert main(["init", "--recipe", "demo", "--out", str(tmp_path / "d"), "--vggt", str(path)]) == 2
+    assert "does not fit the model config" in capsys.readouterr().err
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"nope")
+    assert main(["init", "--out", str(tmp_path / "b"), "--vggt", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.safetensors: not a readable checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists() and not (tmp_path / "b").exists()

@@ -38,9 +38,31 @@ def test_voxel_pool_batch_padding_and_gradient():
     assert torch.allclose(tokens.grad, torch.cat([torch.full((1, 5, 3), 0.2), torch.ones(1, 5, 3)]))
 
 
-def test_voxel_pool_empty_scene_gives_one_masked_slot():
-    pooled, _, mask = voxel_pool(torch.randn(1, 3, 4), torch.randn(1, 3, 3), torch.zeros(1, 3, dtype=torch.bool), 0.2, 8)
-    assert pooled.shape == (1, 1, 4) and not mask.any()
+def test_voxel_pool_scene_without_geometry_still_gives_one_token():
+    tokens = torch.randn(2, 3, 4)
+    xyz = torch.stack([torch.full((3, 3), float("nan")), torch.arange(9.0).view(3, 3)])
+    valid = torch.tensor([[True, True, True], [False, False, False]])  # scene 0: non-finite xyz
+    pooled, centroids, mask = voxel_pool(tokens, xyz, valid, 0.2, 8, min_tokens=2)
+    assert mask.tolist() == [[True], [True]]
+    assert torch.allclose(pooled[:, 0], tokens.mean(1)) and (centroids == 0).all()
+
+
+def test_voxel_pool_refines_degenerate_geometry_up_to_min_tokens():
+    # Untrained geometry: 12 patches on one ray 1 cm apart, all inside one 0.2 m voxel.
+    xyz = torch.zeros(12, 3)
+    xyz[:, 2] = 1.0 + 0.01 * torch.arange(12.0)
+    tokens = torch.randn(12, 5)
+    ones = torch.ones(1, 12, dtype=torch.bool)
+    assert voxel_pool(tokens[None], xyz[None], ones, 0.2, 64)[2].sum() == 1  # no minimum: one token
+    pooled, centroids, mask = voxel_pool(tokens[None], xyz[None], ones, 0.2, 64, min_tokens=8)
+    assert 8 <= mask.sum() <= 12
+    assert (centroids[0, 1:, 2] > centroids[0, :-1, 2]).all()  # key order along the ray
+    perm = torch.randperm(12, generator=torch.Generator().manual_seed(0))
+    again = voxel_pool(tokens[perm][None], xyz[perm][None], ones, 0.2, 64, min_tokens=8)
+    assert torch.allclose(pooled, again[0], atol=1e-6) and torch.equal(mask, again[2])
+    # The minimum never exceeds the number of points; identical points stay one voxel.
+    same = voxel_pool(tokens[None], torch.ones(1, 12, 3), ones, 0.2, 64, min_tokens=8)
+    assert same[2].sum() == 1 and torch.allclose(same[0][0, 0], tokens.mean(0))
 
 
 def test_rotation_6d_is_proper_rotation():

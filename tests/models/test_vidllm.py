@@ -56,6 +56,9 @@ def test_forward_shapes(cfg, tokenizer):
     vision = out["vision"]
     assert vision.tokens.shape[0] == 2 and vision.tokens.shape[2] == 64
     assert vision.tokens.shape[1] <= cfg.patches3d.max_tokens and vision.mask.shape == vision.tokens.shape[:2]
+    # Even the untrained reconstruction (FoV ≈ 0, every patch on its frame's optical axis)
+    # hands the LLM at least min_tokens tokens.
+    assert (vision.mask.sum(1) >= cfg.patches3d.min_tokens).all()
     assert vision.xyz.shape == (*vision.tokens.shape[:2], 3)
     assert out["scene_rotation"].shape == (2, 3, 3)
     recon = out["recon"]
@@ -102,6 +105,14 @@ def test_lora_trains_only_adapters_and_new_modules(cfg, tokenizer):
     assert all(g is None for n, g in llm_grads.items() if "lora_" not in n)
     assert any(g is not None and g.abs().sum() > 0 for n, g in llm_grads.items() if "lora_B" in n)
     assert grad_norm(model.cta) > 0 and grad_norm(model.reconstruction) == 0.0
+
+
+def test_vision_tokens_are_deterministic(cfg, tokenizer):
+    model = make_model(cfg, tokenizer).eval()
+    with torch.no_grad():
+        first, second = model.encode_video(images()), model.encode_video(images())
+    assert torch.equal(first.mask, second.mask) and torch.equal(first.tokens, second.tokens)
+    assert torch.equal(first.xyz, second.xyz)
 
 
 def test_one_vision_pass_serves_several_instructions(cfg, tokenizer):

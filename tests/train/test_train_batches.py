@@ -14,7 +14,7 @@ def test_stage2_batch_rows_labels_and_scene_frame_boxes(train_shards):
     samples = list(ShardDataset(str(train_shards)))
     tokenizer = train_tokenizer(vocab_size=512)
     special = {t: tokenizer.convert_tokens_to_ids(t) for t in (IMAGE, GROUND)}
-    batch = stage2_batch(samples, tokenizer, instructions_per_scene=50, max_text_tokens=96, max_proposals=16,
+    batch = stage2_batch(samples, tokenizer, instructions_per_scene=50, max_text_tokens=48, max_proposals=16,
                          pad_id=tokenizer.pad_token_id, seed=0, step=0)
     images = batch["images"]
     assert images.shape[:3] == (2, 4, 3) and 0.0 <= float(images.min()) and float(images.max()) <= 1.0
@@ -30,6 +30,7 @@ def test_stage2_batch_rows_labels_and_scene_frame_boxes(train_shards):
         image_pos = int((batch["input_ids"][r] == special[IMAGE]).nonzero())
         assert labels[image_pos] == -100 and labels[-1] == tokenizer.eos_token_id
         assert (batch["labels"][r, n:] == -100).all()
+        assert n <= 48 and batch["input_ids"][r, n - 1] == tokenizer.eos_token_id  # long rows are cut, eos kept
     # Grounding rows: <ground> is supervised, and the box target is the object's box moved to the
     # first camera centre (the scene frame `predict` maps back).
     ground_rows = (batch["input_ids"] == special[GROUND]).any(1)

@@ -1,8 +1,9 @@
-"""`vidllm init`: write a random-init model directory (weights, config, tokenizer) for a recipe.
+"""`vidllm init`: write a model directory (weights, config, tokenizer) for a recipe.
 
-The directory is what every `--model` argument accepts; it is meant for smoke runs and tests.
-The tokenizer is a byte-level BPE trained offline on benchmark-style text (plus the lines of
-`--corpus` files, e.g. annotation questions and answers).
+The directory is what every `--model` argument accepts. Weights are random (for smoke runs
+and tests) unless `--vggt` loads a VGGT checkpoint into the shared encoder and the
+reconstruction branch. The tokenizer is a byte-level BPE trained offline on benchmark-style
+text (plus the lines of `--corpus` files), or an existing one given with `--tokenizer`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import argparse
 from pathlib import Path
 
 from vidllm.config import load_config
-from vidllm.errors import DataError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,41 +24,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="text file(s) whose lines are added to the tokenizer training text (repeatable)")
     parser.add_argument("--tokenizer", default=None,
                         help="existing tokenizer directory to use instead of training one (Vid-LLM tokens are added)")
+    parser.add_argument("--vggt", default=None, metavar="PATH",
+                        help="VGGT checkpoint (.safetensors, or a torch state dict read with weights_only) to load "
+                             "into the shared encoder and reconstruction branch; the recipe's encoder/aggregator "
+                             "sizes must match it (the paper recipe does). Default: random weights")
     parser.add_argument("--no-lora", action="store_true", help="save without LoRA adapters even if lora_r > 0")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the initial weights (default: 0)")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from vidllm.attention_select import select_attn_implementation
-    from vidllm.checkpoint import save_pretrained
-    from vidllm.lora import apply_lora, count_parameters
-    from vidllm.models.vidllm import VidLLM
-    from vidllm.tokenizer import SpecialTokenIds, add_special_tokens, load_tokenizer, train_tokenizer
+    from vidllm.checkpoint import init_model_dir  # imports torch/transformers only when used
 
     cfg = load_config(args.recipe, args.config, args.overrides)
-    texts: list[str] = []
-    for corpus in args.corpus:
-        path = Path(corpus)
-        if not path.is_file():
-            raise DataError(path, "corpus file not found")
-        try:
-            texts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except UnicodeDecodeError as exc:
-            raise DataError(path, f"not UTF-8 text: {exc}") from None
-    vocab = cfg.model.llm.vocab_size
-    if args.tokenizer:
-        tokenizer = add_special_tokens(load_tokenizer(args.tokenizer))
-    else:
-        tokenizer = train_tokenizer(texts, vocab_size=vocab)
-    vocab = max(vocab, len(tokenizer))
-    torch.manual_seed(args.seed)
-    attn = select_attn_implementation(cfg.model.llm.attn_implementation)
-    model = VidLLM(cfg.model, SpecialTokenIds.from_tokenizer(tokenizer), vocab, attn)
-    if not args.no_lora:
-        apply_lora(model, cfg.model.llm)
-    out = save_pretrained(model, args.out, tokenizer, recipe=cfg.recipe)
-    trainable, total = count_parameters(model)
-    print(f"wrote {out} (recipe {cfg.recipe}, {total:,} parameters, {trainable:,} trainable, tokenizer {len(tokenizer)} tokens)")
+    summary = init_model_dir(
+        cfg, args.out,
+        corpus_files=[Path(p) for p in args.corpus],
+        tokenizer_dir=Path(args.tokenizer) if args.tokenizer else None,
+        lora=not args.no_lora,
+        seed=args.seed,
+        vggt_checkpoint=Path(args.vggt) if args.vggt else None,
+    )
+    if summary.vggt is not None:
+        print(f"VGGT {args.vggt}: {summary.vggt.summary()}")
+        for key in summary.vggt.unexpected:
+            print(f"  unexpected (not loaded): {key}")
+    print(f"wrote {summary.path} (recipe {cfg.recipe}, {summary.parameters:,} parameters, "
+          f"{summary.trainable:,} trainable, tokenizer {summary.tokenizer_size} tokens)")
     return 0

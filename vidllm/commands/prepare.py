@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", default="paper",
                         help="config recipe giving the defaults below: tiny, demo or paper (default: paper)")
     parser.add_argument("--config", default=None, metavar="YAML", help="config file (e.g. params.yaml) over the recipe")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted config override, repeatable (e.g. data.prep.frames=8); the flags below win over it")
     parser.add_argument("--frames", type=int, default=None,
                         help="frames per scene clip, uniform over valid frames (default: recipe, paper 32)")
     parser.add_argument("--short-side", type=int, default=None,
@@ -43,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from preprocessing.prepare import prepare_shards
 
-    overrides = []
+    overrides = list(args.overrides)
     for flag, key in (("frames", "frames"), ("short_side", "short_side"), ("jpeg_quality", "jpeg_quality"),
                       ("workers", "workers")):
         value = getattr(args, flag)

@@ -27,38 +27,58 @@ class Patch3DEmbedding(nn.Module):
         return tokens + self.fc2(F.gelu(self.fc1(xyz)))
 
 
-def voxel_pool(
-    tokens: Tensor, xyz: Tensor, valid: Tensor, voxel_size: float, max_tokens: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Average tokens falling in the same voxel, keep at most `max_tokens` voxels per scene.
+MAX_VOXEL_REFINEMENTS = 8  # halvings of the voxel size when too few voxels are occupied
 
-    Deterministic: voxels are keyed by their integer grid coordinate; when more than
+
+def _occupied_voxels(points: Tensor, voxel_size: float, min_voxels: int) -> tuple[Tensor, Tensor]:
+    """Voxel index per point `[N]` and point count per voxel `[V]` (voxels in key order).
+
+    The voxel size is halved (at most MAX_VOXEL_REFINEMENTS times) while fewer than
+    `min_voxels` voxels are occupied: untrained or degenerate geometry (all patches of a frame
+    on one ray, a tiny scene) would otherwise reach the LLM as a handful of tokens.
+    """
+    size = voxel_size
+    for _ in range(MAX_VOXEL_REFINEMENTS + 1):
+        cells = torch.floor(points / size).to(torch.int64)
+        keys, inverse, counts = torch.unique(cells, dim=0, sorted=True, return_inverse=True, return_counts=True)
+        if keys.shape[0] >= min_voxels:
+            break
+        size /= 2
+    return inverse, counts
+
+
+def voxel_pool(
+    tokens: Tensor, xyz: Tensor, valid: Tensor, voxel_size: float, max_tokens: int, min_tokens: int = 1
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Average tokens falling in the same voxel; keep between min(min_tokens, #points) and
+    `max_tokens` voxels per scene.
+
+    Deterministic: voxels are keyed by their integer grid coordinate; the voxel size is halved
+    while fewer than `min_tokens` voxels are occupied (`_occupied_voxels`); when more than
     `max_tokens` are occupied, those holding the most points are kept (ties → smaller key),
-    and kept voxels are emitted in key order. Gradients flow to `tokens` (xyz is geometry and
-    is expected to be detached by the caller).
+    and kept voxels are emitted in key order. A scene without any valid point is pooled into
+    one token (the mean of all its tokens, at the origin), so the LLM always gets vision
+    tokens. Gradients flow to `tokens` (xyz is geometry, detached by the caller).
 
     Args:
-        tokens `[B, N, C]`, xyz `[B, N, 3]`, valid `[B, N]` bool (e.g. patches with depth).
+        tokens `[B, N, C]`, xyz `[B, N, 3]`, valid `[B, N]` bool (patches with finite depth > 0).
     Returns:
         pooled tokens `[B, M, C]`, voxel centroids `[B, M, 3]`, mask `[B, M]` (True = real),
-        with M = the largest kept count in the batch (≤ max_tokens, ≥ 1).
+        with M = the largest kept count in the batch (1 ≤ M ≤ max_tokens).
     """
     batch, _, dim = tokens.shape
     out_tokens, out_xyz = [], []
     for b in range(batch):
         keep = valid[b] & torch.isfinite(xyz[b]).all(-1)
-        pts, feats = xyz[b][keep], tokens[b][keep]
-        if pts.shape[0] == 0:
-            out_tokens.append(tokens.new_zeros(0, dim))
-            out_xyz.append(xyz.new_zeros(0, 3))
-            continue
-        cells = torch.floor(pts / voxel_size).to(torch.int64)
-        keys, inverse, counts = torch.unique(cells, dim=0, sorted=True, return_inverse=True, return_counts=True)
-        num_voxels = keys.shape[0]
-        sums = feats.new_zeros(num_voxels, dim).index_add(0, inverse, feats)
-        xyz_sums = pts.new_zeros(num_voxels, 3).index_add(0, inverse, pts)
+        if keep.any():
+            pts, feats = xyz[b][keep], tokens[b][keep]
+        else:  # no usable geometry: one scene-level token
+            pts, feats = xyz.new_zeros(tokens.shape[1], 3), tokens[b]
+        inverse, counts = _occupied_voxels(pts, voxel_size, min(min_tokens, pts.shape[0]))
+        num_voxels = counts.shape[0]
         denom = counts.to(feats.dtype).unsqueeze(-1)
-        pooled, centroids = sums / denom, xyz_sums / denom.to(pts.dtype)
+        pooled = feats.new_zeros(num_voxels, dim).index_add(0, inverse, feats) / denom
+        centroids = pts.new_zeros(num_voxels, 3).index_add(0, inverse, pts) / denom.to(pts.dtype)
         if num_voxels > max_tokens:
             # Stable sort on -count keeps key order among ties (keys are already sorted).
             order = torch.sort(-counts, stable=True).indices[:max_tokens]
@@ -66,7 +86,7 @@ def voxel_pool(
             pooled, centroids = pooled[chosen], centroids[chosen]
         out_tokens.append(pooled)
         out_xyz.append(centroids)
-    width = max(1, max(t.shape[0] for t in out_tokens))
+    width = max(t.shape[0] for t in out_tokens)
     mask = torch.zeros(batch, width, dtype=torch.bool, device=tokens.device)
     padded_tokens = tokens.new_zeros(batch, width, dim)
     padded_xyz = xyz.new_zeros(batch, width, 3)

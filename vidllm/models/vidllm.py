@@ -99,11 +99,12 @@ class VidLLM(nn.Module):
             depth = recon["depth_metric_aligned"]
             xyz = patch_centers_to_world(depth, recon["extrinsics"], recon["intrinsics"], self.patch_size)
             xyz = xyz @ rotation.detach()[:, None].transpose(-1, -2)  # first camera → scene frame, [B,S,P,3]
-            valid = patch_depth(depth, self.patch_size) > 0
+            valid = (patch_depth(depth, self.patch_size) > 0) & torch.isfinite(xyz).all(-1)
+            xyz = torch.where(valid[..., None], xyz, 0.0)  # patches without geometry sit at the origin, NaN-free
         t_3d = self.patch3d(t_lang, xyz)  # eq. 4, per patch
+        pool = self.config.patches3d
         pooled, centroids, mask = voxel_pool(
-            t_3d.flatten(1, 2), xyz.flatten(1, 2), valid.flatten(1, 2),
-            self.config.patches3d.voxel_size, self.config.patches3d.max_tokens,
+            t_3d.flatten(1, 2), xyz.flatten(1, 2), valid.flatten(1, 2), pool.voxel_size, pool.max_tokens, pool.min_tokens
         )
         return VisionOutput(recon, self.vision_proj(pooled), mask, centroids, rotation)
 
@@ -240,7 +241,8 @@ class VidLLM(nn.Module):
             if images.shape[0] not in (1, len(prompts)):
                 raise ValueError(f"images batch {images.shape[0]} must be 1 or len(prompts) = {len(prompts)}")
             vision = self.encode_video(images)
-            recon = vision.recon
+            geometry = [self._scene_geometry(images[b], vision.recon, vision.scene_rotation, b, point_stride)
+                        for b in range(images.shape[0])]  # once per scene, shared by its prompts
             results = []
             for i, prompt in enumerate(prompts):
                 b = 0 if images.shape[0] == 1 else i
@@ -261,10 +263,9 @@ class VidLLM(nn.Module):
                 if first_camera_center is not None:
                     centre = first_camera_center if first_camera_center.dim() == 1 else first_camera_center[b]
                     boxes_world = torch.cat([scene_to_scannet_world(boxes[:, :3], centre.to(boxes)), boxes[:, 3:]], -1)
-                geometry = self._scene_geometry(images[b], recon, vision.scene_rotation, b, point_stride)
                 results.append(GenerationResult(
                     text=tokenizer.decode(tokens, skip_special_tokens=True).strip(), token_ids=tokens,
-                    boxes=boxes, boxes_world=boxes_world, match_logits=match, **geometry,
+                    boxes=boxes, boxes_world=boxes_world, match_logits=match, **geometry[b],
                 ))
             return results
         finally:

@@ -93,8 +93,14 @@ def encode_row(record: dict[str, Any], tokenizer, objects: dict[int, list[float]
             object_box = scene_box(targets[0])
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    # Keep the whole prompt (it holds <image>); cut the answer if the row is too long.
-    answer_ids = answer_ids[: max(1, max_tokens - len(prompt_ids))]
+    if len(prompt_ids) + len(answer_ids) > max_tokens:
+        # Too long: the answer keeps at most half the budget and its eos; the prompt keeps its head
+        # (with <image>) and its tail ("ASSISTANT:"), losing the middle of the question.
+        answer_ids = answer_ids[: max_tokens // 2 - 1] + [tokenizer.eos_token_id] \
+            if len(answer_ids) > max_tokens // 2 else answer_ids
+        budget = max_tokens - len(answer_ids)
+        tail = min(8, budget // 2)
+        prompt_ids = prompt_ids[: budget - tail] + prompt_ids[len(prompt_ids) - tail:]
     return TextRow(prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids, box_target, object_box, match_ids)
 
 

@@ -162,7 +162,6 @@ def _train_local(stage: str, setup: StageSetup, cfg: VidLLMConfig, run_dir: Path
                         {"final_losses": metrics})
         prune_checkpoints(ckpt_root, cfg.train.checkpoints_to_keep)
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     result = run_loop(setup.job, run_dir, resume=resume, checkpoint_fn=checkpoint_fn, stop_after=stop_after,
                       progress=progress)
     if result.steps >= setup.job.stage_cfg.steps:

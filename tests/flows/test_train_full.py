@@ -1,0 +1,103 @@
+"""`train-full` deployed from prefect.yaml to a real Prefect server, run by a process worker, twice.
+
+The first run executes every step on the tiny recipe (synthetic data → report); the second finds
+every output valid and skips every step, leaving the outputs untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.flows.prefect_server import BIN, REPO, PrefectServer, stop_process
+
+pytestmark = pytest.mark.slow
+
+STEPS = ["synth", "prepare", "teachers", "stage-1", "stage-2", "evaluate", "report"]
+RUN_TIMEOUT_S = 400
+
+
+def _run_deployment(server: PrefectServer, work_dir: Path) -> str:
+    """`prefect deployment run 'train-full/default' --watch` with tiny parameters; returns the flow run id."""
+    proc = server.prefect("deployment", "run", "train-full/default", "--param", "recipe=tiny",
+                          "--param", f"work_dir={work_dir}", "--param", "meteor=false", "--watch",
+                          timeout=RUN_TIMEOUT_S)
+    out = proc.stdout
+    assert "Completed" in out, out[-3000:]
+    flow_run_id = next(line.split()[-1] for line in out.splitlines() if line.strip().startswith("UUID:"))
+    return flow_run_id
+
+
+def _task_states(server: PrefectServer, flow_run_id: str) -> dict[str, str]:
+    """{task name: final state} of one flow run, read back from the server's API."""
+    import os
+
+    async def read() -> dict[str, str]:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        async with get_client() as client:
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        return {r.name.rsplit("-", 1)[0]: r.state.type.value for r in runs}
+
+    saved = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            return asyncio.run(read())
+    finally:
+        if saved is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = saved
+
+
+def _summary(work_dir: Path) -> dict[str, str]:
+    data = json.loads((work_dir / "run" / "flow_summary.json").read_text())
+    return {s["step"]: s["status"] for s in data["steps"]}
+
+
+def test_deployment_runs_every_step_then_skips_them(prefect_server: PrefectServer, tmp_path: Path):
+    work_dir = tmp_path / "work"
+    prefect_server.prefect("work-pool", "create", "vidllm-process", "--type", "process")
+    # Deploy from the repository root with the repository's prefect.yaml (the worker loads the flow from there).
+    prefect_server.prefect("--no-prompt", "deploy", "--name", "default", cwd=REPO)
+    worker_log = tmp_path / "worker.log"
+    with open(worker_log, "wb") as log:
+        worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "vidllm-process"],
+                                  stdout=log, stderr=subprocess.STDOUT, env=prefect_server.env(), cwd=tmp_path,
+                                  start_new_session=True)
+    try:
+        first = _run_deployment(prefect_server, work_dir)
+        assert _summary(work_dir) == {step: "ran" for step in STEPS}
+        run = work_dir / "run"
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert {"scanqa", "scanrefer", "multi3drefer", "scan2cap", "sqa3d", "nr3d", "sr3d", "recon"} <= set(metrics)
+        assert 0.0 <= metrics["scanrefer"]["metrics"]["Acc@0.25"] <= 1.0
+        assert "recon/F-score" in metrics["recon"]["metrics"]
+        assert (run / "report.md").is_file() and (run / "report.html").is_file()
+        assert (run / "model" / "config.json").exists() or any((run / "model").iterdir())
+        for step in STEPS:
+            assert json.loads((run / "steps" / f"{step}.done.json").read_text())["step"] == step
+        assert set(_task_states(prefect_server, first)) == set(STEPS)
+
+        outputs = [run / "metrics.json", run / "report.md", run / "model", run / "stage1_model",
+                   work_dir / "shards" / "manifest.parquet"]
+        before = {p: p.stat().st_mtime_ns for p in outputs}
+        second = _run_deployment(prefect_server, work_dir)
+        assert _summary(work_dir) == {step: "skipped" for step in STEPS}
+        assert {p: p.stat().st_mtime_ns for p in outputs} == before
+        states = _task_states(prefect_server, second)
+        assert states == {step: "COMPLETED" for step in STEPS}
+    except BaseException:
+        print(worker_log.read_text(errors="replace")[-5000:])
+        raise
+    finally:
+        stop_process(worker)

@@ -1,0 +1,62 @@
+"""`vidllm evaluate`: predict + score every benchmark of a shard dataset and write RUN_DIR/metrics.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from vidllm.eval.predictions import BENCHMARKS, PROTOCOLS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vidllm.eval.evaluate import EVAL_BENCHMARKS
+
+    parser.add_argument("--model", required=True, help="model directory (RUN_DIR/model from `vidllm train --stage 2`)")
+    parser.add_argument("--shards", required=True, metavar="DIR_OR_URI", help="shard dataset (folder or s3:// prefix)")
+    parser.add_argument("--run-dir", required=True, metavar="DIR",
+                        help="run directory: predictions/, geometry/ and metrics.json are written here")
+    parser.add_argument("--annotations", default=None, metavar="DIR",
+                        help="folder with the published annotation files (ground truth; needed by all but recon)")
+    parser.add_argument("--scans", default=None, metavar="DIR",
+                        help="ScanNet scans folder giving the ground-truth object boxes (grounding, Scan2Cap)")
+    parser.add_argument("--split", default="val", help="split to evaluate; 'all' = every instruction (default: val)")
+    parser.add_argument("--benchmarks", nargs="+", choices=BENCHMARKS, default=list(EVAL_BENCHMARKS),
+                        metavar="NAME", help=f"benchmarks to run (default: {' '.join(EVAL_BENCHMARKS)})")
+    parser.add_argument("--recipe", default="paper", help="config recipe for the eval section (default: paper)")
+    parser.add_argument("--config", default=None, metavar="YAML", help="config file (e.g. params.yaml) over the recipe")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted config override, repeatable (e.g. eval.max_new_tokens=16)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=None,
+                        help="geometry → ScanNet world mapping (default: config eval.protocol)")
+    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves the ~20 s Java start per benchmark)")
+    parser.add_argument("--json", action="store_true", help="print metrics.json's content instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from vidllm.config import load_config
+    from vidllm.eval.evaluate import evaluate_run, format_metrics_table
+    from vidllm.eval.run_dir import jsonable
+
+    cfg = load_config(args.recipe, args.config, args.overrides).eval
+    with tqdm(total=len(args.benchmarks), desc="evaluate", unit="benchmark") as bar:
+        started: list[str] = []
+
+        def progress(benchmark: str) -> None:  # called as each benchmark starts
+            if started:
+                bar.update()
+            started.append(benchmark)
+            bar.set_postfix_str(benchmark)
+
+        summary = evaluate_run(args.model, args.shards, args.run_dir, annotations=args.annotations, scans=args.scans,
+                               split=None if args.split == "all" else args.split, benchmarks=args.benchmarks,
+                               protocol=args.protocol or cfg.protocol, max_new_tokens=cfg.max_new_tokens,
+                               meteor=not args.no_meteor, progress=progress)
+        bar.update(bar.total - bar.n)
+    if args.json:
+        print(json.dumps(jsonable(summary.metrics), indent=2))
+    else:
+        print(format_metrics_table(summary.metrics))
+        print(summary.line())
+    return 0

@@ -1,0 +1,128 @@
+"""Evaluate a trained model on every benchmark of a shard dataset: predict, score, write metrics.json.
+
+`evaluate_run(model_dir, shards_uri, run_dir, annotations=..., scans=...)` is the one function the
+`vidllm evaluate` command, the Prefect `train-full` flow and the DVC `evaluate` stage call. Per
+benchmark it runs `vidllm.eval.predict.predict` into RUN_DIR/predictions/<benchmark>.jsonl
+(recon geometry into RUN_DIR/geometry/) and `vidllm.eval.scoring.score_predictions`, then
+writes RUN_DIR/metrics.json (layout in `vidllm.eval.run_dir`) atomically. Keys of metrics.json
+that are not benchmarks evaluated here (e.g. "ablations") are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vidllm import storage
+from vidllm.errors import DataError, VidLLMError
+from vidllm.eval import run_dir as rd
+from vidllm.eval.predictions import BENCHMARKS
+
+log = logging.getLogger(__name__)
+
+# The order of the paper's tables; recon last (its ground truth sits in the geometry files).
+EVAL_BENCHMARKS: tuple[str, ...] = ("scanqa", "sqa3d", "scanrefer", "multi3drefer", "scan2cap", "nr3d", "sr3d",
+                                    "recon")
+_NO_INSTRUCTIONS = "instructions in these shards"  # predict's message when a benchmark has nothing to answer
+
+
+@dataclass
+class EvaluationSummary:
+    run_dir: Path
+    metrics: dict[str, Any]  # benchmark -> score_predictions output
+    skipped: dict[str, str] = field(default_factory=dict)  # benchmark -> why it was not scored
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        scored = ", ".join(self.metrics) or "nothing"
+        skipped = f"; skipped {', '.join(self.skipped)}" if self.skipped else ""
+        return f"evaluated {scored}{skipped} in {self.seconds:.1f} s → {self.run_dir / rd.METRICS_FILE}"
+
+
+def _local_dir(uri: str | Path | None, what: str) -> Path | None:
+    if uri is None:
+        return None
+    if storage.is_s3(uri):
+        raise VidLLMError(f"{uri}: scoring reads {what} from a local folder; copy it locally first")
+    path = Path(uri)
+    if not path.exists():
+        raise DataError(path, f"{what} not found")
+    return path
+
+
+def evaluate_run(
+    model_dir: str | Path,
+    shards_uri: str,
+    run_dir: str | Path,
+    *,
+    annotations: str | Path | None,
+    scans: str | Path | None,
+    split: str | None = "val",
+    benchmarks: Sequence[str] = EVAL_BENCHMARKS,
+    protocol: str = "first_camera_gt",
+    max_new_tokens: int = 32,
+    meteor: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> EvaluationSummary:
+    """Predict and score `benchmarks` on `split`; write RUN_DIR/metrics.json; see the module docstring.
+
+    annotations: folder with the published annotation files (ground truth of the VL benchmarks).
+    scans: ScanNet scans folder giving the ground-truth object boxes (grounding, Scan2Cap).
+    A benchmark without any instruction in the shards (for this split) is skipped and reported,
+    not scored; every other failure raises.
+    """
+    from vidllm.eval.predict import predict
+    from vidllm.eval.scoring import score_predictions
+
+    start = time.monotonic()
+    unknown = [b for b in benchmarks if b not in BENCHMARKS]
+    if unknown:
+        raise VidLLMError(f"unknown benchmark(s) {', '.join(unknown)} (choose from {', '.join(BENCHMARKS)})")
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    annotations_dir = _local_dir(annotations, "annotation folder")
+    scans_dir = _local_dir(scans, "ScanNet scans folder")
+    if annotations_dir is None and any(b != "recon" for b in benchmarks):
+        raise VidLLMError("the VL benchmarks need --annotations (the published annotation files)")
+
+    summary = EvaluationSummary(run_dir=run, metrics={})
+    for benchmark in benchmarks:
+        if progress is not None:
+            progress(benchmark)
+        pred_path = run / rd.PREDICTIONS_DIR / f"{benchmark}.jsonl"
+        try:
+            predict(model_dir, benchmark, shards_uri, pred_path, protocol=protocol, split=split,
+                    max_new_tokens=max_new_tokens, geometry_dir=run / rd.GEOMETRY_DIR)
+        except DataError as exc:
+            if _NO_INSTRUCTIONS not in str(exc):
+                raise
+            summary.skipped[benchmark] = str(exc)
+            log.warning("evaluate: %s skipped: %s", benchmark, exc)
+            continue
+        summary.metrics[benchmark] = score_predictions(
+            benchmark, pred_path, None if benchmark == "recon" else annotations_dir, split=split,
+            scans=scans_dir, protocol=protocol, meteor=meteor)
+
+    metrics_path = run / rd.METRICS_FILE
+    kept = rd.read_json(metrics_path) if metrics_path.is_file() else {}
+    kept = {k: v for k, v in kept.items() if k not in BENCHMARKS} if isinstance(kept, dict) else {}
+    rd.write_json(metrics_path, {**summary.metrics, **kept})
+    summary.seconds = time.monotonic() - start
+    return summary
+
+
+def format_metrics_table(metrics: dict[str, Any]) -> str:
+    """One line per benchmark: `benchmark  count  name value, ...` (values as computed: fractions, metres)."""
+    lines = []
+    for benchmark in BENCHMARKS:
+        result = metrics.get(benchmark)
+        if not isinstance(result, dict):
+            continue
+        values = ", ".join(f"{k} {v:.3f}" if isinstance(v, (int, float)) else f"{k} {v}"
+                           for k, v in (result.get("metrics") or {}).items())
+        lines.append(f"{benchmark:<13} n={result.get('count', '?'):<5} {values}")
+    return "\n".join(lines)
