@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -311,7 +311,3 @@ def build_teacher_cache(shards_uri: str, cache_uri: str, teachers: TeacherConfig
     finally:
         bar.close()
     return summary
-
-
-def summary_dict(summary: TeacherCacheSummary) -> dict[str, Any]:
-    return asdict(summary)

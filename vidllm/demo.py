@@ -1,81 +1,68 @@
-"""`make demo`: the pipeline end to end on the embedded default (synthetic ScanNet-format data).
+"""`make demo`: the whole `train-full` Prefect flow on the embedded default (synthetic ScanNet-format data).
 
-    python -m vidllm.demo --out demo_out [--recipe demo] [--scenes N]
+    python -m vidllm.demo --out demo_out [--recipe demo] [--scenes N] [-o KEY=VALUE ...]
 
-Steps (each one is the library function the matching CLI command calls):
-  1. synth     generate ScanNet-format scenes + benchmark annotations
-  2. inspect   read one scene back through the ScanNet readers
-  3. prepare   sample clips into WebDataset shards with a manifest (Ray Data, local Ray)
-Each step prints what it did; outputs stay under --out so a second run reuses them.
+Runs flows/train_full.py with an ephemeral Prefect (PREFECT_HOME under --out, a temporary local
+API server, no account or server needed) and local Ray (shard preparation; `--ray-train` also
+trains with Ray Train):
+
+  synth → prepare → teachers → stage-1 → stage-2 → evaluate (val split) → report
+
+then prints the metrics table and the report path. Outputs stay under --out; a second run
+finds every step valid and skips it (change an override to re-run from the affected step).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from vidllm.config import load_config
+# Settings an ephemeral Prefect needs on a small machine (reference/stack.md §4): a fresh SQLite
+# database migrates for longer than the default 20 s start-up wait, and the telemetry insert races
+# the flow for the database lock.
+EPHEMERAL_PREFECT_ENV = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+               "TOKENIZERS_PARALLELISM": "false"}
 
 
-def _step(title: str) -> float:
-    print(f"\n== {title}", flush=True)
-    return time.monotonic()
+def use_ephemeral_prefect(home: Path) -> None:
+    """Point Prefect at a private home and a temporary API server; must run before `prefect` is imported."""
+    if "prefect" in sys.modules:
+        raise RuntimeError("use_ephemeral_prefect() must be called before prefect is imported")
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["PREFECT_HOME"] = str(home.absolute())
+    os.environ.pop("PREFECT_API_URL", None)  # unset = ephemeral server on 127.0.0.1
+    for key, value in {**EPHEMERAL_PREFECT_ENV, **OFFLINE_ENV}.items():
+        os.environ.setdefault(key, value)
 
 
-def _done(start: float) -> None:
-    print(f"   ({time.monotonic() - start:.1f} s)", flush=True)
+def run_demo(out: Path, recipe: str = "demo", scenes: int | None = None, overrides: list[str] | None = None,
+             *, meteor: bool = True, ray_train: bool = False) -> dict[str, Any]:
+    out = Path(out).absolute()
+    use_ephemeral_prefect(out / "prefect_home")
+    from flows.train_full import train_full
+    from vidllm.eval import run_dir as rd
+    from vidllm.eval.evaluate import format_metrics_table
 
-
-def run_demo(out: Path, recipe: str = "demo", scenes: int | None = None, overrides: list[str] | None = None) -> dict:
-    from vidllm.data.scannet import load_scene
-    from vidllm.data.synthetic import generate_dataset
-
-    cfg = load_config(recipe, overrides=overrides)
-    if scenes is not None:
-        cfg.data.synth.scenes = scenes
-    out.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"recipe": cfg.recipe}
-
-    t = _step(f"1/3 synth: {cfg.data.synth.scenes} scenes × {cfg.data.synth.frames} frames "
-              f"at {cfg.data.synth.width}×{cfg.data.synth.height}")
-    data_dir = out / "data"
-    dataset = generate_dataset(data_dir, cfg.data.synth, progress=True, keep_depths=False)
-    counts = {task: len(items) for task, items in sorted(dataset.instructions.items())}
-    print(f"   {len(dataset.scenes)} scenes in {dataset.scan_dir}; instructions per task: {counts}")
-    summary["synth"] = {"scenes": len(dataset.scenes), "instructions": counts}
-    _done(t)
-
-    t = _step("2/3 inspect: the first scene through the ScanNet readers")
-    with load_scene(dataset.scenes[0].path, label_map=dataset.label_map) as scene:
-        print(f"   {scene.scene_id}: {scene.num_frames} frames ({len(scene.valid_frame_ids)} valid), "
-              f"colour {scene.color_size}, depth {scene.depth_size}, {len(scene.objects)} objects")
-        for obj in scene.objects:
-            box = ", ".join(f"{v:.2f}" for v in obj.box)
-            print(f"     object {obj.object_id:2d} {obj.label:<12} box [{box}]")
-        summary["inspect"] = {"scene_id": scene.scene_id, "objects": len(scene.objects)}
-    _done(t)
-
-    t = _step(f"3/3 prepare: {cfg.data.prep.frames}-frame clips, short side {cfg.data.prep.short_side} "
-              "→ WebDataset shards (Ray Data, local Ray)")
-    from preprocessing.prepare import prepare_shards
-
-    shards = out / "shards"
-    prep = prepare_shards(str(dataset.scan_dir), dataset.annotations_dir, str(shards), cfg.data.prep,
-                          label_map=str(dataset.label_map))
-    print(f"   {prep.line()}")
-    if prep.failed:
-        for scene_id, cause in prep.failed.items():
-            print(f"   FAILED {scene_id}: {cause}", file=sys.stderr)
-        raise SystemExit(1)
-    summary["prepare"] = {"ok": len(prep.ok), "skipped": len(prep.skipped), "frames": prep.frames_written}
-    _done(t)
-
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"\nsummary written to {out / 'demo_summary.json'}")
-    return summary
+    start = time.monotonic()
+    results = train_full(recipe=recipe, overrides=list(overrides or []), work_dir=str(out), synth_scenes=scenes,
+                         meteor=meteor, use_ray_train=ray_train)
+    run_dir = out / "run"
+    print(f"\n== train-full on the {recipe} recipe: {time.monotonic() - start:.0f} s")
+    for step, result in results.items():
+        print(f"   {step:<9} {result['status']:<8} {result['seconds']:7.1f} s")
+    print(f"\n== metrics ({rd.METRICS_FILE}, val split; fractions and metres as computed)")
+    print(format_metrics_table(rd.read_json(run_dir / rd.METRICS_FILE)))
+    report = results["report"]["outputs"]
+    print(f"\nreport: {report.get('markdown')}\n        {report.get('html')}")
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,11 +70,14 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
     parser.add_argument("--recipe", default="demo", help="config recipe (default demo)")
-    parser.add_argument("--scenes", type=int, default=None, help="number of synthetic scenes (default: recipe)")
+    parser.add_argument("--scenes", type=int, default=None, help="number of synthetic scenes (default: recipe, demo 6)")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. -o data.prep.frames=8 (repeatable)")
+                        help="config override, e.g. -o train.stage2.steps=60 (repeatable)")
+    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR in the caption scores (no Java start)")
+    parser.add_argument("--ray-train", action="store_true",
+                        help="run both training stages as Ray Train jobs on local Ray (default: single process)")
     args = parser.parse_args(argv)
-    run_demo(args.out, args.recipe, args.scenes, args.override)
+    run_demo(args.out, args.recipe, args.scenes, args.override, meteor=not args.no_meteor, ray_train=args.ray_train)
     return 0
 
 

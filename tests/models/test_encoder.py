@@ -35,7 +35,8 @@ def test_imagenet_normalisation_inside():
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
-        expected = encoder.backbone(pixel_values=(images[0] - mean) / std).last_hidden_state[:, 1:]
+        hidden = encoder.backbone(pixel_values=(images[0] - mean) / std).last_hidden_state
+        expected = hidden[:, encoder.num_prefix_tokens :]  # CLS + registers dropped
         assert torch.allclose(encoder(images)[0], expected, atol=1e-6)
 
 
@@ -49,3 +50,18 @@ def test_from_pretrained_local_path(tmp_path):
     with torch.no_grad():
         assert torch.equal(encoder(images), SharedEncoder(_cfg(pretrained=str(tmp_path))).eval()(images))
     assert encoder.backbone.config.num_hidden_layers == 1
+    # The saved architecture wins over the recipe's fields (here: no registers vs the recipe's 4).
+    assert type(encoder.backbone) is Dinov2Model and encoder.num_prefix_tokens == 1
+    with torch.no_grad():
+        expected = reference(pixel_values=(images[0] - encoder.mean) / encoder.std).last_hidden_state[:, 1:]
+        assert torch.allclose(encoder(images)[0], expected, atol=1e-6)
+
+
+def test_pretrained_path_that_is_not_dinov2_is_a_config_error(tmp_path):
+    from transformers import LlamaConfig
+
+    from vidllm.config import ConfigError
+
+    LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="is a 'llama' model, not DINOv2"):
+        SharedEncoder(_cfg(pretrained=str(tmp_path)))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+from transformers import AutoConfig, Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
-from vidllm.config import EncoderConfig
+from vidllm.config import ConfigError, EncoderConfig
 
 # ImageNet statistics used by every DINOv2 checkpoint (and VGGT's patch embed).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -17,12 +17,16 @@ def build_dinov2(
     cfg: EncoderConfig, hf_config: Dinov2Config | Dinov2WithRegistersConfig | None = None
 ) -> Dinov2Model | Dinov2WithRegistersModel:
     """DINOv2 from `hf_config` (a saved model's exact architecture), a local path
-    (`cfg.pretrained`), or randomly initialised from the config fields."""
+    (`cfg.pretrained`; its own config decides registers and sizes), or randomly initialised
+    from the config fields."""
     if hf_config is not None:
         model_cls = Dinov2WithRegistersModel if isinstance(hf_config, Dinov2WithRegistersConfig) else Dinov2Model
         return model_cls(hf_config)
     if cfg.pretrained is not None:
-        model_cls = Dinov2WithRegistersModel if cfg.registers > 0 else Dinov2Model
+        saved = AutoConfig.from_pretrained(cfg.pretrained)
+        if not isinstance(saved, (Dinov2Config, Dinov2WithRegistersConfig)):
+            raise ConfigError(f"model.encoder.pretrained {cfg.pretrained!r} is a '{saved.model_type}' model, not DINOv2")
+        model_cls = Dinov2WithRegistersModel if isinstance(saved, Dinov2WithRegistersConfig) else Dinov2Model
         return model_cls.from_pretrained(cfg.pretrained)
     common = dict(
         hidden_size=cfg.hidden_size,

@@ -232,3 +232,62 @@ def cycle_samples(dataset_factory, skip: int = 0) -> Iterator[dict[str, Any]]:
             yield sample
         if not produced:
             raise DataError("shards", "this rank's share of the dataset is empty (fewer samples than workers?)")
+
+
+class Prefetcher:
+    """Builds the next `depth` batches on a background thread while the current step runs.
+
+    Decoding (PIL) and reading (Arrow, S3) release the GIL, so this hides most of the data time.
+    Order is preserved, errors are re-raised in the consumer, and `close()` stops the thread.
+    """
+
+    _END = object()
+
+    def __init__(self, source: Iterator[Any], depth: int = 2):
+        import queue
+        import threading
+
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._source = source
+        self._thread = threading.Thread(target=self._run, name="vidllm-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self._source:
+                if not self._put(("item", item)):
+                    return
+            self._put(("end", None))
+        except BaseException as exc:  # handed to the consumer
+            self._put(("error", exc))
+
+    def __iter__(self) -> Prefetcher:
+        return self
+
+    def __next__(self) -> Any:
+        kind, value = self._queue.get()
+        if kind == "item":
+            return value
+        self.close()
+        if kind == "error":
+            raise value
+        raise StopIteration
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def __del__(self) -> None:
+        self._stop.set()

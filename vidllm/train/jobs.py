@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from vidllm.config import VidLLMConfig, config_to_yaml
 from vidllm.errors import DataError
 from vidllm.eval import run_dir as rd
-from vidllm.train.batches import cycle_samples, stage1_batch, stage2_batch, to_device
+from vidllm.train.batches import Prefetcher, cycle_samples, stage1_batch, stage2_batch, to_device
 from vidllm.train.loop import (
     CHECKPOINTS_DIR, StageJob, checkpoint_name, latest_checkpoint, load_checkpoint, prune_checkpoints, run_loop,
     save_checkpoint, seed_everything,
@@ -99,12 +99,15 @@ def stage1_setup(cfg: VidLLMConfig, shards_uri: str, cache_uri: str, init_model:
     stage_cfg = cfg.train.stage1
     samples = rank_samples(shards_uri, rank, world_size)
 
-    def batches(start_step: int) -> Iterator[tuple[dict[str, Any], int]]:
+    def build(start_step: int) -> Iterator[tuple[dict[str, Any], int]]:
         stream = cycle_samples(samples, skip=start_step * stage_cfg.batch_size)
         for step, group in enumerate(_batched(stream, stage_cfg.batch_size), start=start_step):
             feats = [{role: load_teacher_features(cache_uri, keys[s["key"]][role]) for role in ("geometry", "semantic")}
                      for s in group]
             yield {**stage1_batch(group, feats), "step": step}, len(group)
+
+    def batches(start_step: int) -> Iterator[tuple[dict[str, Any], int]]:
+        return Prefetcher(build(start_step))
 
     def export(module: nn.Module, out_dir: Path) -> Path:
         return save_stage1_model(module.student, cfg, out_dir)
@@ -125,7 +128,7 @@ def stage2_setup(cfg: VidLLMConfig, shards_uri: str, init_model: str | Path | No
     samples = rank_samples(shards_uri, rank, world_size)
     pad_id = model.special_ids.pad
 
-    def batches(start_step: int) -> Iterator[tuple[dict[str, Any], int]]:
+    def build(start_step: int) -> Iterator[tuple[dict[str, Any], int]]:
         stream = cycle_samples(samples, skip=start_step * stage_cfg.batch_size)
         for step, group in enumerate(_batched(stream, stage_cfg.batch_size), start=start_step):
             batch = stage2_batch(group, tokenizer, instructions_per_scene=cfg.train.instructions_per_scene,
@@ -133,6 +136,9 @@ def stage2_setup(cfg: VidLLMConfig, shards_uri: str, init_model: str | Path | No
                                  max_proposals=cfg.model.grounding.max_proposals, pad_id=pad_id,
                                  seed=cfg.train.seed + rank, step=step)
             yield batch, len(group)
+
+    def batches(start_step: int) -> Iterator[tuple[dict[str, Any], int]]:
+        return Prefetcher(build(start_step))
 
     def export(module: nn.Module, out_dir: Path) -> Path:
         return save_pretrained(module.model, out_dir, tokenizer, recipe=cfg.recipe)

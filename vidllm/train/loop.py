@@ -381,10 +381,20 @@ def run_loop(
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 final = {k: v / window["steps"] for k, v in window_losses.items()}
+                samples, tokens_seen = float(window["samples"]), window["tokens"]
+                if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+                    # Log the mean over ranks (each term over the ranks that had it) and the summed throughput.
+                    gathered: list[Any] = [None] * world_size
+                    torch.distributed.all_gather_object(gathered, (final, samples, tokens_seen))
+                    final = {k: sum(g[0][k] for g in gathered if k in g[0]) / sum(k in g[0] for g in gathered)
+                             for k in dict.fromkeys(k for g in gathered for k in g[0])}
+                    samples, tokens_seen = sum(g[1] for g in gathered), sum(g[2] for g in gathered)
+                else:
+                    samples, tokens_seen = samples * world_size, tokens_seen * world_size
                 elapsed = max(window["time"], 1e-9)
                 metrics = {
-                    "samples_per_s": window["samples"] * world_size / elapsed,
-                    "tokens_per_s": window["tokens"] * world_size / elapsed,
+                    "samples_per_s": samples / elapsed,
+                    "tokens_per_s": tokens_seen / elapsed,
                     "data_wait_share": window["wait"] / elapsed,
                     "mfu": (6.0 * num_params * window["tokens"] / elapsed / peak) if peak else float("nan"),
                 }
@@ -403,4 +413,6 @@ def run_loop(
                 break
     finally:
         bar.close()
+        if hasattr(batches, "close"):  # stop a prefetch thread / generator
+            batches.close()
     return LoopResult(steps=step, start_step=start, final_losses=final)
