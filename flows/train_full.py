@@ -161,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, metavar="URI",
                         help="ScanNet dataset root (default: generate synthetic scenes)")
     parser.add_argument("--annotations", default=None, metavar="DIR", help="benchmark annotations for --data")
+    parser.add_argument("--label-map", default=None, metavar="TSV",
+                        help="scannetv2-labels.combined.tsv for --data (default: looked up next to the scans)")
+    parser.add_argument("--shards", default=None, metavar="URI", help="shard dataset (default: WORK_DIR/shards)")
+    parser.add_argument("--cache", default=None, metavar="URI", help="teacher cache (default: WORK_DIR/teacher_cache)")
+    parser.add_argument("--run-dir", default=None, metavar="DIR", help="run directory (default: WORK_DIR/run)")
     parser.add_argument("--synth-scenes", type=int, default=None, help="synthetic scenes (default: recipe)")
     parser.add_argument("--split", default="val", help="evaluation split, or 'all' (default: val)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR in the scores (no Java start)")
@@ -168,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = train_full(recipe=args.recipe, config_path=args.config, overrides=args.overrides,
                          work_dir=args.work_dir, data_uri=args.data, annotations_uri=args.annotations,
+                         label_map=args.label_map, shards_uri=args.shards, cache_uri=args.cache, run_dir=args.run_dir,
                          synth_scenes=args.synth_scenes, split=args.split, meteor=not args.no_meteor,
                          use_ray_train=args.ray_train)
     print(json.dumps({step: r["status"] for step, r in results.items()}))
