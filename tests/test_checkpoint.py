@@ -3,12 +3,13 @@ import os
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from vidllm.checkpoint import load_pretrained, read_model_config, save_pretrained
 from vidllm.cli import main
 from vidllm.config import load_config
 from vidllm.errors import DataError
-from vidllm.lora import apply_lora, has_lora
+from vidllm.lora import apply_lora, has_lora, merge_lora, trainable_token_ids
 from vidllm.models.vidllm import VidLLM
 from vidllm.tokenizer import SpecialTokenIds, build_prompt, train_tokenizer
 
@@ -24,10 +25,12 @@ def _model(tokenizer, lora: bool):
     model = VidLLM(cfg, SpecialTokenIds.from_tokenizer(tokenizer), 512)
     if lora:
         apply_lora(model, cfg.llm)
-        with torch.no_grad():  # non-zero adapters so that merging changes the base weights
+        with torch.no_grad():  # non-zero adapters and trained token rows, so merging changes the base weights
             for name, p in model.llm.named_parameters():
                 if "lora_B" in name:
                     p.normal_(std=0.05)
+                elif "trainable_tokens_delta" in name:
+                    p.add_(torch.randn_like(p))
     return model.eval()
 
 
@@ -63,6 +66,35 @@ def test_lora_merge_on_load(tmp_path, tokenizer):
     plain, _ = load_pretrained(tmp_path / "m")
     plain_logits = _outputs(plain.eval(), tokenizer)[0]
     assert torch.allclose(plain_logits, _outputs(model, tokenizer)[0], atol=1e-6)
+
+
+def test_trained_token_rows_travel_with_the_adapters(tmp_path, tokenizer):
+    model = _model(tokenizer, lora=True)
+    rows = trainable_token_ids(model.special_ids)
+    trained = {"embed": model.llm.get_input_embeddings().weight[rows].detach().clone(),
+               "head": model.llm.get_output_embeddings().weight[rows].detach().clone()}
+    expected = _outputs(model, tokenizer)
+    save_pretrained(model, tmp_path / "m", tokenizer)
+    base = load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert not torch.equal(base["llm.model.embed_tokens.weight"][rows], trained["embed"])  # original rows
+    adapters = load_file(str(tmp_path / "m" / "adapters" / "adapter_model.safetensors"))
+    deltas = sorted(k for k in adapters if "trainable_tokens_delta" in k)
+    assert len(deltas) == 2 and all(adapters[k].shape == (len(rows), 64) for k in deltas)
+
+    loaded, _ = load_pretrained(tmp_path / "m")
+    loaded.eval()
+    assert all(p.requires_grad for n, p in loaded.llm.named_parameters() if "trainable_tokens_delta" in n)
+    assert torch.equal(loaded.llm.get_input_embeddings().weight[rows], trained["embed"])
+    assert torch.equal(loaded.llm.get_output_embeddings().weight[rows], trained["head"])
+    merged, _ = load_pretrained(tmp_path / "m", merge_lora=True)
+    assert torch.equal(merged.llm.get_input_embeddings().weight[rows], trained["embed"])
+    assert torch.equal(merged.llm.get_output_embeddings().weight[rows], trained["head"])
+
+    save_pretrained(merge_lora(model), tmp_path / "merged", tokenizer)  # a merged model saves as plain weights
+    plain, _ = load_pretrained(tmp_path / "merged")
+    assert not has_lora(plain) and not (tmp_path / "merged" / "adapters").exists()
+    for a, b in zip(expected, _outputs(plain.eval(), tokenizer)):
+        assert torch.allclose(a, b, atol=1e-4)
 
 
 def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path, tokenizer):

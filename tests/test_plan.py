@@ -35,6 +35,8 @@ def test_paper_plan_cli_json():
     assert 7.0e9 < params["llm"] < 8.0e9  # Qwen2.5-7B dimensions
     assert plan["setting"]["frames"] == 32 and plan["setting"]["image_hw"] == [518, 518]
     assert plan["trainable_under_lora"]["lora_adapters"] > 0
+    # </s>, <image>, <ground>, <obj> rows of the (untied) embedding and LM head, width 3584.
+    assert plan["trainable_under_lora"]["token_rows"] == 4 * 3584 * 2
     assert plan["totals"]["train_step_tflops"] > plan["totals"]["forward_tflops"] > 100
     assert elapsed < 60
 

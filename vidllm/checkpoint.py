@@ -6,7 +6,8 @@ Layout of a model directory::
                          "special_tokens", "vocab_size", "encoder_hf_config", "llm_hf_config",
                          "lora": bool, "tied": {alias: source}}
     model.safetensors   all weights except LoRA adapters (LLM base weights under plain names)
-    adapters/           peft LoRA adapters (adapter_config.json + adapter_model.safetensors), if any
+    adapters/           peft LoRA adapters (adapter_config.json + adapter_model.safetensors), if any,
+                        including the trained embedding / LM-head rows of the Vid-LLM tokens
     tokenizer/          the tokenizer (AutoTokenizer-loadable)
 
 The directory is written under a temporary name beside the target and moved into place, so
@@ -44,12 +45,14 @@ TOKENIZER_DIR = "tokenizer"
 
 
 def _base_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """State dict with peft wrappers removed from the names and LoRA tensors left out."""
+    """State dict with peft wrappers removed from the names and adapter tensors (LoRA matrices,
+    trained token rows) left out: those are saved with the adapters."""
     out = {}
     for key, value in model.state_dict().items():
-        if "lora_" in key:
+        if "lora_" in key or ".trainable_tokens_delta." in key:
             continue
-        key = key.replace("llm.base_model.model.", "llm.", 1).replace(".base_layer.", ".")
+        key = key.replace("llm.base_model.model.", "llm.", 1)
+        key = key.replace(".token_adapter.base_layer.", ".").replace(".base_layer.", ".")
         out[key] = value
     return out
 
@@ -103,7 +106,9 @@ def save_pretrained(
     try:
         save_file(weights, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         if lora:
-            model.llm.save_pretrained(str(tmp / ADAPTERS_DIR))
+            # The base embeddings are in model.safetensors already (trained token rows are adapter
+            # weights), so never let peft copy whole resized embedding matrices into the adapters.
+            model.llm.save_pretrained(str(tmp / ADAPTERS_DIR), save_embedding_layers=False)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))

@@ -8,7 +8,8 @@ backward (`saved_tensors_hooks`), parameters excluded. Attention is replaced dur
 by a flash-attention-like op (saves q, k, v, output and log-sum-exp, not the score matrix) so
 the estimate matches GPU training with FlashAttention / memory-efficient SDPA. The backward
 pass is taken as 2× the forward FLOPs for modules with trainable weights and 1× for the
-frozen LoRA base (input gradients only). Data-dependent steps (scale alignment, voxel
+frozen LoRA base (input gradients only), plus the LM head's full weight gradient that peft
+computes to train the Vid-LLM token rows (`vidllm.lora`). Data-dependent steps (scale alignment, voxel
 pooling) are negligible in cost and skipped; the LLM sees `patches3d.max_tokens` vision tokens.
 """
 
@@ -118,6 +119,16 @@ def _lora_params(llm: nn.Module, targets: list[str], rank: int) -> int:
                if isinstance(m, nn.Linear) and name.split(".")[-1] in targets)
 
 
+def _token_row_params(llm: nn.Module, token_ids: list[int], rank: int) -> int:
+    """Embedding (and untied LM-head) rows of the Vid-LLM tokens that train under LoRA."""
+    if rank == 0:
+        return 0
+    from vidllm.lora import trainable_token_indices
+
+    return sum(len(ids) * llm.get_submodule(name).weight.shape[1]
+               for name, ids in trainable_token_indices(llm, token_ids).items())
+
+
 def plan_model(
     cfg: VidLLMConfig,
     frames: int | None = None,
@@ -164,11 +175,15 @@ def plan_model(
     params["total"] = _count(model)
     llm_cfg = model_cfg.llm
     lora = _lora_params(model.llm, llm_cfg.lora_targets, llm_cfg.lora_r)
+    from vidllm.lora import trainable_token_ids
+
+    token_rows = _token_row_params(model.llm, trainable_token_ids(model.special_ids), llm_cfg.lora_r)
     non_llm = params["total"] - params["llm"]
     trainable = {
         "lora_adapters": lora,
+        "token_rows": token_rows,
         "non_llm_modules": non_llm,
-        "total": non_llm + lora if llm_cfg.lora_r > 0 else params["total"],
+        "total": non_llm + lora + token_rows if llm_cfg.lora_r > 0 else params["total"],
     }
 
     # --- one training step on meta tensors
@@ -209,6 +224,12 @@ def plan_model(
     llm_bwd = 2.0 if llm_cfg.lora_r == 0 else 1.0
     train = sum(r["forward_flops"] * (1 + (llm_bwd if name == "llm" else 2.0)) for name, r in per_module.items())
     activations = sum(r["activation_bytes"] for r in per_module.values())
+    if llm_cfg.lora_r > 0:
+        # Trained token rows: peft rebuilds the head weight with them (a copy kept for backward)
+        # and autograd forms its full [V, D] weight gradient before keeping those rows.
+        head = model.llm.get_output_embeddings().weight
+        train += 2.0 * batch * seq * head.numel()
+        activations += head.numel() * head.element_size()
     weight_bytes = params["total"] * torch.tensor([], dtype=dtype).element_size()
     # AdamW: fp32 master copy + two moments for trainable parameters.
     optimizer_bytes = trainable["total"] * 12

@@ -4,7 +4,8 @@ from torch import nn
 
 from vidllm.config import load_config
 from vidllm.geometry import se3_inverse
-from vidllm.lora import apply_lora
+from vidllm.lora import apply_lora, trainable_token_ids
+from vidllm.models.llm import llm_config
 from vidllm.models.vidllm import VidLLM
 from vidllm.tokenizer import EOS, GROUND, SpecialTokenIds, build_prompt, train_tokenizer
 
@@ -93,18 +94,65 @@ def test_recon_loss_reaches_cta_and_encoder_not_llm(cfg, tokenizer):
     assert grad_norm(model.llm) == 0.0 and grad_norm(model.grounding) == 0.0
 
 
+def _is_adapter(name: str) -> bool:
+    return "lora_" in name or "trainable_tokens_delta" in name
+
+
 def test_lora_trains_only_adapters_and_new_modules(cfg, tokenizer):
     model = apply_lora(make_model(cfg, tokenizer), cfg.llm)
     for name, p in model.named_parameters():
         if name.startswith("llm."):
-            assert p.requires_grad == ("lora_" in name), name
+            assert p.requires_grad == _is_adapter(name), name
         else:
             assert p.requires_grad, name
     vl_forward(model, tokenizer)["loss"].backward()
     llm_grads = {n: p.grad for n, p in model.llm.named_parameters()}
-    assert all(g is None for n, g in llm_grads.items() if "lora_" not in n)
+    assert all(g is None for n, g in llm_grads.items() if not _is_adapter(n))
     assert any(g is not None and g.abs().sum() > 0 for n, g in llm_grads.items() if "lora_B" in n)
     assert grad_norm(model.cta) > 0 and grad_norm(model.reconstruction) == 0.0
+
+
+def test_lora_trains_the_special_token_rows_only(cfg, tokenizer):
+    model = apply_lora(make_model(cfg, tokenizer), cfg.llm)
+    ids = model.special_ids
+    trained = trainable_token_ids(ids)
+    assert trained == sorted({ids.eos, ids.image, ids.ground, ids.obj})
+    embed, head = model.llm.get_input_embeddings(), model.llm.get_output_embeddings()
+    before = {"embed": embed.weight.detach().clone(), "head": head.weight.detach().clone()}
+    base = {n: p.detach().clone() for n, p in model.llm.named_parameters() if not _is_adapter(n)}
+    vl_forward(model, tokenizer)["loss"].backward()
+    embed_grad = embed.token_adapter.trainable_tokens_delta["default"].grad  # [len(trained), D]
+    head_grad = head.token_adapter.trainable_tokens_delta["default"].grad
+    # <ground> is an input token that later positions attend to (<image> is replaced by vision
+    # tokens, </s> ends the rows); every head row gets gradient through the softmax.
+    assert embed_grad[trained.index(ids.ground)].abs().sum() > 0
+    assert (head_grad.abs().sum(-1) > 0).all()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0).step()
+    ordinary = torch.ones(model.vocab_size, dtype=torch.bool)
+    ordinary[trained] = False
+    for name, module in (("embed", embed), ("head", head)):
+        after = module.weight.detach()  # base weight with the trained rows written in
+        assert torch.equal(after[ordinary], before[name][ordinary]), name
+        assert (after[ids.ground] != before[name][ids.ground]).any(), name
+    assert (head.weight.detach()[trained] != before["head"][trained]).any(-1).all()
+    for n, p in model.llm.named_parameters():
+        if not _is_adapter(n):
+            assert torch.equal(p.detach(), base[n]), n  # base weights (incl. the full matrices) frozen
+
+
+def test_tied_embeddings_train_one_set_of_token_rows(cfg, tokenizer):
+    hf = llm_config(cfg.llm, 512)
+    hf.tie_word_embeddings = True
+    torch.manual_seed(0)
+    model = apply_lora(VidLLM(cfg, SpecialTokenIds.from_tokenizer(tokenizer), 512, llm_config=hf), cfg.llm)
+    deltas = [n for n, p in model.llm.named_parameters() if p.requires_grad and "trainable_tokens_delta" in n]
+    assert len(deltas) == 1 and "embed_tokens" in deltas[0]
+    vl_forward(model, tokenizer)["loss"].backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0).step()
+    embed, head = model.llm.get_input_embeddings().weight, model.llm.get_output_embeddings().weight
+    trained = trainable_token_ids(model.special_ids)
+    assert torch.equal(embed, head)  # the head reads the same trained rows
+    assert not torch.equal(embed[trained], model.llm.get_input_embeddings().token_adapter.base_layer.weight[trained])
 
 
 def test_vision_tokens_are_deterministic(cfg, tokenizer):

@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<20}{_format_count(count):>12}{flops:>14}{act:>12}")
     totals = plan["totals"]
     print(f"total parameters {_format_count(totals['parameters'])}, trainable under LoRA "
-          f"{_format_count(totals['trainable'])} (adapters {_format_count(plan['trainable_under_lora']['lora_adapters'])})")
+          f"{_format_count(totals['trainable'])} (adapters {_format_count(plan['trainable_under_lora']['lora_adapters'])}, "
+          f"token rows {_format_count(plan['trainable_under_lora']['token_rows'])})")
     print(f"train step: {totals['train_step_tflops']:.1f} TFLOPs, activations {totals['activation_gib']:.1f} GiB, "
           f"weights {totals['weights_gib']:.1f} GiB, optimizer {totals['optimizer_state_gib']:.1f} GiB")
     return 0
