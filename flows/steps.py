@@ -359,8 +359,8 @@ def run_report(paths: Paths, upstream: str) -> StepResult:
     return _run_or_skip("report", paths, step_digest, lambda: report_md.is_file() and report_html.is_file(), work)
 
 
-def write_summary(paths: Paths, results: list[StepResult]) -> Path:
-    """RUN_DIR/flow_summary.json: what each step did in the latest run (ran / skipped, seconds, outputs)."""
+def write_summary(paths: Paths, results: list[dict[str, Any]]) -> Path:
+    """RUN_DIR/flow_summary.json: what each step did in the latest run (`StepResult.to_dict()` of each)."""
     path = paths.run_dir / SUMMARY_FILE
-    rd.write_json(path, {"steps": [r.to_dict() for r in results], "run_dir": str(paths.run_dir)})
+    rd.write_json(path, {"steps": results, "run_dir": str(paths.run_dir)})
     return path

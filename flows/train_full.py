@@ -141,9 +141,7 @@ def train_full(
                                             None if split == "all" else split,
                                             list(benchmarks or EVAL_BENCHMARKS), meteor).result())
     record(report_task.submit(paths, evaluated["digest"]).result())
-    summary_path = steps.write_summary(paths, [steps.StepResult(**{k: r[k] for k in ("step", "status", "digest",
-                                                                                      "seconds", "outputs")})
-                                               for r in results.values()])
+    summary_path = steps.write_summary(paths, list(results.values()))
     logger.info("train-full done: metrics %s, report %s, summary %s", evaluated["outputs"].get("metrics"),
                 results["report"]["outputs"].get("markdown"), summary_path)
     return results

@@ -36,8 +36,6 @@ def _run_deployment(server: PrefectServer, work_dir: Path) -> str:
 
 def _task_states(server: PrefectServer, flow_run_id: str) -> dict[str, str]:
     """{task name: final state} of one flow run, read back from the server's API."""
-    import os
-
     async def read() -> dict[str, str]:
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -47,18 +45,10 @@ def _task_states(server: PrefectServer, flow_run_id: str) -> dict[str, str]:
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
         return {r.name.rsplit("-", 1)[0]: r.state.type.value for r in runs}
 
-    saved = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            return asyncio.run(read())
-    finally:
-        if saved is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = saved
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        return asyncio.run(read())
 
 
 def _summary(work_dir: Path) -> dict[str, str]:

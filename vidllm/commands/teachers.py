@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.recipe, args.config, args.overrides)
     teachers = resolve_teachers(args, cfg)
-    torch.set_grad_enabled(False)
-    summary = build_teacher_cache(args.shards, args.cache, teachers, progress=not args.no_progress)
+    with torch.no_grad():  # a context, not a global switch: run() is also called in-process
+        summary = build_teacher_cache(args.shards, args.cache, teachers, progress=not args.no_progress)
     print(json.dumps(asdict(summary)) if args.json else summary.line())
     return 0
