@@ -5,31 +5,16 @@ import json
 import numpy as np
 import pytest
 
+from tests.shard_fixtures import write_tiny_shards
 from vidllm.cli import main
-from vidllm.config import load_config
 from vidllm.eval.predictions import read_meta, read_predictions
 from vidllm.eval.run_dir import read_geometry
 
 
 @pytest.fixture(scope="module")
 def shards_and_model(synthetic_dataset, tmp_path_factory):
-    # Shards are written with the PREP helper's own writer (no Ray needed for two scenes).
-    from preprocessing.prepare import PrepareSummary, ShardWriter, build_sample, config_digest, load_scene_annotations
-
     root = tmp_path_factory.mktemp("predict")
-    prep = load_config("tiny").data.prep
-    by_scene = load_scene_annotations(synthetic_dataset.annotations_dir)
-    shards = root / "shards"
-    shards.mkdir()
-    writer = ShardWriter(str(shards), {}, 0, prep.shard_max_bytes, config_digest(prep), PrepareSummary(str(shards)))
-    try:
-        for scene in synthetic_dataset.scenes:
-            members = build_sample(scene.path, prep, label_map=str(synthetic_dataset.label_map),
-                                   annotations=by_scene.get(scene.scene_id, []))
-            writer.add(scene.scene_id, scene.scene_id, members, prep.frames, scene.scene_id)
-        writer.commit()
-    finally:
-        writer.close()
+    shards = write_tiny_shards(synthetic_dataset, root / "shards")
     model = root / "model"
     assert main(["init", "--recipe", "tiny", "--out", str(model)]) == 0
     return shards, model

@@ -10,7 +10,8 @@ import torch
 from preprocessing.teacher_cache import (
     build_teacher_cache, feature_keys, feature_uri, init_random_teachers, load_teacher_features, teacher_spec,
 )
-from tests.train.helpers import tiny_config, write_tiny_shards
+from tests.shard_fixtures import write_tiny_shards
+from tests.train.helpers import tiny_config
 from vidllm.errors import DataError, VidLLMError
 
 

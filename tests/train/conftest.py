@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.train.helpers import tiny_config, write_tiny_shards
+from tests.shard_fixtures import write_tiny_shards
+from tests.train.helpers import tiny_config
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,6 @@ from them.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from vidllm.checkpoint import commit_dir
 from vidllm.config import ModelConfig, VidLLMConfig
 from vidllm.errors import DataError
 from vidllm.losses.distill import distill_loss, resample_tokens
@@ -91,13 +91,7 @@ def save_stage1_model(student: DistillStudent, cfg: VidLLMConfig, out_dir: str |
                 "model": cfg.model.model_dump(mode="json"), "encoder_hf_config": encoder_config,
                 "teacher_dims": [student.proj_geom.out_features, student.proj_lang.out_features]}
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        commit_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
