@@ -27,6 +27,7 @@ from vidllm.data.shards import (
     decode_sample,
     manifest_uri,
     read_manifest,
+    scaled_float32,
     shard_groups,
     to_unit_float,
 )
@@ -89,8 +90,14 @@ def ray_shard_dataset(dataset_uri: str, *, verify: bool = True):
     ds = ray.data.read_webdataset([f"{base}/{shard}" for shard in sorted(groups)], filesystem=fs, decoder=None,
                                   override_num_blocks=len(groups))
     # One clip per decode call: clips can differ in size, and a clip is already S frames of work.
-    return ds.map_batches(_decode_batch, batch_size=None, batch_format="numpy",
-                          fn_kwargs={"expected": expected, "base": str(dataset_uri).rstrip("/"), "verify": verify})
+    decoded = ds.map_batches(_decode_batch, batch_size=None, batch_format="numpy",
+                             fn_kwargs={"expected": expected, "base": str(dataset_uri).rstrip("/"), "verify": verify})
+    with warnings.catch_warnings():  # copying Ray's DataContext touches its own deprecated fields
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # Ray Data reserves a share of the CPUs per operator (and for the consumer); on 2 CPUs that
+        # left the fused read+decode running one task at a time. This pipeline has one operator.
+        decoded.context.op_resource_reservation_enabled = False
+    return decoded
 
 
 def batch_to_torch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -107,8 +114,7 @@ def batch_to_torch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
     return {
         "key": [str(k) for k in batch["key"]],
         "images": torch.from_numpy(to_unit_float(batch["images"])).permute(0, 1, 4, 2, 3),
-        "depths": torch.from_numpy(np.multiply(batch["depth_mm"], np.float32(1.0 / DEPTH_SCALE_M),
-                                               dtype=np.float32)),
+        "depths": torch.from_numpy(scaled_float32(batch["depth_mm"], 1.0 / DEPTH_SCALE_M)),
         "camera_to_world": torch.from_numpy(np.array(batch["camera_to_world"], dtype=np.float32)),
         "intrinsics": torch.from_numpy(np.array(batch["intrinsics"], dtype=np.float32)),
         "meta": [json.loads(m) for m in batch["meta_json"]],
