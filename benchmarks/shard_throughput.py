@@ -1,8 +1,8 @@
 """Benchmark: sharding throughput and shard reading+decoding throughput. Prints one JSON object.
 
 (a) `prepare_shards` frames/s on synthetic ScanNet-format scenes (local Ray, Ray start-up excluded);
-(b) reading + decoding + digest-checking every frame through the Ray Data reader and through the
-    plain reader (one process, and a DataLoader with one worker per core), each as a ratio to the
+(b) reading + decoding + digest-checking every frame through the Ray Data reader (float32 batches,
+    and uint8/uint16 batches left for conversion on the accelerator) and through the plain reader (one process, and a DataLoader with one worker per core), each as a ratio to the
     bound: decoding the same JPEG/PNG bytes, already in memory, in a tight loop in one process
     with one thread per core (PIL releases the GIL while decoding). Goal: reader >= 0.7 of it.
     Also printed: the ratio to a second bound that decodes the same bytes into the readers'
@@ -151,10 +151,15 @@ def main() -> None:
             def via_ray() -> None:
                 assert sum(len(b["key"]) for b in iter_ray_batches(out, batch_size=1)) == args.scenes
 
+            def via_ray_uint8() -> None:  # pixels left as decoded, for conversion on the accelerator
+                assert sum(len(b["key"]) for b in iter_ray_batches(out, batch_size=1, unit_float=False)) \
+                    == args.scenes
+
             plain_s = _best(plain, args.repeats)
             loader_s = _best(loader, args.repeats)
             via_ray()  # warm-up: Ray worker processes import the decode code once
             ray_s = _best(via_ray, args.repeats)
+            ray_uint8_s = _best(via_ray_uint8, args.repeats)
         finally:
             ray.shutdown()
 
@@ -176,6 +181,8 @@ def main() -> None:
         "ray_reader_frames_per_s": round(total_frames / ray_s, 1),
         "ray_reader_ratio": round(total_frames / ray_s / bound_fps, 3),
         "ray_reader_ratio_to_float_bound": round(total_frames / ray_s / bound_float_fps, 3),
+        "ray_reader_uint8_frames_per_s": round(total_frames / ray_uint8_s, 1),
+        "ray_reader_uint8_ratio": round(total_frames / ray_uint8_s / bound_fps, 3),
         "plain_reader_frames_per_s": round(total_frames / plain_s, 1),
         "plain_reader_ratio": round(total_frames / plain_s / bound_fps, 3),
         "plain_reader_ratio_to_float_bound": round(total_frames / plain_s / bound_float_fps, 3),

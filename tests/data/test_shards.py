@@ -80,6 +80,22 @@ def test_ray_reader_returns_the_same_samples(synthetic_shards, plain_samples):
         assert seen[key]["meta"] == sample["meta"] and seen[key]["annotations"] == sample["annotations"]
 
 
+def test_ray_reader_uint8_batches_convert_to_the_float_samples(synthetic_shards, plain_samples):
+    from vidllm.data.ray_reader import pixels_to_float
+
+    _, out, _ = synthetic_shards
+    seen = 0
+    for batch in iter_ray_batches(str(out), batch_size=2, unit_float=False):
+        assert batch["images"].dtype == torch.uint8 and batch["images"].shape[1:] == (4, 3, 56, 70)
+        assert batch["depth_mm"].dtype == torch.uint16 and "depths" not in batch
+        converted = pixels_to_float(batch, "cpu")
+        for b, key in enumerate(batch["key"]):
+            for name in ("images", "depths"):
+                assert torch.allclose(converted[name][b], plain_samples[key][name], atol=1e-6), (key, name)
+            seen += 1
+    assert seen == len(plain_samples)
+
+
 def test_dataloader_workers_split_shards(synthetic_shards):
     _, out, _ = synthetic_shards
     loader = torch.utils.data.DataLoader(ShardDataset(str(out)), batch_size=None, num_workers=2)

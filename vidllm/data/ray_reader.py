@@ -11,6 +11,7 @@ Ray is imported here only (never by vidllm.models).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -19,11 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from vidllm import storage
 from vidllm.data.shards import (
     DEPTH_SCALE_M,
     check_shard_size,
+    color_member,
     decode_sample,
     manifest_uri,
     read_manifest,
@@ -37,12 +40,23 @@ from vidllm.errors import DataError
 ARRAY_COLUMNS = ("images", "depth_mm", "camera_to_world", "intrinsics")
 
 
+def _clip_buffers(members: dict[str, Any], frames: int, rows: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """uint8 images `[rows,S,H,W,3]` and uint16 depth `[rows,S,H,W]` sized from the first clip's first JPEG
+    header, so every clip of a block decodes in place (no stacking copy); None if the header is unreadable."""
+    try:
+        with Image.open(io.BytesIO(members[color_member(0)])) as first:
+            width, height = first.size
+        return (np.empty((rows, frames, height, width, 3), np.uint8),
+                np.empty((rows, frames, height, width), np.uint16))
+    except Exception:  # decode_sample reports the damage with the member's name
+        return None
+
+
 def _decode_batch(batch: dict[str, np.ndarray], expected: dict[str, tuple[str, str, int]], base: str,
                   verify: bool) -> dict[str, np.ndarray]:
     """map_batches: raw WebDataset members → decoded arrays (samples not in the manifest are dropped)."""
-    out: dict[str, list[Any]] = {name: [] for name in (*ARRAY_COLUMNS, "key", "shard", "meta_json",
-                                                          "annotations_json")}
     member_columns = [c for c in batch if not c.startswith("__")]
+    rows = []
     for row in range(len(batch["__key__"])):
         key = str(batch["__key__"][row])
         shard = str(batch["__url__"][row]).rsplit("/", 1)[-1]
@@ -51,9 +65,18 @@ def _decode_batch(batch: dict[str, np.ndarray], expected: dict[str, tuple[str, s
             continue  # superseded copy left in an older shard
         members = {c: batch[c][row] for c in member_columns
                    if batch[c][row] is not None and not (isinstance(batch[c][row], float) and np.isnan(batch[c][row]))}
-        members = {name: bytes(value) for name, value in members.items()}
-        where = f"{base}/{shard}:{key}"
-        sample = decode_sample(members, where, listed[2], listed[1] if verify else None)
+        rows.append((key, shard, listed, {name: bytes(value) for name, value in members.items()}))
+
+    frames = rows[0][2][2] if rows else 0
+    buffers = _clip_buffers(rows[0][3], frames, len(rows)) if rows and all(r[2][2] == frames for r in rows) else None
+    out: dict[str, list[Any]] = {name: [] for name in (*ARRAY_COLUMNS, "key", "shard", "meta_json",
+                                                          "annotations_json")}
+    in_place = buffers is not None
+    for i, (key, shard, listed, members) in enumerate(rows):
+        target = (buffers[0][i], buffers[1][i]) if buffers is not None else None
+        sample = decode_sample(members, f"{base}/{shard}:{key}", listed[2], listed[1] if verify else None,
+                               out=target)
+        in_place = in_place and sample["images"] is target[0]
         for name in ARRAY_COLUMNS:
             out[name].append(sample[name])
         out["key"].append(key)
@@ -62,7 +85,11 @@ def _decode_batch(batch: dict[str, np.ndarray], expected: dict[str, tuple[str, s
         out["annotations_json"].append(json.dumps(sample["annotations"]))
     result: dict[str, np.ndarray] = {}
     for name, values in out.items():
-        if name in ARRAY_COLUMNS:
+        if in_place and name == "images":
+            result[name] = buffers[0]
+        elif in_place and name == "depth_mm":
+            result[name] = buffers[1]
+        elif name in ARRAY_COLUMNS:
             if values and all(v.shape == values[0].shape for v in values):
                 result[name] = np.stack(values)
             else:  # clips of different sizes (or none): a ragged column, Ray keeps per-row shapes
@@ -100,26 +127,45 @@ def ray_shard_dataset(dataset_uri: str, *, verify: bool = True):
     return decoded
 
 
-def batch_to_torch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-    """A numpy batch of the decoded dataset → model-ready tensors.
+def batch_to_torch(batch: dict[str, np.ndarray], unit_float: bool = True) -> dict[str, Any]:
+    """A numpy batch of the decoded dataset → tensors.
 
     images [B,S,3,H,W] float32 in [0,1]; depths [B,S,H,W] float32 metres (0 = invalid);
     camera_to_world [B,S,4,4], intrinsics [B,S,3,3] float32; key/meta/annotations as lists.
+    With `unit_float=False` the pixels stay as decoded, for conversion on the accelerator
+    (`pixels_to_float`): images uint8 [B,S,3,H,W] and `depth_mm` uint16 [B,S,H,W] replace
+    images/depths — a quarter of the host work and of the host→device bytes.
     """
     for name in ARRAY_COLUMNS:
         if batch[name].dtype == object:  # Ray hands ragged tensors back as an object array
             raise DataError(str(batch["key"][0]), f"clips in one batch have different shapes ({name}); "
                                                   "use batch_size=1 or one image size per dataset")
     # Every array below is a fresh copy: Ray's batches are read-only views of its object store.
+    if unit_float:
+        pixels = {"images": torch.from_numpy(to_unit_float(batch["images"])).permute(0, 1, 4, 2, 3),
+                  "depths": torch.from_numpy(scaled_float32(batch["depth_mm"], 1.0 / DEPTH_SCALE_M))}
+    else:
+        pixels = {"images": torch.from_numpy(np.array(batch["images"])).permute(0, 1, 4, 2, 3),
+                  "depth_mm": torch.from_numpy(np.array(batch["depth_mm"]))}
     return {
         "key": [str(k) for k in batch["key"]],
-        "images": torch.from_numpy(to_unit_float(batch["images"])).permute(0, 1, 4, 2, 3),
-        "depths": torch.from_numpy(scaled_float32(batch["depth_mm"], 1.0 / DEPTH_SCALE_M)),
+        **pixels,
         "camera_to_world": torch.from_numpy(np.array(batch["camera_to_world"], dtype=np.float32)),
         "intrinsics": torch.from_numpy(np.array(batch["intrinsics"], dtype=np.float32)),
         "meta": [json.loads(m) for m in batch["meta_json"]],
         "annotations": [json.loads(a) for a in batch["annotations_json"]],
     }
+
+
+def pixels_to_float(batch: dict[str, Any], device: torch.device | str | None = None) -> dict[str, Any]:
+    """A `unit_float=False` batch → the float form (images in [0,1], depths in metres), converted
+    after the move to `device` so only uint8/uint16 bytes cross to the accelerator."""
+    out = {k: v for k, v in batch.items() if k not in ("images", "depth_mm")}
+    images = batch["images"].to(device, non_blocking=True) if device is not None else batch["images"]
+    depth_mm = batch["depth_mm"].to(device, non_blocking=True) if device is not None else batch["depth_mm"]
+    out["images"] = images.to(torch.float32).mul_(1.0 / 255.0)
+    out["depths"] = depth_mm.to(torch.float32).mul_(1.0 / DEPTH_SCALE_M)
+    return out
 
 
 def _find_data_error(exc: BaseException) -> DataError | None:
@@ -137,8 +183,9 @@ def _find_data_error(exc: BaseException) -> DataError | None:
 
 
 def iter_ray_batches(dataset_uri: str, batch_size: int = 1, *, verify: bool = True,
-                     prefetch_batches: int = 2) -> Iterator[dict[str, Any]]:
-    """Torch batches (see `batch_to_torch`) of every sample in the manifest, read through Ray Data."""
+                     prefetch_batches: int = 2, unit_float: bool = True) -> Iterator[dict[str, Any]]:
+    """Torch batches (see `batch_to_torch`, which `unit_float` is passed to) of every sample in
+    the manifest, read through Ray Data."""
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     dataset_uri = str(dataset_uri)
     entries = read_manifest(dataset_uri)
@@ -150,7 +197,7 @@ def iter_ray_batches(dataset_uri: str, batch_size: int = 1, *, verify: bool = Tr
     try:
         for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy",
                                      prefetch_batches=prefetch_batches):
-            out = batch_to_torch(batch)
+            out = batch_to_torch(batch, unit_float)
             seen.update(out["key"])
             yield out
     except DataError:

@@ -184,7 +184,7 @@ def _decode_image(data: bytes, where: str, kind: str) -> np.ndarray:
 
 def decode_sample(members: Mapping[str, bytes], where: str, frames: int,
                   expected_digest: str | None = None, pool: Executor | None = None,
-                  unit_float: bool = False) -> dict[str, Any]:
+                  unit_float: bool = False, out: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Decode one sample's members into numpy arrays; errors name `where` (shard:key/member).
 
     Returns `images` uint8 [S,H,W,3], `depth_mm` uint16 [S,H,W], `camera_to_world` float64
@@ -193,15 +193,21 @@ def decode_sample(members: Mapping[str, bytes], where: str, frames: int,
     metres replaces `depth_mm`: each frame is converted right after it is decoded, on the same
     thread, straight into the clip array (no uint8 clip copy, and the conversion runs in parallel).
     `pool` decodes the frames, and hashes the digest, on several threads (PIL, numpy and hashlib
-    release the GIL).
+    release the GIL). `out` = (images, depths) arrays of the right shape and dtype to decode
+    into (e.g. slices of a batch array, saving a stacking copy); ignored when the clip's size differs.
     """
     check_members(members, frames, where)
     # The first JPEG header gives the clip's image size, so every frame decodes into place.
     with _open_image(members[color_member(0)], f"{where}/{color_member(0)}", "JPEG") as first:
         width, height = first.size
+    dtype_images, dtype_depths = (np.float32, np.float32) if unit_float else (np.uint8, np.uint16)
     try:
-        images = np.empty((frames, height, width, 3), np.float32 if unit_float else np.uint8)
-        depths = np.empty((frames, height, width), np.float32 if unit_float else np.uint16)
+        if (out is not None and out[0].shape == (frames, height, width, 3) and out[0].dtype == dtype_images
+                and out[1].shape == (frames, height, width) and out[1].dtype == dtype_depths):
+            images, depths = out
+        else:
+            images = np.empty((frames, height, width, 3), dtype_images)
+            depths = np.empty((frames, height, width), dtype_depths)
     except MemoryError:  # a corrupt header can claim any size; it is not decoded yet
         raise DataError(f"{where}/{color_member(0)}", f"image size {width}x{height} is too large "
                                                       "for a clip (corrupt JPEG header?)") from None
