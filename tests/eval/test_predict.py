@@ -67,6 +67,28 @@ def test_predict_nr3d_split_matches_the_scored_split(shards_and_model, synthetic
     assert 0.0 <= result["metrics"]["Acc"] <= 1.0
 
 
+def test_predict_scan2cap_lines_carry_the_prompted_box(shards_and_model, synthetic_dataset, tmp_path, capsys):
+    """Scan2Cap captions a given (ground-truth) object box: that box is the line's box, and the
+    score says the IoU gate was the GT-box setting."""
+    shards, model = shards_and_model
+    ds = synthetic_dataset
+    _, split = _scene_and_split(ds, "scan2cap")
+    out = tmp_path / "scan2cap.jsonl"
+    assert main(["predict", "--model", str(model), "--benchmark", "scan2cap", "--shards", str(shards), "--out", str(out),
+                 "--split", split, "--max-new-tokens", "2"]) == 0
+    capsys.readouterr()
+    preds = read_predictions(out, "scan2cap")
+    expected = {i.id: i for i in ds.instructions["scan2cap"] if i.scene_id in ds.splits[split]}
+    assert set(preds) == set(expected)
+    for pid, pred in preds.items():
+        objects = {o.object_id: o.box for o in ds.scene(expected[pid].scene_id).objects}
+        assert np.allclose(pred.boxes[0], objects[expected[pid].target_object_ids[0]], atol=1e-4)
+    assert main(["score", "--benchmark", "scan2cap", "--pred", str(out), "--gt", str(ds.annotations_dir),
+                 "--split", split, "--scans", str(ds.scan_dir), "--json", "--no-meteor"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["box_recall"] == 1.0 and "ground-truth object box" in result["gate"]
+
+
 def test_predict_recon_writes_geometry_that_scores(shards_and_model, tmp_path, capsys):
     shards, model = shards_and_model
     out = tmp_path / "predictions" / "recon.jsonl"

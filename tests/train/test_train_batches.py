@@ -37,6 +37,9 @@ def test_stage2_batch_rows_labels_and_scene_frame_boxes(train_shards):
     assert ground_rows.any()
     assert torch.equal(ground_rows, batch["has_box"])
     r = int(ground_rows.nonzero()[0])
+    # The answer is the bare <ground> token(s) then eos: no " " token in front of them.
+    answer = batch["labels"][r][batch["labels"][r] != -100]
+    assert (answer[:-1] == special[GROUND]).all() and len(answer) >= 2
     b = int(batch["scene_index"][r])
     meta = samples[b]["meta"]
     alignment = np.asarray(meta["axis_alignment"])

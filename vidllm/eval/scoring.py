@@ -105,7 +105,10 @@ def score_predictions(
                            if proposals is not None else None)
         result.update(bm.score_scan2cap(instructions, preds, scene_boxes, boxes_source, scene_proposals,
                                         iou_threshold, preset, meteor))
-        result["gate"] = f"proposals in {proposals}" if proposals is not None else "the prediction's own box"
+        own = "the prediction's own box"
+        if meta.get("scan2cap_prompt_box"):
+            own += f" (the prompt's {meta['scan2cap_prompt_box']})"
+        result["gate"] = f"proposals in {proposals}" if proposals is not None else own
     return result
 
 

@@ -92,7 +92,12 @@ def encode_row(record: dict[str, Any], tokenizer, objects: dict[int, list[float]
                 raise DataError(record.get("id", "?"), "scan2cap record has no target object in the scene")
             object_box = scene_box(targets[0])
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if task in GROUNDING_TASKS and targets:
+        # Bare <ground> tokens: spaced (" <ground>") each would start with a " " token, a first
+        # answer token shared by every grounding row that QA rows would then have to unlearn.
+        answer_ids = [tokenizer.convert_tokens_to_ids(GROUND)] * len(targets) + [tokenizer.eos_token_id]
+    else:
+        answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     if len(prompt_ids) + len(answer_ids) > max_tokens:
         # Too long: the answer keeps at most half the budget and its eos; the prompt keeps its head
         # (with <image>) and its tail ("ASSISTANT:"), losing the middle of the question.
