@@ -23,20 +23,11 @@ from pathlib import Path
 
 
 def _write_shards(dataset, cfg, out: Path) -> None:
-    from preprocessing.prepare import PrepareSummary, ShardWriter, build_sample, config_digest, load_scene_annotations
+    from preprocessing.prepare import write_scenes_in_process
 
-    prep = cfg.data.prep
-    by_scene = load_scene_annotations(dataset.annotations_dir)
-    out.mkdir(parents=True)
-    writer = ShardWriter(str(out), {}, 0, prep.shard_max_bytes, config_digest(prep), PrepareSummary(str(out)))
-    try:
-        for scene in dataset.scenes:
-            members = build_sample(scene.path, prep, label_map=str(dataset.label_map),
-                                   annotations=by_scene.get(scene.scene_id, []))
-            writer.add(scene.scene_id, scene.scene_id, members, prep.frames, scene.scene_id)
-        writer.commit()
-    finally:
-        writer.close()
+    out.mkdir(parents=True)  # a fresh folder: the benchmark never reuses shards
+    write_scenes_in_process([(s.scene_id, s.path) for s in dataset.scenes], dataset.annotations_dir, out,
+                            cfg.data.prep, label_map=str(dataset.label_map))
 
 
 def main() -> None:

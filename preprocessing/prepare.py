@@ -345,6 +345,24 @@ class ShardWriter:
         shutil.rmtree(self._spool_dir, ignore_errors=True)
 
 
+def write_scenes_in_process(scenes: list[tuple[str, str | Path]], annotations_dir: str | Path | None,
+                            out_dir: str | Path, cfg: PrepConfig, *, label_map: str | None = None) -> Path:
+    """(scene id, scene folder) pairs → shards + manifest in `out_dir`, in this process (no Ray, no
+    skip/resume logic): for tests and benchmarks that need shards quickly. Use `prepare_shards` otherwise."""
+    out = Path(out_dir)
+    by_scene = load_scene_annotations(annotations_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    writer = ShardWriter(str(out), {}, 0, cfg.shard_max_bytes, config_digest(cfg), PrepareSummary(str(out)))
+    try:
+        for scene_id, path in scenes:
+            members = build_sample(path, cfg, label_map=label_map, annotations=by_scene.get(scene_id, []))
+            writer.add(scene_id, scene_id, members, cfg.frames, scene_id)
+        writer.commit()
+    finally:
+        writer.close()
+    return out
+
+
 def _sample_spans(tar_path: Path) -> dict[str, tuple[int, int]]:
     """key → (byte offset of its first member header, bytes up to the end of its last member)."""
     spans: dict[str, list[int]] = {}

@@ -47,19 +47,8 @@ def synthetic_shards(synthetic_dataset_6, ray_session, tmp_path_factory):
 
 def write_tiny_shards(dataset, out: Path) -> Path:
     """The synthetic scenes → shards with the shard writer, in process (no Ray) (tiny recipe: 4 frames, 56x70)."""
-    from preprocessing.prepare import PrepareSummary, ShardWriter, build_sample, config_digest, load_scene_annotations
+    from preprocessing.prepare import write_scenes_in_process
     from vidllm.config import load_config
 
-    prep = load_config("tiny").data.prep
-    by_scene = load_scene_annotations(dataset.annotations_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    writer = ShardWriter(str(out), {}, 0, prep.shard_max_bytes, config_digest(prep), PrepareSummary(str(out)))
-    try:
-        for scene in dataset.scenes:
-            members = build_sample(scene.path, prep, label_map=str(dataset.label_map),
-                                   annotations=by_scene.get(scene.scene_id, []))
-            writer.add(scene.scene_id, scene.scene_id, members, prep.frames, scene.scene_id)
-        writer.commit()
-    finally:
-        writer.close()
-    return out
+    return write_scenes_in_process([(s.scene_id, s.path) for s in dataset.scenes], dataset.annotations_dir, out,
+                                   load_config("tiny").data.prep, label_map=str(dataset.label_map))
