@@ -96,6 +96,40 @@ def test_ray_reader_uint8_batches_convert_to_the_float_samples(synthetic_shards,
     assert seen == len(plain_samples)
 
 
+def test_ray_reader_decodes_a_shard_in_groups_bounded_by_the_block_size(synthetic_shards, tmp_path):
+    """A shard decodes into groups of clips no larger than Ray's target block size (a 1 GB shard must not
+    become one multi-GB block): a target below one clip gives one block per clip, with the same values."""
+    import ray.data
+
+    from preprocessing.prepare import write_scenes_in_process
+    from vidllm.config import PrepConfig
+    from vidllm.data.ray_reader import ray_shard_dataset
+
+    dataset, _, _ = synthetic_shards
+    out = write_scenes_in_process([(s.scene_id, s.path) for s in dataset.scenes], dataset.annotations_dir,
+                                  tmp_path / "one_shard", PrepConfig(**{**TINY_PREP, "shard_max_bytes": 10**8}))
+    entries = read_manifest(str(out))
+    assert len({e.shard for e in entries}) == 1 and len(entries) == len(dataset.scenes)
+    expected = {s["key"]: s for s in ShardDataset(str(out))}
+    context = ray.data.DataContext.get_current()
+    saved = context.target_max_block_size
+    context.target_max_block_size = 4 * 56 * 70 * 5 - 1  # one byte under a clip's pixels
+    try:
+        decoded = ray_shard_dataset(str(out)).materialize()
+    finally:
+        context.target_max_block_size = saved
+    assert decoded.num_blocks() == len(entries)
+    rows = list(decoded.iter_rows())
+    assert sorted(r["key"] for r in rows) == sorted(expected)
+    for row in rows:
+        images = torch.from_numpy(np.ascontiguousarray(row["images"])).permute(0, 3, 1, 2).float() / 255
+        assert torch.allclose(images, expected[row["key"]]["images"], atol=1e-6)
+        depths = torch.from_numpy(row["depth_mm"].astype(np.float32)) / 1000
+        assert torch.allclose(depths, expected[row["key"]]["depths"], atol=1e-6)
+    # The default target keeps a small shard's clips together: one block.
+    assert ray_shard_dataset(str(out)).materialize().num_blocks() == 1
+
+
 def test_dataloader_workers_split_shards(synthetic_shards):
     _, out, _ = synthetic_shards
     loader = torch.utils.data.DataLoader(ShardDataset(str(out)), batch_size=None, num_workers=2)

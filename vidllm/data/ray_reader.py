@@ -40,35 +40,48 @@ from vidllm.errors import DataError
 ARRAY_COLUMNS = ("images", "depth_mm", "camera_to_world", "intrinsics")
 
 
-def _clip_buffers(members: dict[str, Any], frames: int, rows: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """uint8 images `[rows,S,H,W,3]` and uint16 depth `[rows,S,H,W]` sized from the first clip's first JPEG
-    header, so every clip of a block decodes in place (no stacking copy); None if the header is unreadable."""
+def _clip_size(members: dict[str, bytes]) -> tuple[int, int] | None:
+    """(width, height) from a clip's first JPEG header (pixels not decoded); None if unreadable."""
     try:
         with Image.open(io.BytesIO(members[color_member(0)])) as first:
-            width, height = first.size
-        return (np.empty((rows, frames, height, width, 3), np.uint8),
-                np.empty((rows, frames, height, width), np.uint16))
+            return first.size
     except Exception:  # decode_sample reports the damage with the member's name
         return None
 
 
-def _decode_batch(batch: dict[str, np.ndarray], expected: dict[str, tuple[str, str, int]], base: str,
-                  verify: bool) -> dict[str, np.ndarray]:
-    """map_batches: raw WebDataset members → decoded arrays (samples not in the manifest are dropped)."""
-    member_columns = [c for c in batch if not c.startswith("__")]
-    rows = []
-    for row in range(len(batch["__key__"])):
-        key = str(batch["__key__"][row])
-        shard = str(batch["__url__"][row]).rsplit("/", 1)[-1]
-        listed = expected.get(key)
-        if listed is None or listed[0] != shard:
-            continue  # superseded copy left in an older shard
-        members = {c: batch[c][row] for c in member_columns
-                   if batch[c][row] is not None and not (isinstance(batch[c][row], float) and np.isnan(batch[c][row]))}
-        rows.append((key, shard, listed, {name: bytes(value) for name, value in members.items()}))
+def _stack_column(values: list[np.ndarray]) -> np.ndarray:
+    if values and all(v.shape == values[0].shape for v in values):
+        return np.stack(values)
+    ragged = np.empty(len(values), dtype=object)  # clips of different sizes: Ray keeps per-row shapes
+    ragged[:] = values
+    return ragged
 
-    frames = rows[0][2][2] if rows else 0
-    buffers = _clip_buffers(rows[0][3], frames, len(rows)) if rows and all(r[2][2] == frames for r in rows) else None
+
+def _group_buffers(rows: list[tuple], max_block_bytes: int) -> tuple[int, tuple[np.ndarray, np.ndarray] | None]:
+    """How many of `rows` (same frame count) form the next group, and its uint8 images `[G,S,H,W,3]` /
+    uint16 depth `[G,S,H,W]` buffers sized from the first clip's JPEG header (None if unreadable)."""
+    frames = rows[0][2][2]
+    same = 1
+    while same < len(rows) and rows[same][2][2] == frames:
+        same += 1
+    size = _clip_size(rows[0][3])
+    if size is None:
+        return 1, None
+    width, height = size
+    clip_bytes = max(1, frames * height * width * 5)  # uint8 RGB + uint16 depth
+    # The smallest group whose pixels exceed Ray's target block size: Ray then ships it as it is,
+    # instead of holding it back to concatenate (copy) with the next group.
+    group = min(same, max_block_bytes // clip_bytes + 1)
+    try:
+        return group, (np.empty((group, frames, height, width, 3), np.uint8),
+                       np.empty((group, frames, height, width), np.uint16))
+    except MemoryError:  # a corrupt header can claim any size; decode_sample names the member
+        return 1, None
+
+
+def _decode_group(rows: list[tuple], buffers: tuple[np.ndarray, np.ndarray] | None, base: str,
+                  verify: bool) -> dict[str, np.ndarray]:
+    """Decode `rows` (key, shard, manifest entry, members) into `buffers` when every clip fits them."""
     out: dict[str, list[Any]] = {name: [] for name in (*ARRAY_COLUMNS, "key", "shard", "meta_json",
                                                           "annotations_json")}
     in_place = buffers is not None
@@ -76,7 +89,7 @@ def _decode_batch(batch: dict[str, np.ndarray], expected: dict[str, tuple[str, s
         target = (buffers[0][i], buffers[1][i]) if buffers is not None else None
         sample = decode_sample(members, f"{base}/{shard}:{key}", listed[2], listed[1] if verify else None,
                                out=target)
-        in_place = in_place and sample["images"] is target[0]
+        in_place = in_place and sample["images"] is target[0]  # False once a clip's size differs
         for name in ARRAY_COLUMNS:
             out[name].append(sample[name])
         out["key"].append(key)
@@ -85,20 +98,42 @@ def _decode_batch(batch: dict[str, np.ndarray], expected: dict[str, tuple[str, s
         out["annotations_json"].append(json.dumps(sample["annotations"]))
     result: dict[str, np.ndarray] = {}
     for name, values in out.items():
-        if in_place and name == "images":
-            result[name] = buffers[0]
-        elif in_place and name == "depth_mm":
-            result[name] = buffers[1]
+        if name in ("images", "depth_mm") and in_place:
+            result[name] = buffers[0] if name == "images" else buffers[1]
         elif name in ARRAY_COLUMNS:
-            if values and all(v.shape == values[0].shape for v in values):
-                result[name] = np.stack(values)
-            else:  # clips of different sizes (or none): a ragged column, Ray keeps per-row shapes
-                ragged = np.empty(len(values), dtype=object)
-                ragged[:] = values
-                result[name] = ragged
+            result[name] = _stack_column(values)
         else:
             result[name] = np.asarray(values, dtype=object)
     return result
+
+
+def _decode_clips(batch: dict[str, np.ndarray], expected: dict[str, tuple[str, str, int]], base: str,
+                  verify: bool, max_block_bytes: int) -> Iterator[dict[str, np.ndarray]]:
+    """map_batches (a generator): raw WebDataset members of a read block (a whole shard) → decoded groups.
+
+    Clips decode in place into one buffer per group (no stacking copy), a group being just over
+    Ray's target block size, and each group is yielded as soon as it is done: a worker holds one
+    group's pixels, never a whole shard's (a 1 GB shard of 518 px clips decodes to several GB), and
+    Ray ships a group while the next one decodes. Samples the manifest does not list are dropped.
+    """
+    member_columns = [c for c in batch if not c.startswith("__")]
+    rows = []
+    for row in range(len(batch["__key__"])):
+        key = str(batch["__key__"][row])
+        shard = str(batch["__url__"][row]).rsplit("/", 1)[-1]
+        listed = expected.get(key)
+        if listed is None or listed[0] != shard:
+            continue  # superseded copy left in an older shard
+        members = {}
+        for name in member_columns:
+            value = batch[name][row]
+            if value is not None and not (isinstance(value, float) and np.isnan(value)):  # absent member
+                members[name] = bytes(value)
+        rows.append((key, shard, listed, members))
+    while rows:
+        group, buffers = _group_buffers(rows, max_block_bytes)
+        yield _decode_group(rows[:group], buffers, base, verify)
+        rows = rows[group:]
 
 
 def ray_shard_dataset(dataset_uri: str, *, verify: bool = True):
@@ -116,10 +151,15 @@ def ray_shard_dataset(dataset_uri: str, *, verify: bool = True):
     expected = {e.key: (e.shard, e.digest, e.frames) for e in entries}
     ds = ray.data.read_webdataset([f"{base}/{shard}" for shard in sorted(groups)], filesystem=fs, decoder=None,
                                   override_num_blocks=len(groups))
-    # One clip per decode call: clips can differ in size, and a clip is already S frames of work.
-    decoded = ds.map_batches(_decode_batch, batch_size=None, batch_format="numpy",
-                             fn_kwargs={"expected": expected, "base": str(dataset_uri).rstrip("/"), "verify": verify})
+    # The whole read block (a shard's raw bytes) goes to one call, which yields decoded groups of
+    # clips sized to Ray's target block size.
     with warnings.catch_warnings():  # copying Ray's DataContext touches its own deprecated fields
+        warnings.simplefilter("ignore", DeprecationWarning)
+        max_block_bytes = ds.context.target_max_block_size or 128 * 1024 * 1024
+    decoded = ds.map_batches(_decode_clips, batch_size=None, batch_format="numpy",
+                             fn_kwargs={"expected": expected, "base": str(dataset_uri).rstrip("/"), "verify": verify,
+                                        "max_block_bytes": max_block_bytes})
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         # Ray Data reserves a share of the CPUs per operator (and for the consumer); on 2 CPUs that
         # left the fused read+decode running one task at a time. This pipeline has one operator.
@@ -134,19 +174,23 @@ def batch_to_torch(batch: dict[str, np.ndarray], unit_float: bool = True) -> dic
     camera_to_world [B,S,4,4], intrinsics [B,S,3,3] float32; key/meta/annotations as lists.
     With `unit_float=False` the pixels stay as decoded, for conversion on the accelerator
     (`pixels_to_float`): images uint8 [B,S,3,H,W] and `depth_mm` uint16 [B,S,H,W] replace
-    images/depths — a quarter of the host work and of the host→device bytes.
+    images/depths — a quarter of the host→device bytes, and no host copy: these two are read-only
+    views of Ray's object store, to convert or move, not to modify in place.
     """
     for name in ARRAY_COLUMNS:
         if batch[name].dtype == object:  # Ray hands ragged tensors back as an object array
             raise DataError(str(batch["key"][0]), f"clips in one batch have different shapes ({name}); "
                                                   "use batch_size=1 or one image size per dataset")
-    # Every array below is a fresh copy: Ray's batches are read-only views of its object store.
-    if unit_float:
+    if unit_float:  # the conversion writes fresh arrays
         pixels = {"images": torch.from_numpy(to_unit_float(batch["images"])).permute(0, 1, 4, 2, 3),
                   "depths": torch.from_numpy(scaled_float32(batch["depth_mm"], 1.0 / DEPTH_SCALE_M))}
     else:
-        pixels = {"images": torch.from_numpy(np.array(batch["images"])).permute(0, 1, 4, 2, 3),
-                  "depth_mm": torch.from_numpy(np.array(batch["depth_mm"]))}
+        # Zero-copy views of Ray's object store, as Ray's own iter_torch_batches hands them out: read-only
+        # memory (torch cannot flag that, hence its warning), so convert or move them, never write in place.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            pixels = {"images": torch.from_numpy(batch["images"]).permute(0, 1, 4, 2, 3),
+                      "depth_mm": torch.from_numpy(batch["depth_mm"])}
     return {
         "key": [str(k) for k in batch["key"]],
         **pixels,
