@@ -68,34 +68,3 @@ def test_val_only_clips_give_a_reconstruction_only_batch(train_shards):
                          pad_id=tokenizer.pad_token_id, seed=0, step=0)
     assert batch["input_ids"] is None
     assert batch["targets"]["pose_enc"].shape[:2] == (1, 4) and batch["targets"]["valid_mask"].any()
-
-
-def test_prefetcher_keeps_order_reraises_errors_and_stops():
-    import threading
-
-    from vidllm.train.batches import Prefetcher
-
-    assert list(Prefetcher(iter(range(20)), depth=3)) == list(range(20))
-
-    def failing():
-        yield 1
-        raise ValueError("bad shard")
-
-    stream = Prefetcher(failing())
-    assert next(stream) == 1
-    try:
-        next(stream)
-        raise AssertionError("the producer's error was swallowed")
-    except ValueError as exc:
-        assert "bad shard" in str(exc)
-
-    def endless():
-        n = 0
-        while True:
-            yield n
-            n += 1
-
-    stream = Prefetcher(endless(), depth=2)
-    assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]
-    stream.close()
-    assert not any(t.name == "vidllm-prefetch" and t.is_alive() for t in threading.enumerate() if t is stream._thread)

@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 
 from vidllm import storage
+from vidllm.data.prefetch import Prefetcher
 from vidllm.errors import DataError
 
 MANIFEST_NAME = "manifest.parquet"
@@ -341,20 +342,28 @@ def iter_tar_samples(shard_uri: str) -> Iterator[tuple[str, dict[str, bytes]]]:
 
 def iter_shard(shard_uri: str, entries: list[ManifestEntry], verify: bool = True,
                pool: Executor | None = None, unit_float: bool = False) -> Iterator[dict[str, Any]]:
-    """Decoded numpy samples of one shard (see `decode_sample`), in order; only the manifest's keys; all of them."""
+    """Decoded numpy samples of one shard (see `decode_sample`), in order; only the manifest's keys; all of them.
+
+    With a `pool`, the next sample's bytes are read on a background thread while this one decodes.
+    """
     wanted = {e.key: e for e in entries}
     if verify:
         check_shard_size(shard_uri, entries[0].shard_bytes)
     seen: set[str] = set()
-    for key, members in iter_tar_samples(shard_uri):
-        entry = wanted.get(key)
-        if entry is None or key in seen:
-            continue  # superseded sample left in an older shard: the manifest points elsewhere
-        sample = decode_sample(members, f"{shard_uri}:{key}", entry.frames, entry.digest if verify else None, pool,
-                               unit_float)
-        sample["key"] = key
-        seen.add(key)
-        yield sample
+    samples = Prefetcher(iter_tar_samples(shard_uri), depth=2) if pool is not None else iter_tar_samples(shard_uri)
+    try:
+        for key, members in samples:
+            entry = wanted.get(key)
+            if entry is None or key in seen:
+                continue  # superseded sample left in an older shard: the manifest points elsewhere
+            sample = decode_sample(members, f"{shard_uri}:{key}", entry.frames, entry.digest if verify else None,
+                                   pool, unit_float)
+            sample["key"] = key
+            seen.add(key)
+            yield sample
+    finally:
+        if isinstance(samples, Prefetcher):
+            samples.close()
     missing = [k for k in wanted if k not in seen]
     if missing:
         raise DataError(shard_uri, f"shard ended early: sample(s) {', '.join(missing)} listed in the "

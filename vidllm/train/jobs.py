@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from vidllm.config import VidLLMConfig, config_to_yaml
 from vidllm.errors import DataError
 from vidllm.eval import run_dir as rd
-from vidllm.train.batches import Prefetcher, cycle_samples, stage1_batch, stage2_batch, to_device
+from vidllm.data.prefetch import Prefetcher
+from vidllm.train.batches import cycle_samples, stage1_batch, stage2_batch, to_device
 from vidllm.train.loop import (
     CHECKPOINTS_DIR, StageJob, checkpoint_name, latest_checkpoint, load_checkpoint, prune_checkpoints, run_loop,
     save_checkpoint, seed_everything,
