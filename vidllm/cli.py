@@ -29,6 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("score", "score a predictions JSONL against benchmark ground truth"),
     "evaluate": ("evaluate", "predict + score every benchmark on a split and write RUN_DIR/metrics.json"),
     "report": ("report", "write a paper-style markdown/HTML report with plots for a run"),
+    "ask": ("ask", "answer a question about the scene in your own video"),
+    "reconstruct": ("reconstruct", "metric point cloud (PLY) and camera poses from your own video"),
+    "ground": ("ground", "3D boxes of the object a phrase refers to, from your own video"),
 }
 
 

@@ -52,6 +52,7 @@ class GenerationResult:
     match_logits: Tensor | None  # [n, M + 1] proposal scores (last = no target) if proposals were given
     depth: Tensor  # [S, H, W] metric depth (aligned relative depth)
     camera_to_world: Tensor  # [S, 4, 4] camera → scene frame
+    intrinsics: Tensor  # [S, 3, 3] predicted, in pixels of the input frames
     points: Tensor  # [N, 3] scene frame
     colors: Tensor  # [N, 3] in [0, 1]
     scale: float  # relative → metric scale of the reconstruction
@@ -272,7 +273,7 @@ class VidLLM(nn.Module):
             self.train(was_training)
 
     def _scene_geometry(self, frames: Tensor, recon: dict, rotation: Tensor, b: int, stride: int) -> dict:
-        """Depth, camera-to-scene poses and a coloured point cloud of scene `b`, in the scene frame."""
+        """Depth, camera-to-scene poses, intrinsics and a coloured point cloud of scene `b`, in the scene frame."""
         depth = recon["depth_metric_aligned"][b : b + 1].float()  # [1, S, H, W]
         extrinsics, intrinsics = recon["extrinsics"][b : b + 1].float(), recon["intrinsics"][b : b + 1].float()
         rot = rotation[b].float()
@@ -282,5 +283,6 @@ class VidLLM(nn.Module):
         points = unproject_depth(depth, extrinsics, intrinsics)[0] @ rot.T  # [S, H, W, 3]
         points, colors = points[:, ::stride, ::stride], frames.float().permute(0, 2, 3, 1)[:, ::stride, ::stride]
         keep = (depth[0, :, ::stride, ::stride] > 0) & torch.isfinite(points).all(-1)
-        return {"depth": depth[0], "camera_to_world": camera_to_world, "points": points[keep],
+        return {"depth": depth[0], "camera_to_world": camera_to_world, "intrinsics": intrinsics[0],
+                "points": points[keep],
                 "colors": colors[keep], "scale": float(recon["scale"][b])}

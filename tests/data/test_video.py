@@ -1,0 +1,61 @@
+"""Own-video frames: uniform sampling over the video (as for ScanNet clips), containers with and
+without a frame count, and a clear error naming the file for anything that does not decode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from preprocessing.sampling import sample_frame_ids
+from tests.video_files import grey_level, write_grey_video
+from vidllm.data.video import probe_video, read_video_frames
+from vidllm.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def mp4(tmp_path_factory):
+    return write_grey_video(tmp_path_factory.mktemp("video") / "room.mp4", frames=30)
+
+
+def test_probe_reads_count_size_and_rate(mp4):
+    info = probe_video(mp4)
+    assert (info.frames, info.width, info.height) == (30, 96, 64)
+    assert info.fps == pytest.approx(10.0) and info.codec == "h264"
+
+
+@pytest.mark.parametrize("num_frames", [1, 5, 30])
+def test_frames_are_sampled_uniformly_over_the_video(mp4, num_frames):
+    frames, ids = read_video_frames(mp4, num_frames)
+    assert frames.shape == (num_frames, 64, 96, 3) and frames.dtype == np.uint8
+    np.testing.assert_array_equal(ids, sample_frame_ids(np.arange(30), num_frames))
+    assert ids[0] == 0 and (num_frames == 1 or ids[-1] == 29)
+    for frame, i in zip(frames, ids):  # each decoded frame is the source frame it claims to be
+        assert abs(float(frame.mean()) - grey_level(int(i))) < 3.0, i
+
+
+def test_a_short_video_repeats_frames(mp4):
+    frames, ids = read_video_frames(mp4, 45)
+    assert len(frames) == 45 and set(ids.tolist()) == set(range(30)) and np.all(np.diff(ids) >= 0)
+
+
+def test_container_without_a_frame_count_is_counted(tmp_path):
+    mkv = write_grey_video(tmp_path / "room.mkv", frames=12, codec="mpeg4")
+    assert probe_video(mkv).frames == 12
+    frames, ids = read_video_frames(mkv, 4)
+    assert ids.tolist() == sample_frame_ids(np.arange(12), 4).tolist()
+    assert all(abs(float(f.mean()) - grey_level(int(i))) < 6.0 for f, i in zip(frames, ids))  # mpeg4 at its default rate
+
+
+def test_errors_name_the_file(tmp_path, mp4):
+    cases = {
+        tmp_path / "missing.mp4": "no such video file",
+        tmp_path / "notes.mp4": "not a readable video",
+        tmp_path / "half.mp4": "not a readable video",  # cut before the index (moov) at the end
+    }
+    (tmp_path / "notes.mp4").write_text("this is not a video\n")
+    data = mp4.read_bytes()
+    (tmp_path / "half.mp4").write_bytes(data[: len(data) // 2])
+    for path, problem in cases.items():
+        with pytest.raises(DataError) as err:
+            read_video_frames(path, 4)
+        assert str(path) in str(err.value) and problem in str(err.value), str(err.value)

@@ -1,0 +1,150 @@
+"""A trained model on a user's own video: answer questions, reconstruct the scene, ground phrases.
+
+    model = VideoModel.load("runs/a/model")
+    clip = model.load_video("kitchen.mp4")            # N frames uniformly over the video
+    model.ask(clip, "How many chairs are there?")     # → Answer(text, seconds)
+    model.reconstruct(clip)                           # → Reconstruction(points, colors, poses, …)
+    model.ground(clip, "the brown table")             # → Grounding(boxes, text)
+
+No ground-truth depth or poses: geometry comes from the model's reconstruction branch with its
+metric-depth scale. Coordinates are in the model's scene frame: metres, origin at the first
+camera, gravity-aligned axes (the rotation is predicted). Imports no Ray, Prefect or DVC.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidllm.errors import DataError
+
+SCENE_FRAME = "scene frame: metres, origin at the first camera, gravity-aligned axes (predicted)"
+
+
+@dataclass
+class VideoClip:
+    path: Path
+    images: torch.Tensor  # [S,3,H,W] float32 in [0,1], resized and cropped as in training
+    frame_indices: np.ndarray  # [S] source frame index of each sampled frame
+    source_size: tuple[int, int]  # (width, height) of the video
+
+
+@dataclass
+class Answer:
+    text: str
+    seconds: float
+
+
+@dataclass
+class Grounding:
+    boxes: np.ndarray  # [n,6] (cx, cy, cz, dx, dy, dz), scene frame; one per emitted <ground>
+    text: str  # the model's decoded answer (without the <ground> tokens)
+    seconds: float
+
+
+@dataclass
+class Reconstruction:
+    points: np.ndarray  # [N,3] float32, scene frame
+    colors: np.ndarray  # [N,3] uint8 RGB from the frames
+    camera_to_scene: np.ndarray  # [S,4,4] camera (OpenCV axes) → scene frame
+    intrinsics: np.ndarray  # [S,3,3] of the model's input frames (pixels of `image_size`)
+    depth: np.ndarray  # [S,H,W] metric depth (metres) of the input frames
+    image_size: tuple[int, int]  # (width, height) of the model's input frames
+    scale: float  # relative → metric scale the metric-depth model gave the reconstruction
+    seconds: float
+
+
+class VideoModel:
+    """A model directory (`vidllm init` / `vidllm train` output) loaded once for many questions."""
+
+    def __init__(self, model, tokenizer, frames: int, short_side: int, max_new_tokens: int = 32):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.frames = frames
+        self.short_side = short_side
+        self.max_new_tokens = max_new_tokens
+
+    @classmethod
+    def load(cls, model_dir: str | Path, *, frames: int | None = None, short_side: int | None = None,
+             device: str = "auto", max_new_tokens: int = 32) -> VideoModel:
+        """Frames and image size default to the recipe the model directory was made with."""
+        from vidllm.checkpoint import load_pretrained, read_model_config
+        from vidllm.config import RECIPES, load_config
+
+        meta = read_model_config(model_dir)
+        recipe = meta.get("recipe")
+        prep = load_config(recipe if recipe in RECIPES else "paper").data.prep
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        with warnings.catch_warnings():  # transformers' own deprecation notices, raised by peft's merge
+            warnings.simplefilter("ignore", FutureWarning)
+            model, tokenizer = load_pretrained(model_dir, device=device, merge_lora=True)
+        if tokenizer is None:
+            raise DataError(model_dir, "model directory has no tokenizer/ (needed to read questions)")
+        return cls(model, tokenizer, frames or prep.frames, short_side or prep.short_side, max_new_tokens)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def load_video(self, path: str | Path) -> VideoClip:
+        """`self.frames` frames uniformly over the video, shorter side → `self.short_side`, centre crop
+        to multiples of the patch size (the preprocessing of training clips)."""
+        from preprocessing.sampling import plan_resize_crop, resize_color
+        from vidllm.data.video import read_video_frames
+
+        path = Path(path)
+        frames, ids = read_video_frames(path, self.frames)
+        height, width = frames.shape[1:3]
+        try:
+            plan = plan_resize_crop((width, height), self.short_side, self.model.patch_size)
+        except ValueError as exc:
+            raise DataError(path, f"video frames of {width}x{height} are too small: {exc}") from None
+        resized = np.stack([resize_color(f, plan) for f in frames])  # [S,H,W,3] uint8
+        images = torch.from_numpy(resized).permute(0, 3, 1, 2).float().div_(255.0)
+        return VideoClip(path, images, ids, (width, height))
+
+    def _generate(self, clip: VideoClip, prompt: str, max_new_tokens: int | None = None, point_stride: int = 4):
+        from vidllm.tokenizer import build_prompt
+
+        images = clip.images[None].to(self.device)
+        return self.model.generate(images, [build_prompt(prompt)], self.tokenizer,
+                                   max_new_tokens=max_new_tokens or self.max_new_tokens, point_stride=point_stride)[0]
+
+    def ask(self, clip: VideoClip, question: str) -> Answer:
+        """A free-form answer to `question` about the scene in the video."""
+        if not question.strip():
+            raise ValueError("the question is empty")
+        start = time.perf_counter()
+        result = self._generate(clip, question)
+        return Answer(result.text, time.perf_counter() - start)
+
+    def ground(self, clip: VideoClip, phrase: str) -> Grounding:
+        """3D boxes of the object(s) `phrase` refers to (none if the model answers without `<ground>`)."""
+        if not phrase.strip():
+            raise ValueError("the phrase is empty")
+        start = time.perf_counter()
+        result = self._generate(clip, phrase)
+        return Grounding(result.boxes.cpu().numpy().astype(np.float64), result.text, time.perf_counter() - start)
+
+    def reconstruct(self, clip: VideoClip, point_stride: int = 2) -> Reconstruction:
+        """Metric point cloud, camera poses, intrinsics and depth of the sampled frames."""
+        if point_stride < 1:
+            raise ValueError(f"point_stride must be >= 1, got {point_stride}")
+        start = time.perf_counter()
+        # One vision pass; a single generated token is enough (the text is not used).
+        result = self._generate(clip, "Describe the room.", max_new_tokens=1, point_stride=point_stride)
+        colors = (result.colors.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        height, width = clip.images.shape[-2:]
+        return Reconstruction(
+            points=result.points.float().cpu().numpy(), colors=colors,
+            camera_to_scene=result.camera_to_world.double().cpu().numpy(),
+            intrinsics=result.intrinsics.double().cpu().numpy(),
+            depth=result.depth.float().cpu().numpy(), image_size=(int(width), int(height)),
+            scale=float(result.scale), seconds=time.perf_counter() - start,
+        )
