@@ -112,9 +112,10 @@ def _decode_clips(batch: dict[str, np.ndarray], expected: dict[str, tuple[str, s
     """map_batches (a generator): raw WebDataset members of a read block (a whole shard) → decoded groups.
 
     Clips decode in place into one buffer per group (no stacking copy), a group being just over
-    Ray's target block size, and each group is yielded as soon as it is done: a worker holds one
-    group's pixels, never a whole shard's (a 1 GB shard of 518 px clips decodes to several GB), and
-    Ray ships a group while the next one decodes. Samples the manifest does not list are dropped.
+    Ray's target block size, and each group is yielded as soon as it is done: besides the shard's
+    compressed bytes (Ray's read), a worker holds one group's pixels, never a whole shard's (a 1 GB
+    shard of 518 px clips decodes to several GB), and Ray ships a group while the next one decodes.
+    Samples the manifest does not list are dropped.
     """
     member_columns = [c for c in batch if not c.startswith("__")]
     rows = []
