@@ -91,16 +91,17 @@ def own_video(work: Path, max_new_tokens: int = 16) -> None:
     clip = model.load_video(video)
     print(f"\n== own video: {video} ({len(frames)} frames, RGB only) → {len(clip.frame_indices)} sampled frames")
     answer = model.ask(clip, question.text)
-    print(f"   ask       {question.text!r} → {answer.text!r} (reference: {question.answers[0]!r})")
+    said = repr(answer.text) if answer.text else "no text (this small model answers ScanQA with <ground>: see README)"
+    print(f"   ask       {question.text!r} → {said} (reference: {question.answers[0]!r})")
     recon = model.reconstruct(clip)
     ply = work / "own_video" / f"{scene_id}.ply"
     write_ply_mesh(ply, recon.points, recon.colors, np.zeros((0, 3), np.int32))
     extent = recon.points.max(0) - recon.points.min(0) if len(recon.points) else np.zeros(3)
-    print(f"   reconstruct → {ply}: {len(recon.points)} points, extent {np.round(extent, 2).tolist()} m "
+    print(f"   reconstruct → {ply}: {len(recon.points)} points, extent {[round(float(v), 2) for v in extent]} m "
           f"(scale {recon.scale:.2f})")
     if phrase is not None:
         found = model.ground(clip, phrase.text)
-        boxes = np.round(found.boxes, 2).tolist()
+        boxes = [[round(float(v), 2) for v in box] for box in found.boxes]
         print(f"   ground    {phrase.text!r} → {boxes or 'no box'}")
     print(f"   ({SCENE_FRAME}; {time.monotonic() - start:.1f} s; the same as `vidllm ask|reconstruct|ground "
           f"{video} … --model {work / 'run' / STAGE2_MODEL_DIR}`)")
