@@ -39,12 +39,22 @@ def test_clip_is_preprocessed_like_training_clips(model_dir, video):
     from vidllm.inference import VideoModel
 
     model = VideoModel.load(model_dir)
-    assert (model.frames, model.short_side) == (4, 56)  # the tiny recipe's prep section
+    assert (model.frames, model.short_side) == (4, 56)  # the tiny model config: frames, shorter image side
     clip = model.load_video(video)
     assert clip.images.shape == (4, 3, 56, 70)  # 128x96 → 75x56 → cropped to multiples of 14
     assert clip.frame_indices.tolist() == [0, 10, 19, 29] and clip.source_size == (128, 96)
     for image, i in zip(clip.images, clip.frame_indices):
         assert abs(float(image.mean()) * 255 - grey_level(int(i))) < 3.0
+
+
+def test_clip_size_follows_the_saved_model_config(tmp_path, video):
+    from vidllm.inference import VideoModel
+
+    model_dir = tmp_path / "model"
+    assert main(["init", "--recipe", "tiny", "--out", str(model_dir), "--set", "model.frames=3"]) == 0
+    model = VideoModel.load(model_dir)
+    assert model.frames == 3 and model.load_video(video).frame_indices.tolist() == [0, 14, 29]
+    assert VideoModel.load(model_dir, frames=5, short_side=42).load_video(video).images.shape == (5, 3, 42, 56)
 
 
 def test_ask_answers_in_text(model_dir, video, capsys):

@@ -72,13 +72,10 @@ class VideoModel:
     @classmethod
     def load(cls, model_dir: str | Path, *, frames: int | None = None, short_side: int | None = None,
              device: str = "auto", max_new_tokens: int = 32) -> VideoModel:
-        """Frames and image size default to the recipe the model directory was made with."""
-        from vidllm.checkpoint import load_pretrained, read_model_config
-        from vidllm.config import RECIPES, load_config
+        """Frames and image size default to the model's own config (`model.frames`, and the shorter
+        side of `model.image_size`), i.e. the clips it was built and trained for."""
+        from vidllm.checkpoint import load_pretrained
 
-        meta = read_model_config(model_dir)
-        recipe = meta.get("recipe")
-        prep = load_config(recipe if recipe in RECIPES else "paper").data.prep
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         with warnings.catch_warnings():  # transformers' own deprecation notices, raised by peft's merge
@@ -86,7 +83,8 @@ class VideoModel:
             model, tokenizer = load_pretrained(model_dir, device=device, merge_lora=True)
         if tokenizer is None:
             raise DataError(model_dir, "model directory has no tokenizer/ (needed to read questions)")
-        return cls(model, tokenizer, frames or prep.frames, short_side or prep.short_side, max_new_tokens)
+        cfg = model.config
+        return cls(model, tokenizer, frames or cfg.frames, short_side or min(cfg.image_size), max_new_tokens)
 
     @property
     def device(self) -> torch.device:

@@ -12,9 +12,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path,
                         help="model directory (`vidllm train` output such as runs/a/model, or `vidllm init`)")
     parser.add_argument("--frames", type=int, default=None,
-                        help="frames sampled uniformly over the video (default: the model's recipe, 32 for paper)")
+                        help="frames sampled uniformly over the video (default: the model's config, "
+                             "model.frames: 32 for the paper recipe)")
     parser.add_argument("--short-side", type=int, default=None,
-                        help="shorter image side fed to the model (default: the model's recipe, 518 for paper)")
+                        help="shorter image side fed to the model (default: the shorter side of the model's "
+                             "model.image_size: 518 for the paper recipe)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, … (default: cuda when available)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
