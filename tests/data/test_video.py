@@ -8,7 +8,7 @@ import pytest
 
 from preprocessing.sampling import sample_frame_ids
 from tests.video_files import grey_level, write_grey_video
-from vidllm.data.video import probe_video, read_video_frames
+from vidllm.data.video import probe_video, read_video_frames, write_video
 from vidllm.errors import DataError
 
 
@@ -59,3 +59,15 @@ def test_errors_name_the_file(tmp_path, mp4):
         with pytest.raises(DataError) as err:
             read_video_frames(path, 4)
         assert str(path) in str(err.value) and problem in str(err.value), str(err.value)
+
+
+def test_a_stored_display_rotation_is_applied(tmp_path):
+    """Phones store portrait video as rotated landscape pixels plus a display rotation: frames come back upright."""
+    image = np.zeros((64, 96, 3), np.uint8)
+    image[:32, :48] = 255  # a white top-left quadrant marks the orientation
+    path = write_video(tmp_path / "portrait.mp4", np.stack([image] * 3), display_rotation=90)
+    frames, _ = read_video_frames(path, 2)
+    assert frames.shape == (2, 96, 64, 3)  # shown 90 degrees counter-clockwise: portrait
+    expected = np.rot90(image)
+    assert np.abs(frames[0].astype(int) - expected.astype(int)).mean() < 4.0
+    assert frames[0][80:, :16].mean() > 200 and frames[0][:16, 48:].mean() < 50  # the quadrant moved to bottom-left

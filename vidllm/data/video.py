@@ -1,4 +1,4 @@
-"""A user's own video (.mp4, .mov, .mkv, .webm, …) → N frames sampled uniformly over it (PyAV).
+"""A user's own video (.mp4, .mov, .mkv, .webm, …) → N upright frames sampled uniformly over it (PyAV).
 
 The same sampling as ScanNet clips (`preprocessing.sampling.sample_frame_ids`: first and last
 frame included, frames repeated when the video is shorter than N), so a model sees a video the
@@ -20,7 +20,7 @@ from vidllm.errors import DataError
 @dataclass(frozen=True)
 class VideoInfo:
     frames: int  # decodable video frames (from the container, else by counting packets)
-    width: int
+    width: int  # as coded; frames are returned upright (a stored display rotation is applied)
     height: int
     fps: float | None
     codec: str
@@ -67,6 +67,13 @@ def probe_video(path: str | Path) -> VideoInfo:
         container.close()
 
 
+def _upright(frame) -> np.ndarray:
+    """RGB uint8 `[H,W,3]` as a player shows it: phone videos store a display rotation beside the pixels."""
+    image = frame.to_ndarray(format="rgb24")
+    quarter_turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise, as np.rot90 turns
+    return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
+
+
 def _decode_selected(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
     """RGB uint8 `[H,W,3]` of the frames whose index is in `wanted`, and how many frames decoded."""
     container = _open(path)
@@ -78,7 +85,7 @@ def _decode_selected(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray
         last = max(wanted)
         for index, frame in enumerate(container.decode(stream)):
             if index in wanted:
-                kept[index] = frame.to_ndarray(format="rgb24")
+                kept[index] = _upright(frame)
             if index >= last:
                 break
     except Exception as exc:
@@ -116,9 +123,11 @@ def read_video_frames(path: str | Path, num_frames: int) -> tuple[np.ndarray, np
     return np.stack([kept[i] for i in ids.tolist()]), ids
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: float = 10.0, codec: str = "libx264") -> Path:
+def write_video(path: str | Path, frames: np.ndarray, fps: float = 10.0, codec: str = "libx264",
+                display_rotation: int = 0) -> Path:
     """uint8 RGB `[S,H,W,3]` → a video file (H.264 in .mp4 by default), written under a temporary name
-    and renamed. Odd sizes lose their last row/column (4:2:0 chroma needs even sizes)."""
+    and renamed. Odd sizes lose their last row/column (4:2:0 chroma needs even sizes).
+    `display_rotation` (degrees counter-clockwise) is stored as players expect it, as phones do."""
     import os
     import tempfile
     from fractions import Fraction
@@ -139,6 +148,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 10.0, codec: 
         with av.open(tmp, "w") as container:
             stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            if display_rotation:
+                stream.set_display_rotation(display_rotation)
             for frame in frames:
                 image = np.ascontiguousarray(frame[:height, :width])
                 for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
