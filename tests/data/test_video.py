@@ -71,3 +71,31 @@ def test_a_stored_display_rotation_is_applied(tmp_path):
     expected = np.rot90(image)
     assert np.abs(frames[0].astype(int) - expected.astype(int)).mean() < 4.0
     assert frames[0][80:, :16].mean() > 200 and frames[0][:16, 48:].mean() < 50  # the quadrant moved to bottom-left
+
+
+def test_a_truncated_video_is_sampled_over_the_frames_that_decode(tmp_path):
+    """The index (moov, written first with faststart) announces 30 frames but the file stops early."""
+    import av
+
+    rng = np.random.default_rng(0)
+
+    def level(i: int) -> int:  # mid-grey levels, so the texture below never clips
+        return 60 + 4 * i
+
+    path = tmp_path / "cut.mp4"
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for i in range(30):  # textured frames: each takes its share of the file's bytes
+            image = np.clip(level(i) + rng.integers(-20, 21, (64, 96, 3)), 0, 255).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.6)])
+    assert probe_video(path).frames == 30
+    frames, ids = read_video_frames(path, 4)
+    assert len(frames) == 4 and ids[0] == 0 and 0 < ids[-1] < 29  # spread over what decodes, not over 30
+    for frame, i in zip(frames, ids):
+        assert abs(float(frame.mean()) - level(int(i))) < 3.0, i
