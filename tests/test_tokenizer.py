@@ -2,7 +2,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from vidllm.errors import DataError
-from vidllm.tokenizer import EOS, GROUND, IMAGE, OBJ, SpecialTokenIds, build_prompt, load_tokenizer, train_tokenizer
+from vidllm.tokenizer import (EOS, GROUND, IMAGE, LOCATE, OBJ, SpecialTokenIds, build_prompt, load_tokenizer,
+                              train_tokenizer)
 
 
 def test_offline_tokenizer_round_trip(tmp_path):
@@ -25,3 +26,8 @@ def test_load_tokenizer_errors_name_the_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty: not a loadable tokenizer directory"):
         load_tokenizer(tmp_path / "empty")
+
+
+def test_grounding_requests_say_what_is_wanted():
+    assert build_prompt("the brown table", grounding=True) == f"{IMAGE}\nUSER: {LOCATE} the brown table\nASSISTANT:"
+    assert LOCATE not in build_prompt("What color is the table?")

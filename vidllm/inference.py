@@ -107,11 +107,12 @@ class VideoModel:
         images = torch.from_numpy(resized).permute(0, 3, 1, 2).float().div_(255.0)
         return VideoClip(path, images, ids, (width, height))
 
-    def _generate(self, clip: VideoClip, prompt: str, max_new_tokens: int | None = None, point_stride: int = 4):
+    def _generate(self, clip: VideoClip, text: str, max_new_tokens: int | None = None, point_stride: int = 4,
+                  grounding: bool = False):
         from vidllm.tokenizer import build_prompt
 
         images = clip.images[None].to(self.device)
-        return self.model.generate(images, [build_prompt(prompt)], self.tokenizer,
+        return self.model.generate(images, [build_prompt(text, grounding=grounding)], self.tokenizer,
                                    max_new_tokens=max_new_tokens or self.max_new_tokens, point_stride=point_stride)[0]
 
     def ask(self, clip: VideoClip, question: str) -> Answer:
@@ -127,7 +128,7 @@ class VideoModel:
         if not phrase.strip():
             raise ValueError("the phrase is empty")
         start = time.perf_counter()
-        result = self._generate(clip, phrase)
+        result = self._generate(clip, phrase, grounding=True)
         return Grounding(result.boxes.cpu().numpy().astype(np.float64), result.text, time.perf_counter() - start)
 
     def reconstruct(self, clip: VideoClip, point_stride: int = 2) -> Reconstruction:

@@ -51,11 +51,24 @@ class SpecialTokenIds:
         return cls(pad=vocab_size - 5, eos=vocab_size - 4, image=vocab_size - 3, ground=vocab_size - 2, obj=vocab_size - 1)
 
 
-def build_prompt(question: str, situation: str | None = None, with_object: bool = False) -> str:
-    """The instruction format every task uses; the answer follows "ASSISTANT:" and ends with eos."""
+# Tasks whose answer is `<ground>` tokens (one per referred object) rather than text.
+GROUNDING_TASKS = ("scanrefer", "nr3d", "sr3d", "multi3drefer")
+# The instruction that opens a grounding request: a referring expression ("the brown table by the
+# window") reads much like a question about it, so the request says what is wanted.
+LOCATE = "Locate:"
+
+
+def build_prompt(question: str, situation: str | None = None, with_object: bool = False,
+                 grounding: bool = False) -> str:
+    """The instruction format every task uses; the answer follows "ASSISTANT:" and ends with eos.
+
+    `grounding`: `question` is a referring expression to answer with `<ground>` tokens (prefixed
+    with `LOCATE`); training, benchmark prediction and `vidllm ground` all build it this way.
+    """
     context = f"{situation.strip()} " if situation else ""
     obj = f"{OBJ} " if with_object else ""
-    return f"{IMAGE}\nUSER: {obj}{context}{question.strip()}\nASSISTANT:"
+    locate = f"{LOCATE} " if grounding else ""
+    return f"{IMAGE}\nUSER: {obj}{context}{locate}{question.strip()}\nASSISTANT:"
 
 
 _OBJECTS = ["chair", "table", "sofa", "bed", "cabinet", "desk", "lamp", "shelf", "door", "window",

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from vidllm.data.shards import ShardDataset
-from vidllm.tokenizer import GROUND, IMAGE, train_tokenizer
-from vidllm.train.batches import GROUNDING_TASKS, stage2_batch, train_instructions
+from vidllm.tokenizer import GROUND, GROUNDING_TASKS, IMAGE, LOCATE, train_tokenizer
+from vidllm.train.batches import NO_TARGET_ANSWER, stage2_batch, train_instructions
 
 
 def test_stage2_batch_rows_labels_and_scene_frame_boxes(train_shards):
@@ -36,6 +36,15 @@ def test_stage2_batch_rows_labels_and_scene_frame_boxes(train_shards):
     ground_rows = (batch["input_ids"] == special[GROUND]).any(1)
     assert ground_rows.any()
     assert torch.equal(ground_rows, batch["has_box"])
+    # Grounding requests, and only they, open with the LOCATE instruction: answered with <ground>, or
+    # with the no-target answer (Multi3DRefer); every other row is answered in words.
+    for i in range(rows):
+        prompt = tokenizer.decode(batch["input_ids"][i][batch["labels"][i] == -100])
+        answer = tokenizer.decode(batch["labels"][i][batch["labels"][i] != -100], skip_special_tokens=True).strip()
+        if f"USER: {LOCATE} " in prompt:
+            assert ground_rows[i] or answer == NO_TARGET_ANSWER, (prompt, answer)
+        else:
+            assert not ground_rows[i], prompt
     r = int(ground_rows.nonzero()[0])
     # The answer is the bare <ground> token(s) then eos: no " " token in front of them.
     answer = batch["labels"][r][batch["labels"][r] != -100]

@@ -118,7 +118,7 @@ def predict(
     """
     from vidllm.checkpoint import load_pretrained
     from vidllm.data.shards import ShardDataset
-    from vidllm.tokenizer import build_prompt
+    from vidllm.tokenizer import GROUNDING_TASKS, build_prompt
 
     if benchmark not in BENCHMARKS:
         raise VidLLMError(f"unknown benchmark '{benchmark}' (choose from {', '.join(BENCHMARKS)})")
@@ -176,7 +176,7 @@ def predict(
                 scene_boxes = np.stack([objects[i] for i in ids])
                 scene_boxes[:, :3] -= gt_poses[0, :3, 3]
                 proposals = torch.as_tensor(scene_boxes, dtype=torch.float32)[None]
-            prompts = [build_prompt(i.text, i.situation) for i in instructions]
+            prompts = [build_prompt(i.text, i.situation, grounding=benchmark in GROUNDING_TASKS) for i in instructions]
             results = model.generate(images, prompts, tokenizer, max_new_tokens=max_new_tokens,
                                      proposals=proposals, first_camera_center=centre)
         seconds.append(time.perf_counter() - start)

@@ -26,9 +26,8 @@ from torch import Tensor
 
 from vidllm.errors import DataError
 from vidllm.losses import reconstruction_targets
-from vidllm.tokenizer import GROUND, build_prompt
+from vidllm.tokenizer import GROUND, GROUNDING_TASKS, build_prompt
 
-GROUNDING_TASKS = ("scanrefer", "nr3d", "sr3d", "multi3drefer")
 ANSWER_TASKS = ("scanqa", "sqa3d", "scan2cap")
 NO_TARGET_ANSWER = "none"
 
@@ -80,7 +79,8 @@ def encode_row(record: dict[str, Any], tokenizer, objects: dict[int, list[float]
 
     targets = [int(i) for i in record.get("target_object_ids") or [] if int(i) in objects]
     box_target = object_box = match_ids = None
-    prompt = build_prompt(record["text"], record.get("situation"), with_object=task == "scan2cap")
+    prompt = build_prompt(record["text"], record.get("situation"), with_object=task == "scan2cap",
+                          grounding=task in GROUNDING_TASKS)
     if task in GROUNDING_TASKS:
         answer = " ".join([GROUND] * len(targets)) if targets else NO_TARGET_ANSWER
         box_target = scene_box(targets[0]) if targets else None
