@@ -137,3 +137,11 @@ def test_bad_video_is_one_line_naming_the_file(model_dir, tmp_path, capsys):
     assert main(["ask", str(bad), "What is this?", "--model", str(model_dir)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("vidllm ask: error:") and str(bad) in err and "not a readable video" in err
+
+
+def test_empty_question_and_bad_numbers_are_one_line_errors(model_dir, video, capsys):
+    assert main(["ask", str(video), "  ", "--model", str(model_dir)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "vidllm ask: error: the question is empty"
+    with pytest.raises(SystemExit):  # argparse: usage and the bad value, exit 2
+        main(["reconstruct", str(video), "-o", "x.ply", "--model", str(model_dir), "--stride", "0"])
+    assert "--stride: must be >= 1, got 0" in capsys.readouterr().err

@@ -74,7 +74,6 @@ def own_video(work: Path, max_new_tokens: int = 16) -> None:
 
     from vidllm.data.annotations import load_annotations
     from vidllm.data.scannet import load_scene
-    from vidllm.data.scannet_writers import write_ply_mesh
     from vidllm.data.video import write_video
     from vidllm.inference import SCENE_FRAME, VideoModel
     from vidllm.train.jobs import STAGE2_MODEL_DIR
@@ -94,10 +93,9 @@ def own_video(work: Path, max_new_tokens: int = 16) -> None:
     said = repr(answer.text) if answer.text else "no text (this small model answers ScanQA with <ground>: see README)"
     print(f"   ask       {question.text!r} → {said} (reference: {question.answers[0]!r})")
     recon = model.reconstruct(clip)
-    ply = work / "own_video" / f"{scene_id}.ply"
-    write_ply_mesh(ply, recon.points, recon.colors, np.zeros((0, 3), np.int32))
-    extent = recon.points.max(0) - recon.points.min(0) if len(recon.points) else np.zeros(3)
-    print(f"   reconstruct → {ply}: {len(recon.points)} points, extent {[round(float(v), 2) for v in extent]} m "
+    ply = recon.write_ply(work / "own_video" / f"{scene_id}.ply")
+    extent = [round(float(v), 2) for v in recon.extent]
+    print(f"   reconstruct → {ply}: {len(recon.points)} points, extent {extent} m "
           f"(scale {recon.scale:.2f})")
     if phrase is not None:
         found = model.ground(clip, phrase.text)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidllm.errors import DataError
+from vidllm.errors import DataError, VidLLMError
 
 SCENE_FRAME = "scene frame: metres, origin at the first camera, gravity-aligned axes (predicted)"
 
@@ -57,6 +57,18 @@ class Reconstruction:
     image_size: tuple[int, int]  # (width, height) of the model's input frames
     scale: float  # relative → metric scale the metric-depth model gave the reconstruction
     seconds: float
+
+    @property
+    def extent(self) -> np.ndarray:
+        """[3] size of the point cloud's axis-aligned bounding box, metres (zeros when empty)."""
+        return self.points.max(0) - self.points.min(0) if len(self.points) else np.zeros(3)
+
+    def write_ply(self, path: str | Path) -> Path:
+        """The coloured point cloud as a binary PLY (no faces), written atomically."""
+        from vidllm.data.scannet_writers import write_ply_mesh
+
+        write_ply_mesh(path, self.points, self.colors, np.zeros((0, 3), np.int32))
+        return Path(path)
 
 
 class VideoModel:
@@ -118,7 +130,7 @@ class VideoModel:
     def ask(self, clip: VideoClip, question: str) -> Answer:
         """A free-form answer to `question` about the scene in the video."""
         if not question.strip():
-            raise ValueError("the question is empty")
+            raise VidLLMError("the question is empty")
         start = time.perf_counter()
         result = self._generate(clip, question)
         return Answer(result.text, time.perf_counter() - start)
@@ -126,7 +138,7 @@ class VideoModel:
     def ground(self, clip: VideoClip, phrase: str) -> Grounding:
         """3D boxes of the object(s) `phrase` refers to (none if the model answers without `<ground>`)."""
         if not phrase.strip():
-            raise ValueError("the phrase is empty")
+            raise VidLLMError("the phrase is empty")
         start = time.perf_counter()
         result = self._generate(clip, phrase, grounding=True)
         return Grounding(result.boxes.cpu().numpy().astype(np.float64), result.text, time.perf_counter() - start)

@@ -11,7 +11,8 @@ from vidllm.commands import video_model
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     video_model.add_arguments(parser)
     parser.add_argument("question", help='the question, e.g. "How many chairs are in the room?"')
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length cap in tokens (default: 32)")
+    parser.add_argument("--max-new-tokens", type=video_model.positive_int, default=32,
+                        help="answer length cap in tokens (default: 32)")
 
 
 def run(args: argparse.Namespace) -> int:

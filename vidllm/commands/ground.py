@@ -11,7 +11,8 @@ from vidllm.commands import video_model
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     video_model.add_arguments(parser)
     parser.add_argument("phrase", help='a referring expression, e.g. "the brown table next to the window"')
-    parser.add_argument("--max-boxes", type=int, default=8, help="at most this many boxes (default: 8)")
+    parser.add_argument("--max-boxes", type=video_model.positive_int, default=8,
+                        help="at most this many boxes (default: 8)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,20 +15,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cameras", type=Path, default=None,
                         help="also write the cameras as JSON: camera-to-scene poses (OpenCV axes), intrinsics, "
                              "image size, source frame indices, scale (default: OUT with .cameras.json)")
-    parser.add_argument("--stride", type=int, default=2,
+    parser.add_argument("--stride", type=video_model.positive_int, default=2,
                         help="keep every STRIDE-th pixel of each depth map as a point (default: 2)")
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from vidllm.data.scannet_writers import atomic_write_json, write_ply_mesh
+    from vidllm.data.scannet_writers import atomic_write_json
     from vidllm.inference import SCENE_FRAME
 
     model, clip = video_model.load(args)
     recon = model.reconstruct(clip, point_stride=args.stride)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_ply_mesh(args.out, recon.points, recon.colors, faces=np.zeros((0, 3), np.int32))  # a point cloud: no faces
+    recon.write_ply(args.out)
     cameras = args.cameras or args.out.with_suffix(".cameras.json")
     atomic_write_json(cameras, {
         "video": str(args.video), "frame": SCENE_FRAME, "image_size": list(recon.image_size),
@@ -37,9 +34,7 @@ def run(args: argparse.Namespace) -> int:
     }, indent=1)
     summary = {"ply": str(args.out), "cameras": str(cameras), "points": int(len(recon.points)),
                "frames": len(clip.frame_indices), "scale": round(recon.scale, 4),
-               "extent_m": [round(float(v), 3) for v in (recon.points.max(0) - recon.points.min(0))]
-               if len(recon.points) else [0.0, 0.0, 0.0],
-               "seconds": round(recon.seconds, 3)}
+               "extent_m": [round(float(v), 3) for v in recon.extent], "seconds": round(recon.seconds, 3)}
     print(json.dumps(summary) if args.json else
           f"wrote {summary['points']} points to {args.out} and {len(clip.frame_indices)} cameras to {cameras} "
           f"({SCENE_FRAME}); extent {summary['extent_m']} m")

@@ -108,14 +108,16 @@ def read_video_frames(path: str | Path, num_frames: int) -> tuple[np.ndarray, np
     if total == 0:
         raise DataError(path, "the video stream has no frames")
     ids = sample_frame_ids(np.arange(total), num_frames)
-    kept, decoded = _decode_selected(path, set(ids.tolist()))
-    if len(kept) < len(set(ids.tolist())):
+    wanted = set(ids.tolist())
+    kept, decoded = _decode_selected(path, wanted)
+    if len(kept) < len(wanted):
         # Fewer frames decode than the container announced (a truncated file): sample over those.
         if decoded == 0:
             raise DataError(path, "no frame could be decoded")
         ids = sample_frame_ids(np.arange(decoded), num_frames)
-        kept, _ = _decode_selected(path, set(ids.tolist()))
-        if len(kept) < len(set(ids.tolist())):
+        wanted = set(ids.tolist())
+        kept, _ = _decode_selected(path, wanted)
+        if len(kept) < len(wanted):
             raise DataError(path, f"frames stop decoding before frame {decoded} of {total}")
     shapes = {kept[i].shape for i in kept}
     if len(shapes) != 1:
