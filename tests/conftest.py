@@ -35,6 +35,14 @@ def synthetic_dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def synthetic_dataset_3(tmp_path_factory):
+    """3 small scenes: 2 train, 1 val (training tests: two training scenes, one held out)."""
+    from vidllm.data.synthetic import generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("synth3"), _tiny_synth(3), progress=False)
+
+
+@pytest.fixture(scope="session")
 def synthetic_dataset_6(tmp_path_factory):
     """6 small scenes (same size as `synthetic_dataset`), e.g. for sharding tests."""
     from vidllm.data.synthetic import generate_dataset

@@ -65,7 +65,7 @@ def test_forward_shapes(cfg, tokenizer):
     recon = out["recon"]
     assert recon["depth"].shape == recon["depth_metric_aligned"].shape == (2, FRAMES, SIZE, SIZE)
     assert recon["extrinsics"].shape == (2, FRAMES, 3, 4) and recon["pose_enc"].shape == (2, FRAMES, 9)
-    assert out["logits"].shape[:2] == (2, batch(tokenizer)[0].shape[1] - 1 + vision.tokens.shape[1])
+    assert "logits" not in out  # with labels, the LM head runs on the supervised positions only
     assert out["ground_mask"].tolist() == [False, True]
     assert out["box_pred"].shape == (2, 6) and out["match_logits"].shape == (2, 5)
     for key in ("loss_lm", "loss_box", "loss_match"):
@@ -169,9 +169,10 @@ def test_one_vision_pass_serves_several_instructions(cfg, tokenizer):
     with torch.no_grad():
         scene = images(b=1)
         vision = model.encode_video(scene)
-        shared = model(None, ids, mask, labels, vision=vision, scene_index=torch.tensor([0, 0]))
-        repeated = model(scene.expand(2, -1, -1, -1, -1), ids, mask, labels)
+        shared = model(None, ids, mask, labels, vision=vision, scene_index=torch.tensor([0, 0]), return_logits=True)
+        repeated = model(scene.expand(2, -1, -1, -1, -1), ids, mask, labels, return_logits=True)
     assert torch.allclose(shared["logits"], repeated["logits"], atol=1e-5)
+    assert torch.allclose(shared["loss_lm"], repeated["loss_lm"], atol=1e-6)
 
 
 def test_object_prompt_changes_output(cfg, tokenizer):
@@ -233,3 +234,74 @@ def test_generate_ground_boxes_match_forward(cfg, tokenizer):
     with torch.no_grad():
         out = model(images(b=1), ids)
     assert torch.allclose(out["box_pred"][0], result.boxes[0], atol=1e-5)
+
+
+def _mixed_rows(tokenizer, model):
+    """Rows of different lengths over 2 scenes: QA, a long question, grounding, a Scan2Cap <obj> row."""
+    texts = [build_prompt("What color is the chair?") + f" red{EOS}",
+             build_prompt("Where is the brown table next to the big window in the corner?") + f" {GROUND}{EOS}",
+             build_prompt("How many?") + f" four chairs and a table{EOS}",
+             build_prompt("Describe the object.", with_object=True) + f" a small lamp{EOS}",
+             build_prompt("Locate: the sofa.") + f"{GROUND}{GROUND}{EOS}"]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    labels = ids.masked_fill(mask == 0, -100)
+    answer_start = [len(tokenizer(t.rsplit("ASSISTANT:", 1)[0] + "ASSISTANT:", add_special_tokens=False)["input_ids"])
+                    for t in texts]
+    for r, start in enumerate(answer_start):
+        labels[r, :start] = -100  # prompt unsupervised, as stage2_batch builds rows
+    assert len(set(mask.sum(1).tolist())) > 2  # rows really differ in length
+    boxes = torch.rand(len(texts), 6) + 0.1
+    return dict(input_ids=ids, attention_mask=mask, labels=labels, box_targets=boxes,
+                proposals=torch.rand(len(texts), 4, 6) + 0.1, match_targets=torch.eye(4)[[0, 1, 2, 3, 0]],
+                object_boxes=boxes, scene_index=torch.tensor([0, 1, 0, 1, 1]))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_shared_vision_prefix_equals_spliced_rows(cfg, tokenizer, lora):
+    """Loss and every gradient (LLM or adapters, projector, 3D patches, CTA, encoder) of the
+    shared-prefix path equal the path that splices the vision tokens into every row."""
+    model = make_model(cfg, tokenizer)
+    if lora:
+        model = apply_lora(model, cfg.llm)
+    model.train()
+    for module in model.modules():  # dropout off: both paths must see the same function
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    batch_kwargs = _mixed_rows(tokenizer, model)
+    clips = images(b=2)
+    results = {}
+    for share in (True, False):
+        model.zero_grad(set_to_none=True)
+        out = model(clips, share_prefix=share, **batch_kwargs)
+        out["loss"].backward()
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[share] = (out, grads)
+    (shared, g_shared), (spliced, g_spliced) = results[True], results[False]
+    for key in ("loss", "loss_lm", "loss_box", "loss_match"):
+        assert torch.allclose(shared[key], spliced[key], rtol=1e-5, atol=0), key
+    assert torch.allclose(shared["box_pred"], spliced["box_pred"], rtol=1e-5, atol=1e-6)
+    assert g_shared.keys() == g_spliced.keys()
+    assert any(n.startswith("encoder.") for n in g_shared) and any(n.startswith("cta.") for n in g_shared)
+    assert any("lora_" in n for n in g_shared) == lora
+    for name, grad in g_shared.items():
+        ref = g_spliced[name]
+        scale = float(ref.abs().max())
+        assert float((grad - ref).abs().max()) <= 1e-5 * max(scale, 1e-12) + 1e-9, name
+
+
+def test_generate_runs_one_prefix_per_scene(cfg, tokenizer, monkeypatch):
+    """Several prompts about one video: one vision pass and one LLM prefix pass serve them all,
+    and each answer equals generating it alone."""
+    model = make_model(cfg, tokenizer).eval()
+    prompts = [build_prompt("How many chairs are in the room?"), build_prompt("What color is the sofa?"),
+               build_prompt("Locate: the lamp.")]
+    scene = images(b=1)
+    alone = [model.generate(scene, [p], tokenizer, max_new_tokens=4)[0].token_ids for p in prompts]
+    calls = {"vision": 0, "prefix": 0}
+    encode, prefix = model.encode_video, model._vision_prefix
+    monkeypatch.setattr(model, "encode_video", lambda *a: (calls.__setitem__("vision", calls["vision"] + 1), encode(*a))[1])
+    monkeypatch.setattr(model, "_vision_prefix", lambda *a: (calls.__setitem__("prefix", calls["prefix"] + 1), prefix(*a))[1])
+    together = model.generate(scene, prompts, tokenizer, max_new_tokens=4)
+    assert [r.token_ids for r in together] == alone
+    assert calls == {"vision": 1, "prefix": 1}

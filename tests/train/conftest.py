@@ -19,8 +19,9 @@ def _one_thread():
 
 
 @pytest.fixture(scope="session")
-def train_shards(synthetic_dataset, tmp_path_factory):
-    return write_tiny_shards(synthetic_dataset, tmp_path_factory.mktemp("train_shards") / "shards")
+def train_shards(synthetic_dataset_3, tmp_path_factory):
+    """Shards of 3 tiny scenes: scene0000_00 and scene0001_00 train, scene0002_00 val."""
+    return write_tiny_shards(synthetic_dataset_3, tmp_path_factory.mktemp("train_shards") / "shards")
 
 
 @pytest.fixture(scope="session")

@@ -17,11 +17,11 @@ def test_stage2_batch_rows_labels_and_scene_frame_boxes(train_shards):
     batch = stage2_batch(samples, tokenizer, instructions_per_scene=50, max_text_tokens=48, max_proposals=16,
                          pad_id=tokenizer.pad_token_id, seed=0, step=0)
     images = batch["images"]
-    assert images.shape[:3] == (2, 4, 3) and 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    assert images.shape[:3] == (len(samples), 4, 3) and 0.0 <= float(images.min()) and float(images.max()) <= 1.0
     rows = batch["input_ids"].shape[0]
     train_counts = [min(50, len(train_instructions(s))) for s in samples]
     assert rows == sum(train_counts) > 0
-    assert torch.equal(torch.bincount(batch["scene_index"], minlength=2), torch.tensor(train_counts))
+    assert torch.equal(torch.bincount(batch["scene_index"], minlength=len(samples)), torch.tensor(train_counts))
     # One <image> per row; prompt positions (up to "ASSISTANT:") never supervised; eos always is.
     assert ((batch["input_ids"] == special[IMAGE]).sum(1) == 1).all()
     for r in range(rows):
@@ -77,3 +77,32 @@ def test_val_only_clips_give_a_reconstruction_only_batch(train_shards):
                          pad_id=tokenizer.pad_token_id, seed=0, step=0)
     assert batch["input_ids"] is None
     assert batch["targets"]["pose_enc"].shape[:2] == (1, 4) and batch["targets"]["valid_mask"].any()
+
+
+def test_val_split_scenes_never_enter_training(train_shards):
+    """Neither stage's sample stream (any rank) nor a Stage-2 batch ever holds a val-split scene,
+    not even for a reconstruction-only step; Stage 2 takes `batch_size` scenes per step."""
+    from tests.train.helpers import tiny_config
+    from vidllm.train.batches import cycle_samples, scene_split
+    from vidllm.train.jobs import rank_samples, stage2_setup
+
+    splits = {s["key"]: scene_split(s) for s in ShardDataset(str(train_shards))}
+    train_keys = {k for k, v in splits.items() if v == "train"}
+    assert "val" in splits.values() and len(train_keys) == 2
+    for world_size in (1, 2):
+        seen: set[str] = set()
+        for rank in range(world_size):
+            stream = cycle_samples(rank_samples(str(train_shards), rank, world_size))
+            seen |= {next(stream)["key"] for _ in range(5)}
+        assert seen == train_keys, world_size
+    cfg = tiny_config("train.stage2.batch_size=2", "train.instructions_per_scene=3")
+    setup = stage2_setup(cfg, str(train_shards), None)
+    batches = setup.job.batches(0)
+    try:
+        for _ in range(3):
+            batch, num_samples = next(batches)
+            assert num_samples == 2 and sorted(batch["keys"]) == sorted(train_keys)
+            assert batch["input_ids"] is not None  # every step has instructions: no wasted recon-only steps
+            assert torch.equal(torch.bincount(batch["scene_index"], minlength=2), torch.tensor([3, 3]))
+    finally:
+        batches.close()

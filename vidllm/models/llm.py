@@ -1,11 +1,12 @@
-"""The language model (DESIGN §5.7): any Hugging Face causal LM fed `inputs_embeds`, with the
-vision tokens spliced in at the `<image>` placeholder."""
+"""The language model: any Hugging Face causal LM fed `inputs_embeds`, with the vision tokens
+spliced in at the `<image>` placeholder (one row per instruction), or run once per scene as a
+shared prefix whose key/value cache the instruction suffixes attend to (`run_shared_prefix`)."""
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
-from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, PreTrainedModel, Qwen2Config
+from torch import Tensor, nn
+from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig, PretrainedConfig, PreTrainedModel, Qwen2Config
 
 from vidllm.config import LLMConfig
 
@@ -95,3 +96,48 @@ def splice_vision_tokens(
     if out_labels is not None:
         out["labels"] = out_labels
     return out
+
+
+def decoder_of(llm: nn.Module) -> nn.Module:
+    """The transformer body of a causal LM (peft-wrapped or not): embeddings in, final-normed
+    hidden states out, no LM head. LoRA layers injected by peft live inside it."""
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    return base.get_decoder()
+
+
+def select_cache(cache: DynamicCache, index: Tensor, config: PretrainedConfig) -> DynamicCache:
+    """A new cache holding batch rows `index` of `cache` (rows may repeat). Differentiable: the
+    selected keys/values keep their graph, so gradients of later tokens reach the prefix."""
+    out = DynamicCache(config=config)
+    for layer_idx, layer in enumerate(cache.layers):
+        out.update(layer.keys.index_select(0, index), layer.values.index_select(0, index), layer_idx)
+    return out
+
+
+def run_shared_prefix(
+    decoder: nn.Module, prefix_embeds: Tensor, prefix_mask: Tensor, suffix_embeds: Tensor, suffix_mask: Tensor,
+    row_prefix: Tensor,
+) -> Tensor:
+    """Run each prefix once, then every suffix row against its prefix's key/value cache.
+
+    Equivalent to running `prefix[row_prefix[r]]` (its valid tokens only) followed by suffix `r`
+    as one causal sequence, for every row r; the prefix work is done once per prefix.
+
+    Args:
+        prefix_embeds `[P, Lp, D]`, prefix_mask `[P, Lp]` (valid tokens left-packed, ≥ 1 per prefix),
+        suffix_embeds `[R, Ls, D]`, suffix_mask `[R, Ls]` (right padding), row_prefix `[R]`.
+    Returns:
+        hidden `[R, 1 + Ls, D]`: index 0 is the last valid prefix token of the row's prefix (it
+        predicts the first suffix token), index k ≥ 1 is suffix token k − 1.
+    """
+    prefix_mask = prefix_mask.to(torch.long)
+    prefix = decoder(inputs_embeds=prefix_embeds, attention_mask=prefix_mask, use_cache=True)
+    lengths = prefix_mask.sum(1)  # [P] valid prefix tokens
+    last = prefix.last_hidden_state[torch.arange(prefix_embeds.shape[0], device=lengths.device), lengths - 1]
+    cache = select_cache(prefix.past_key_values, row_prefix, decoder.config)
+    width = suffix_embeds.shape[1]
+    positions = lengths[row_prefix][:, None] + torch.arange(width, device=lengths.device)
+    mask = torch.cat([prefix_mask[row_prefix], suffix_mask.to(torch.long)], dim=1)
+    suffix = decoder(inputs_embeds=suffix_embeds, attention_mask=mask, position_ids=positions,
+                     past_key_values=cache, use_cache=False)
+    return torch.cat([last[row_prefix][:, None], suffix.last_hidden_state], dim=1)

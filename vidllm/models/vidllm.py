@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import PretrainedConfig
+from transformers import DynamicCache, PretrainedConfig
 
 from vidllm.config import ModelConfig
 from vidllm.geometry import patch_centers_to_world, patch_depth, scene_to_scannet_world, se3_inverse, unproject_depth
 from vidllm.models.cross_task_adapter import CrossTaskAdapter
 from vidllm.models.encoder import SharedEncoder
 from vidllm.models.grounding import GroundingHeads
-from vidllm.models.llm import build_causal_lm, splice_vision_tokens
+from vidllm.models.llm import build_causal_lm, decoder_of, run_shared_prefix, select_cache, splice_vision_tokens
 from vidllm.models.patches3d import Patch3DEmbedding, SceneFrameHead, voxel_pool
 from vidllm.models.reconstruction import ReconstructionBranch
 from vidllm.tokenizer import SpecialTokenIds
@@ -90,11 +90,13 @@ class VidLLM(nn.Module):
 
     # ------------------------------------------------------------------ vision
 
-    def encode_video(self, images: Tensor) -> VisionOutput:
-        """images `[B, S, 3, H, W]` in [0, 1] → reconstruction and 3D-patch tokens `[B, N, D_llm]`."""
+    def encode_video(self, images: Tensor, with_points: bool = True) -> VisionOutput:
+        """images `[B, S, 3, H, W]` in [0, 1] → reconstruction and 3D-patch tokens `[B, N, D_llm]`.
+
+        `with_points=False` skips the point head (its world points feed no other module)."""
         t_base = self.encoder(images)  # [B, S, P, C]
         t_geom, t_lang = self.cta(t_base)
-        recon = self.reconstruction(t_geom, images, t_base)
+        recon = self.reconstruction(t_geom, images, t_base, with_points)
         rotation = self.scene_frame(t_geom)  # [B, 3, 3]
         with torch.no_grad():  # one-way gradient: geometry is an input of the VL branch
             depth = recon["depth_metric_aligned"]
@@ -132,6 +134,8 @@ class VidLLM(nn.Module):
         object_boxes: Tensor | None = None,
         vision: VisionOutput | None = None,
         scene_index: Tensor | None = None,
+        share_prefix: bool = True,
+        return_logits: bool | None = None,
     ) -> dict:
         """
         Args:
@@ -142,36 +146,39 @@ class VidLLM(nn.Module):
                 (an all-zero row means "no target", the Multi3DRefer zero-target case).
             object_boxes: `[B, 6]` Scan2Cap object box embedded at `<obj>`.
             vision: a previous `encode_video` result; scene_index `[B]` maps rows to its scenes.
-        Returns dict: loss (sum of present terms), loss_lm, loss_box, loss_match, logits `[B, L', V]`,
-            recon, vision, ground_mask `[B]`, ground_hidden `[B, D]`, box_pred `[B, 6]`,
+            share_prefix: run the LLM over each scene's vision tokens once and the rows' text
+                against that prefix (`run_shared_prefix`); False splices the vision tokens into
+                every row. Same results to float tolerance.
+            return_logits: also return `logits [B, T, V]` over every position (default: only
+                when no labels are given; the loss applies the LM head to supervised positions only).
+        Returns dict: loss (sum of present terms), loss_lm, loss_box, loss_match, logits, recon,
+            vision, ground_mask `[B]`, ground_hidden `[B, D]`, box_pred `[B, 6]`,
             match_logits `[B, M + 1]`, scene_rotation `[B_scene, 3, 3]`.
         """
         if vision is None:
             vision = self.encode_video(images)
-        rows = vision if scene_index is None else vision.select(scene_index)
+        if scene_index is None:
+            scene_index = torch.arange(input_ids.shape[0], device=input_ids.device)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        spliced = splice_vision_tokens(
-            self._text_embeddings(input_ids, object_boxes), input_ids, attention_mask,
-            self.special_ids.image, rows.tokens, rows.mask, labels,
-        )
-        out = self.llm(
-            inputs_embeds=spliced["inputs_embeds"], attention_mask=spliced["attention_mask"],
-            labels=spliced.get("labels"), output_hidden_states=True, use_cache=False,
-        )
-        result: dict = {"logits": out.logits, "recon": vision.recon, "vision": vision,
-                        "scene_rotation": vision.scene_rotation}
+        hidden, targets, text_index = self._language_hidden(
+            self._text_embeddings(input_ids, object_boxes), input_ids, attention_mask, labels, vision, scene_index,
+            share_prefix)
+        result: dict = {"recon": vision.recon, "vision": vision, "scene_rotation": vision.scene_rotation}
+        if return_logits or (return_logits is None and labels is None):
+            result["logits"] = self.llm.get_output_embeddings()(hidden)
         losses: dict[str, Tensor] = {}
-        if out.loss is not None:
-            losses["loss_lm"] = out.loss
+        supervised = targets != -100
+        if supervised.any():  # the LM head only where a label is (mean CE over those tokens)
+            logits = self.llm.get_output_embeddings()(hidden[supervised])
+            losses["loss_lm"] = F.cross_entropy(logits.float(), targets[supervised])
 
         # The hidden state at the first <ground> of each row (an input token of the answer).
         is_ground = input_ids == self.special_ids.ground
         ground_mask = is_ground.any(dim=1)
         first = torch.where(ground_mask, is_ground.float().argmax(dim=1), torch.zeros_like(ground_mask, dtype=torch.long))
-        positions = spliced["position_map"].gather(1, first[:, None]).squeeze(1)
-        last_hidden = out.hidden_states[-1]
-        ground_hidden = last_hidden[torch.arange(last_hidden.shape[0], device=last_hidden.device), positions]
+        positions = text_index.gather(1, first[:, None]).squeeze(1)
+        ground_hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), positions]
         box_pred = self.grounding.predict_box(ground_hidden)
         result.update(ground_mask=ground_mask, ground_hidden=ground_hidden, box_pred=box_pred)
         if box_targets is not None and ground_mask.any():
@@ -190,28 +197,99 @@ class VidLLM(nn.Module):
         result["loss"] = sum(losses.values()) if losses else None
         return result
 
+    def _language_hidden(self, text_embeds: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None,
+                         vision: VisionOutput, scene_index: Tensor, share_prefix: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Final LLM hidden states of every row, with the vision tokens of its scene before its text.
+
+        Returns hidden `[B, T, D]`, targets `[B, T]` (the label each hidden state predicts,
+        −100 = none) and text_index `[B, L]` (the hidden index of every input position).
+        """
+        decoder = decoder_of(self.llm)
+        image_at = self._shared_image_column(input_ids, labels) if share_prefix else None
+        if image_at is not None:
+            # Prefix = the text before <image> (the same in every row) + the scene's vision tokens.
+            scenes = vision.tokens.shape[0]
+            before = text_embeds[:1, :image_at].expand(scenes, -1, -1)
+            prefix = torch.cat([before, vision.tokens.to(text_embeds.dtype)], dim=1)
+            prefix_mask = torch.cat([vision.mask.new_ones(scenes, image_at), vision.mask], dim=1)
+            hidden = run_shared_prefix(decoder, prefix, prefix_mask, text_embeds[:, image_at + 1:],
+                                       attention_mask[:, image_at + 1:], scene_index)
+            rows = input_ids.shape[0]
+            if labels is None:
+                targets = input_ids.new_full(hidden.shape[:2], -100)
+            else:
+                targets = torch.cat([labels[:, image_at + 1:], labels.new_full((rows, 1), -100)], dim=1)
+            # Input position p > image_at sits at hidden index p − image_at; earlier ones map to 0.
+            text_index = (torch.arange(input_ids.shape[1], device=input_ids.device) - image_at).clamp_min(0)
+            return hidden, targets, text_index.expand(rows, -1)
+        rows = vision.select(scene_index)
+        spliced = splice_vision_tokens(text_embeds, input_ids, attention_mask, self.special_ids.image,
+                                       rows.tokens, rows.mask, labels)
+        hidden = decoder(inputs_embeds=spliced["inputs_embeds"], attention_mask=spliced["attention_mask"]).last_hidden_state
+        if labels is None:
+            targets = input_ids.new_full(hidden.shape[:2], -100)
+        else:
+            shifted = spliced["labels"][:, 1:]
+            targets = torch.cat([shifted, shifted.new_full((shifted.shape[0], 1), -100)], dim=1)
+        return hidden, targets, spliced["position_map"]
+
+    def _shared_image_column(self, input_ids: Tensor, labels: Tensor | None) -> int | None:
+        """The column of `<image>` when every row has it there, the same tokens before it, and no
+        label up to it (so those positions can be one prefix per scene); else None."""
+        is_image = input_ids == self.special_ids.image
+        if not bool((is_image.sum(1) == 1).all()):
+            return None  # splice_vision_tokens reports the malformed row
+        column = int(is_image[0].float().argmax())
+        if not bool(is_image[:, column].all()):
+            return None
+        if column and not bool((input_ids[:, :column] == input_ids[:1, :column]).all()):
+            return None
+        if labels is not None and bool((labels[:, : column + 1] != -100).any()):
+            return None
+        return column
+
     # ------------------------------------------------------------------ inference
 
     @torch.no_grad()
-    def _greedy(self, embeds: Tensor, max_new_tokens: int) -> tuple[list[int], list[Tensor]]:
-        """Greedy decoding from `inputs_embeds [1, L, D]` with a KV cache; returns the new token
-        ids and the last-layer hidden state of every generated `<ground>` token. One unpadded
-        row, so no attention mask is needed (causal masking is implicit)."""
+    def _vision_prefix(self, vision: VisionOutput, text_before: Tensor) -> tuple[DynamicCache, Tensor]:
+        """One LLM pass over every scene's prefix (`text_before [1, i, D]` + its vision tokens):
+        (key/value cache `[B_scene, ...]`, prefix mask `[B_scene, i + N]`)."""
+        scenes = vision.tokens.shape[0]
+        prefix = torch.cat([text_before.expand(scenes, -1, -1), vision.tokens.to(text_before.dtype)], dim=1)
+        mask = torch.cat([vision.mask.new_ones(scenes, text_before.shape[1]), vision.mask], dim=1).long()
+        out = decoder_of(self.llm)(inputs_embeds=prefix, attention_mask=mask, use_cache=True)
+        return out.past_key_values, mask
+
+    @torch.no_grad()
+    def _greedy(self, cache: DynamicCache, prefix_mask: Tensor, embeds: Tensor,
+                max_new_tokens: int) -> tuple[list[int], list[Tensor]]:
+        """Greedy decoding of one row: the prompt text after `<image>` (`embeds [1, L, D]`) is fed
+        after a prefix cache of that row's scene (`prefix_mask [1, P]`, padding inside the prefix
+        masked), then one token at a time. Returns the new token ids and the last-layer hidden
+        state of every generated `<ground>` token (its hidden state is the box query)."""
+        decoder, head = decoder_of(self.llm), self.llm.get_output_embeddings()
         embed_tokens = self.llm.get_input_embeddings()
-        out = self.llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
+        mask = prefix_mask.long()
+        position = int(mask.sum())
         tokens: list[int] = []
         ground_hidden: list[Tensor] = []
-        for _ in range(max_new_tokens):
-            next_id = int(out.logits[0, -1].argmax())
+        step = embeds
+        while True:
+            width = step.shape[1]
+            mask = torch.cat([mask, mask.new_ones(1, width)], dim=1)
+            positions = position + torch.arange(width, device=step.device)[None]
+            hidden = decoder(inputs_embeds=step, attention_mask=mask, position_ids=positions,
+                             past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+            position += width
+            if tokens and tokens[-1] == self.special_ids.ground:
+                ground_hidden.append(hidden[0])
+            if len(tokens) == max_new_tokens:
+                break
+            next_id = int(head(hidden)[0].argmax())
             if next_id == self.special_ids.eos:
                 break
             tokens.append(next_id)
-            is_ground = next_id == self.special_ids.ground
             step = embed_tokens(torch.tensor([[next_id]], device=embeds.device))
-            out = self.llm(inputs_embeds=step, past_key_values=out.past_key_values, use_cache=True,
-                           output_hidden_states=is_ground, logits_to_keep=1)
-            if is_ground:  # its hidden state is the box query
-                ground_hidden.append(out.hidden_states[-1][0, -1])
         return tokens, ground_hidden
 
     @torch.no_grad()
@@ -228,10 +306,15 @@ class VidLLM(nn.Module):
     ) -> list[GenerationResult]:
         """Answer `prompts` about videos and return text, boxes and geometry in one pass.
 
+        One vision pass and one LLM pass over each scene's vision tokens serve all its prompts:
+        every prompt continues from a copy of its scene's key/value cache.
+
         Args:
             images: `[B, S, 3, H, W]` in [0, 1]; B = len(prompts), or B = 1 shared by all prompts.
-            prompts: full prompts containing `<image>` (see `vidllm.tokenizer.build_prompt`).
-            proposals: `[B, M, 6]` scene-frame proposals to score; object_boxes `[B, 6]` for `<obj>`.
+            prompts: full prompts containing `<image>` (see `vidllm.tokenizer.build_prompt`), all
+                with the same text before it.
+            proposals: `[B, M, 6]` scene-frame proposals to score; object_boxes `[B, 6]` for `<obj>`
+                (one per scene, or `[len(prompts), 6]`: one per prompt).
             first_camera_center: `[B, 3]` (or `[3]`) GT first camera centre in the axis-aligned
                 ScanNet world; maps boxes to `boxes_world` (benchmarks' protocol).
             point_stride: pixel stride of the returned point cloud.
@@ -244,16 +327,20 @@ class VidLLM(nn.Module):
             vision = self.encode_video(images)
             geometry = [self._scene_geometry(images[b], vision.recon, vision.scene_rotation, b, point_stride)
                         for b in range(images.shape[0])]  # once per scene, shared by its prompts
+            encoded = [tokenizer(p, return_tensors="pt", add_special_tokens=False)["input_ids"].to(images.device)
+                       for p in prompts]
+            image_at = self._prompt_image_column(encoded)
+            before = self.llm.get_input_embeddings()(encoded[0][:, :image_at])
+            cache, prefix_mask = self._vision_prefix(vision, before)
+            per_prompt_boxes = object_boxes is not None and object_boxes.shape[0] == len(prompts)
             results = []
-            for i, prompt in enumerate(prompts):
+            for i, ids in enumerate(encoded):
                 b = 0 if images.shape[0] == 1 else i
-                ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(images.device)
-                boxes_in = None if object_boxes is None else object_boxes[b : b + 1]
-                spliced = splice_vision_tokens(
-                    self._text_embeddings(ids, boxes_in), ids, torch.ones_like(ids), self.special_ids.image,
-                    vision.tokens[b : b + 1], vision.mask[b : b + 1],
-                )
-                tokens, hidden = self._greedy(spliced["inputs_embeds"], max_new_tokens)
+                boxes_in = None if object_boxes is None else object_boxes[i if per_prompt_boxes else b][None]
+                suffix = self._text_embeddings(ids, boxes_in)[:, image_at + 1:]
+                index = torch.tensor([b], device=images.device)
+                tokens, hidden = self._greedy(select_cache(cache, index, decoder_of(self.llm).config),
+                                              prefix_mask[b : b + 1], suffix, max_new_tokens)
                 boxes = (self.grounding.predict_box(torch.stack(hidden)) if hidden
                          else images.new_zeros(0, 6)).float()
                 match = None
@@ -271,6 +358,18 @@ class VidLLM(nn.Module):
             return results
         finally:
             self.train(was_training)
+
+    def _prompt_image_column(self, encoded: list[Tensor]) -> int:
+        """The `<image>` column shared by every prompt (ValueError naming the prompt otherwise)."""
+        columns = []
+        for i, ids in enumerate(encoded):
+            where = (ids[0] == self.special_ids.image).nonzero().flatten()
+            if where.numel() != 1:
+                raise ValueError(f"prompt {i}: expected exactly one <image> token, found {where.numel()}")
+            columns.append(int(where))
+        if any(c != columns[0] or not torch.equal(ids[0, :c], encoded[0][0, :c]) for c, ids in zip(columns, encoded)):
+            raise ValueError("prompts of one generate call must share the text before <image>")
+        return columns[0]
 
     def _scene_geometry(self, frames: Tensor, recon: dict, rotation: Tensor, b: int, stride: int) -> dict:
         """Depth, camera-to-scene poses, intrinsics and a coloured point cloud of scene `b`, in the scene frame."""

@@ -59,6 +59,24 @@ def train_instructions(sample: dict[str, Any], split: str = "train") -> list[dic
     return out
 
 
+def scene_split(sample: dict[str, Any]) -> str | None:
+    """The benchmark split a scene clip belongs to, from its instruction records: "train" when
+    every record with a split is a train record, the other split when any is not (a scene with
+    a single val question is a val scene), None when no record names a split."""
+    splits = {r.get("split") for r in sample["annotations"]} - {None}
+    if not splits:
+        return None
+    others = sorted(splits - {"train"})
+    return others[0] if others else "train"
+
+
+def is_training_scene(sample: dict[str, Any]) -> bool:
+    """Val/test-split scenes never enter training, not even for reconstruction-only steps:
+    the model would fit geometry on the scenes it is scored on. Scenes without any split
+    (no annotations) are not benchmark scenes and do train."""
+    return scene_split(sample) in ("train", None)
+
+
 @dataclass
 class TextRow:
     input_ids: list[int]
@@ -225,15 +243,19 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 def cycle_samples(dataset_factory, skip: int = 0) -> Iterator[dict[str, Any]]:
-    """Endless stream over `dataset_factory()` epochs, skipping the first `skip` samples (resume)."""
+    """Endless stream over the training scenes of `dataset_factory()` epochs (`is_training_scene`),
+    skipping the first `skip` of them (resume)."""
     seen = 0
     while True:
         produced = False
         for sample in dataset_factory():
+            if not is_training_scene(sample):
+                continue
             produced = True
             if seen < skip:
                 seen += 1
                 continue
             yield sample
         if not produced:
-            raise DataError("shards", "this rank's share of the dataset is empty (fewer samples than workers?)")
+            raise DataError("shards", "this rank's share of the dataset has no training scene (all val/test "
+                                      "split, or fewer samples than workers?)")

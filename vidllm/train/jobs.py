@@ -25,7 +25,7 @@ from vidllm.config import VidLLMConfig, config_to_yaml
 from vidllm.errors import DataError
 from vidllm.eval import run_dir as rd
 from vidllm.data.prefetch import Prefetcher
-from vidllm.train.batches import cycle_samples, stage1_batch, stage2_batch, to_device
+from vidllm.train.batches import cycle_samples, is_training_scene, stage1_batch, stage2_batch, to_device
 from vidllm.train.loop import (
     CHECKPOINTS_DIR, StageJob, checkpoint_name, latest_checkpoint, load_checkpoint, prune_checkpoints, run_loop,
     save_checkpoint, seed_everything,
@@ -65,18 +65,23 @@ class Stage1Objective(nn.Module):
         patches = (images.shape[-2] // self.student.encoder.patch_size) * (images.shape[-1] // self.student.encoder.patch_size)
         return {**losses, "tokens": torch.tensor(float(images.shape[0] * images.shape[1] * patches))}
 
+    def compile_targets(self) -> dict[str, nn.Module]:
+        """What `train.compile` compiles: the student encoder and the CTA."""
+        return {"encoder": self.student.encoder, "cta": self.student.cta}
+
 
 def rank_samples(shards_uri: str, rank: int, world_size: int):
-    """A factory of this rank's sample stream: whole shards per rank when there are enough shards,
-    else every `world_size`-th sample (small datasets)."""
+    """A factory of this rank's stream of training scenes (`is_training_scene`: val/test-split
+    scenes never train): whole shards per rank when there are enough shards, else every
+    `world_size`-th training scene (small datasets)."""
     from vidllm.data.shards import ShardDataset
 
     dataset = ShardDataset(shards_uri, rank=rank, world_size=world_size)
     if world_size == 1 or len(dataset.groups) >= world_size:
-        return lambda: iter(ShardDataset(shards_uri, rank=rank, world_size=world_size))
+        return lambda: filter(is_training_scene, ShardDataset(shards_uri, rank=rank, world_size=world_size))
     if len(dataset) < world_size:
         raise DataError(shards_uri, f"{len(dataset)} samples cannot feed {world_size} workers")
-    return lambda: itertools.islice(iter(ShardDataset(shards_uri)), rank, None, world_size)
+    return lambda: itertools.islice(filter(is_training_scene, ShardDataset(shards_uri)), rank, None, world_size)
 
 
 def _batched(stream: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -124,7 +129,10 @@ def stage2_setup(cfg: VidLLMConfig, shards_uri: str, init_model: str | Path | No
 
     seed_everything(cfg.train.seed)
     model, tokenizer = build_stage2_model(cfg, shards_uri, init_model)
-    objective = Stage2Objective(model)
+    from vidllm.losses import Stage2LossWeights
+
+    objective = Stage2Objective(model, Stage2LossWeights.from_mapping(cfg.train.loss_weights),
+                                share_vision_prefix=cfg.train.share_vision_prefix)
     stage_cfg = cfg.train.stage2
     samples = rank_samples(shards_uri, rank, world_size)
     pad_id = model.special_ids.pad

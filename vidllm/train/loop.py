@@ -1,7 +1,8 @@
 """One training loop for both stages, single-process or inside a Ray Train worker.
 
 - AdamW (β from `train.betas`, weight decay on matrices only), gradient clipping, linear
-  warm-up then cosine decay to 0; bf16 autocast on CUDA, fp32 on CPU; seeded.
+  warm-up then cosine decay to 0; seeded. `train.precision`: bf16 autocast on CUDA by default,
+  on any device with "bf16"; `train.compile` compiles the objective's `compile_targets()`.
 - Logs every `log_every` steps to RUN_DIR/train_log.csv (`vidllm.eval.run_dir` format, plus
   tokens_per_s, data_wait_share = time waiting for data / step time, and mfu on CUDA).
 - Checkpoints every `checkpoint_every` steps (and at the end): a directory with
@@ -99,9 +100,22 @@ def build_optimizer(module: nn.Module, stage_cfg: StageConfig, train_cfg: TrainC
 
 
 def autocast_dtype(train_cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        return None  # fp32 on CPU
-    return None if train_cfg.precision == "fp32" else torch.bfloat16
+    """bf16 autocast on CUDA unless fp32 is asked for; elsewhere only when bf16 is asked for
+    (CPU bf16 autocast works, but on most CPUs it is slower than fp32)."""
+    if train_cfg.precision == "bf16":
+        return torch.bfloat16
+    if train_cfg.precision == "auto" and device.type == "cuda":
+        return torch.bfloat16
+    return None
+
+
+def compile_objective(module: nn.Module, backend: str) -> list[str]:
+    """torch.compile, in place, the submodules the objective names (`compile_targets()`:
+    name → module); parameter names and state dicts stay as they are. Returns the names."""
+    targets = module.compile_targets() if hasattr(module, "compile_targets") else {}
+    for submodule in targets.values():
+        submodule.compile(backend=backend, dynamic=None)
+    return sorted(targets)
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -334,6 +348,8 @@ def run_loop(
     if start >= cfg.steps:
         return LoopResult(steps=start, start_step=start, final_losses=dict(resume.get("final_losses", {})))
     amp = autocast_dtype(train_cfg, device)
+    if train_cfg.compile:
+        compile_objective(_unwrap(module), train_cfg.compile_backend)
     peak = peak_flops(device)
     num_params = sum(p.numel() for p in module.parameters())
     log = TrainLogWriter(run_dir / rd.TRAIN_LOG_FILE, job.stage, start) if (is_main and run_dir is not None) else None

@@ -20,28 +20,35 @@ from vidllm.lora import apply_lora
 
 
 class Stage2Objective(nn.Module):
-    def __init__(self, model: nn.Module, weights: Stage2LossWeights | None = None):
+    def __init__(self, model: nn.Module, weights: Stage2LossWeights | None = None, share_vision_prefix: bool = True):
         super().__init__()
         self.model = model
         self.weights = weights or Stage2LossWeights()
+        self.share_vision_prefix = share_vision_prefix
+
+    def compile_targets(self) -> dict[str, nn.Module]:
+        """What `train.compile` compiles: the vision modules and the LLM body."""
+        from vidllm.models.llm import decoder_of
+
+        m = self.model
+        return {"encoder": m.encoder, "cta": m.cta, "reconstruction": m.reconstruction, "llm": decoder_of(m.llm)}
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """batch from `stage2_batch` (images `[B,S,3,H,W]`, text rows `[R, L]`) → stage2_loss terms
-        (`total`, ...) plus `tokens` (LLM input tokens: text + vision, for throughput)."""
+        (`total`, ...) plus `tokens` (LLM input tokens: text + vision per row, for throughput)."""
+        vision = self.model.encode_video(batch["images"], with_points=self.weights.point > 0)
         if batch["input_ids"] is None:  # no instructions in these clips: reconstruction + metric depth only
-            vision = self.model.encode_video(batch["images"])
             losses = stage2_loss({"recon": vision.recon, "scene_rotation": vision.scene_rotation}, batch["targets"],
                                  self.weights)
             return {**losses, "tokens": vision.mask.sum().detach()}
         has_object = bool((batch["input_ids"] == self.model.special_ids.obj).any())
         out = self.model(
-            batch["images"], batch["input_ids"], batch["attention_mask"], batch["labels"],
+            None, batch["input_ids"], batch["attention_mask"], batch["labels"],
             box_targets=batch["box_targets"], proposals=batch["proposals"], proposal_mask=batch["proposal_mask"],
             match_targets=batch["match_targets"], object_boxes=batch["object_boxes"] if has_object else None,
-            scene_index=batch["scene_index"],
+            vision=vision, scene_index=batch["scene_index"], share_prefix=self.share_vision_prefix,
         )
         losses = stage2_loss(out, {**batch["targets"], "box_targets": batch["box_targets"]}, self.weights)
-        vision = out["vision"]
         tokens = batch["attention_mask"].sum() + vision.mask[batch["scene_index"]].sum()
         return {**losses, "tokens": tokens.detach()}
 
