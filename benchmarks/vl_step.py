@@ -79,7 +79,7 @@ def main() -> None:
         vision = model.encode_video(images)
     prompt = build_prompt("What is next to the brown table?")
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    from vidllm.models.llm import splice_vision_tokens
+    from vidllm.models.llm import decoder_of, select_cache, splice_vision_tokens
 
     with torch.no_grad():
         spliced = splice_vision_tokens(model.llm.get_input_embeddings()(ids), ids, torch.ones_like(ids),
@@ -88,7 +88,15 @@ def main() -> None:
         # Decode exactly N tokens (eos disabled) so both ways do the same work.
         eos = model.special_ids.eos
         model.special_ids = SpecialTokenIds(**{**model.special_ids.to_dict(), "eos": -1})
-        cached_s = _timed(lambda: model._greedy(embeds, args.new_tokens), args.repeats)
+        image_at = int((ids[0] == model.special_ids.image).nonzero())
+        embed = model.llm.get_input_embeddings()
+        cache, prefix_mask = model._vision_prefix(vision, embed(ids[:, :image_at]))
+        suffix = embed(ids[:, image_at + 1:])
+        index = torch.zeros(1, dtype=torch.long)
+        config = decoder_of(model.llm).config
+        # Prefix once (as generate does per scene), then each decode from a copy of its cache.
+        cached_s = _timed(lambda: model._greedy(select_cache(cache, index, config), prefix_mask, suffix,
+                                                args.new_tokens), args.repeats)
         model.special_ids = SpecialTokenIds(**{**model.special_ids.to_dict(), "eos": eos})
 
         def uncached() -> None:

@@ -65,6 +65,23 @@ def test_ask_answers_in_text(model_dir, video, capsys):
     assert out["frames"] == [0, 10, 19, 29] and out["seconds"] > 0
 
 
+def test_several_questions_share_one_vision_pass(model_dir, video, capsys, monkeypatch):
+    from vidllm.inference import VideoModel
+
+    model = VideoModel.load(model_dir, max_new_tokens=5)
+    clip = model.load_video(video)
+    questions = ["How many chairs are in the room?", "What color is the table?"]
+    alone = [model.ask(clip, q).text for q in questions]
+    passes = []
+    encode = model.model.encode_video
+    monkeypatch.setattr(model.model, "encode_video", lambda *a, **k: (passes.append(1), encode(*a, **k))[1])
+    assert [a.text for a in model.ask_many(clip, questions)] == alone and len(passes) == 1
+    monkeypatch.undo()
+    assert main(["ask", str(video), *questions, "--model", str(model_dir), "--json", "--max-new-tokens", "5"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [line["question"] for line in lines] == questions and [line["answer"] for line in lines] == alone
+
+
 def test_reconstruct_writes_the_point_cloud_and_cameras(model_dir, video, tmp_path, capsys):
     ply = tmp_path / "out" / "scene.ply"
     assert main(["reconstruct", str(video), "-o", str(ply), "--model", str(model_dir), "--json",

@@ -119,28 +119,34 @@ class VideoModel:
         images = torch.from_numpy(resized).permute(0, 3, 1, 2).float().div_(255.0)
         return VideoClip(path, images, ids, (width, height))
 
-    def _generate(self, clip: VideoClip, text: str, max_new_tokens: int | None = None, point_stride: int = 4,
+    def _generate(self, clip: VideoClip, texts: list[str], max_new_tokens: int | None = None, point_stride: int = 4,
                   grounding: bool = False):
         from vidllm.tokenizer import build_prompt
 
         images = clip.images[None].to(self.device)
-        return self.model.generate(images, [build_prompt(text, grounding=grounding)], self.tokenizer,
-                                   max_new_tokens=max_new_tokens or self.max_new_tokens, point_stride=point_stride)[0]
+        return self.model.generate(images, [build_prompt(t, grounding=grounding) for t in texts], self.tokenizer,
+                                   max_new_tokens=max_new_tokens or self.max_new_tokens, point_stride=point_stride)
 
     def ask(self, clip: VideoClip, question: str) -> Answer:
         """A free-form answer to `question` about the scene in the video."""
-        if not question.strip():
+        return self.ask_many(clip, [question])[0]
+
+    def ask_many(self, clip: VideoClip, questions: list[str]) -> list[Answer]:
+        """Answers to several questions about one video: one vision pass and one LLM pass over
+        its vision tokens serve them all. `seconds` of each answer is the call's time shared out."""
+        if not questions or any(not q.strip() for q in questions):
             raise VidLLMError("the question is empty")
         start = time.perf_counter()
-        result = self._generate(clip, question)
-        return Answer(result.text, time.perf_counter() - start)
+        results = self._generate(clip, questions)
+        seconds = (time.perf_counter() - start) / len(questions)
+        return [Answer(r.text, seconds) for r in results]
 
     def ground(self, clip: VideoClip, phrase: str) -> Grounding:
         """3D boxes of the object(s) `phrase` refers to (none if the model answers without `<ground>`)."""
         if not phrase.strip():
             raise VidLLMError("the phrase is empty")
         start = time.perf_counter()
-        result = self._generate(clip, phrase, grounding=True)
+        [result] = self._generate(clip, [phrase], grounding=True)
         return Grounding(result.boxes.cpu().numpy().astype(np.float64), result.text, time.perf_counter() - start)
 
     def reconstruct(self, clip: VideoClip, point_stride: int = 2) -> Reconstruction:
@@ -149,7 +155,7 @@ class VideoModel:
             raise ValueError(f"point_stride must be >= 1, got {point_stride}")
         start = time.perf_counter()
         # One vision pass; a single generated token is enough (the text is not used).
-        result = self._generate(clip, "Describe the room.", max_new_tokens=1, point_stride=point_stride)
+        [result] = self._generate(clip, ["Describe the room."], max_new_tokens=1, point_stride=point_stride)
         colors = (result.colors.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         height, width = clip.images.shape[-2:]
         return Reconstruction(

@@ -160,15 +160,17 @@ def predict(
         if benchmark == "recon":
             results = model.generate(images, [build_prompt("Describe the room.")], tokenizer, max_new_tokens=1,
                                      first_camera_center=centre)
-        elif benchmark == "scan2cap":  # one call per object: the <obj> token carries its box
+        elif benchmark == "scan2cap":  # one call for the scene; each prompt's <obj> token carries its box
+            boxes = []
             for inst in instructions:
                 box = objects.get(inst.target_object_ids[0])
                 if box is None:
                     raise DataError(where, f"{inst.id}: object {inst.target_object_ids[0]} is not in the scene")
-                scene_box = torch.as_tensor(np.concatenate([box[:3] - gt_poses[0, :3, 3], box[3:]]), dtype=torch.float32)
-                results += model.generate(images, [build_prompt(inst.text, with_object=True)], tokenizer,
-                                          max_new_tokens=max_new_tokens, object_boxes=scene_box[None],
-                                          first_camera_center=centre)
+                boxes.append(np.concatenate([box[:3] - gt_poses[0, :3, 3], box[3:]]))
+            results = model.generate(images, [build_prompt(inst.text, with_object=True) for inst in instructions],
+                                     tokenizer, max_new_tokens=max_new_tokens,
+                                     object_boxes=torch.as_tensor(np.stack(boxes), dtype=torch.float32),
+                                     first_camera_center=centre)
         else:
             proposals = None
             if benchmark in ("nr3d", "sr3d") and objects:  # ReferIt3D: choose among the GT instances
