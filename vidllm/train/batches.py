@@ -149,7 +149,8 @@ def stage2_batch(samples: list[dict[str, Any]], tokenizer, *, instructions_per_s
                  max_proposals: int, pad_id: int, seed: int, step: int) -> dict[str, Any]:
     """Scene clips → one Stage-2 batch (see the module docstring).
 
-    Clips without train-split instructions still give reconstruction supervision: when no clip
+    Only training scenes reach here (`cycle_samples` drops val/test-split scenes); clips without
+    instructions (scenes with no annotations) still give reconstruction supervision: when no clip
     of the batch has any, `input_ids` is None (a reconstruction-only step).
 
     Instructions are drawn per scene with a generator seeded by (seed, step, scene key), so a
@@ -185,7 +186,7 @@ def stage2_batch(samples: list[dict[str, Any]], tokenizer, *, instructions_per_s
             rows.append(encode_row(record, tokenizer, objects, centre, max_text_tokens))
             scene_index.append(b)
     base = {"keys": [s["key"] for s in samples], "images": images, "targets": targets}
-    if not rows:  # e.g. val-split scenes: a reconstruction-only step
+    if not rows:  # e.g. scenes without annotations: a reconstruction-only step
         return {**base, "input_ids": None}
     length = max(len(r.input_ids) for r in rows)
     num_rows = len(rows)
