@@ -142,6 +142,10 @@ class HeadsConfig(_Section):
 
 
 class MetricDepthConfig(_Section):
+    encoder_layers: list[int] | None = Field(
+        None, description="the four encoder layers (0-based) whose patch tokens feed the DPT decoder's four levels, "
+                          "shallow to deep; None = the last layer of each quarter of the encoder (24 layers: "
+                          "5, 11, 17, 23, as DPT reads ViT-L)")
     num_bins: int = Field(64, ge=2)
     min_depth: float = Field(0.1, gt=0)
     max_depth: float = Field(10.0, gt=0)
@@ -206,6 +210,18 @@ class ModelConfig(_Section):
     grounding: GroundingConfig = GroundingConfig()
     frames: int = Field(32, ge=1)
     image_size: list[int] = [518, 518]
+
+    @model_validator(mode="after")
+    def _metric_depth_layers_exist(self) -> ModelConfig:
+        layers = self.metric_depth.encoder_layers
+        if layers is not None:
+            if len(layers) != 4:
+                raise ValueError(f"metric_depth.encoder_layers needs 4 layers (one per DPT level), got {layers}")
+            depth = self.encoder.num_layers
+            if self.encoder.pretrained is None and any(not 0 <= i < depth for i in layers):
+                raise ValueError(f"metric_depth.encoder_layers {layers} must lie in 0..{depth - 1} "
+                                 f"(encoder.num_layers = {depth})")
+        return self
 
 
 # ----------------------------------------------------------------------------- train / eval

@@ -194,7 +194,7 @@ def plan_model(
     grid = (height // p, width // p)
     images = torch.empty(batch, frames, 3, height, width, device="meta", dtype=dtype)
     with meter.measure("encoder"):
-        t_base = model.encoder(images)
+        t_base, depth_levels = model.encoder(images, model.metric_depth_layers)
     with meter.measure("cta"):
         t_geom, t_lang = model.cta(t_base)
     with meter.measure("aggregator"):
@@ -207,7 +207,7 @@ def plan_model(
         with meter.measure("point_head"):
             recon.point_head(tokens_list, images, patch_start)
     with meter.measure("metric_depth"):
-        recon.metric_depth(t_base, (height, width))
+        recon.metric_depth(t_base, (height, width), depth_levels)
     with meter.measure("scene_frame"):
         model.scene_frame(t_geom)
     vision_tokens = min(model_cfg.patches3d.max_tokens, frames * grid[0] * grid[1])

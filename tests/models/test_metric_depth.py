@@ -65,3 +65,42 @@ def test_metric_depth_rejects_mismatched_grid():
     model = MetricDepthModel(load_config("tiny").model.metric_depth, in_dim=32, patch_size=14)
     with pytest.raises(ValueError, match="do not tile"):
         model(torch.randn(1, 1, 12, 32), (56, 56))
+
+
+def test_decoder_levels_read_four_distinct_encoder_layers():
+    """Each DPT level reads its own encoder layer: gradient reaches all four, and the result
+    differs from feeding the final tokens at every level."""
+    torch.manual_seed(0)
+    model = MetricDepthModel(load_config("tiny").model.metric_depth, in_dim=32, patch_size=14)
+    final = torch.randn(1, 2, 12, 32)
+    levels = [torch.randn(1, 2, 12, 32, requires_grad=True) for _ in range(4)]
+    out = model(final, (42, 56), levels)
+    out["depth"].mean().backward()
+    assert all(level.grad.abs().sum() > 0 for level in levels)
+    assert not torch.allclose(out["depth"], model(final, (42, 56))["depth"])
+    with pytest.raises(ValueError, match="4 encoder layers"):
+        model(final, (42, 56), levels[:3])
+
+
+def test_vidllm_feeds_the_configured_encoder_layers_to_metric_depth():
+    from vidllm.config import ConfigError
+    from vidllm.models.vidllm import VidLLM
+
+    cfg = load_config("tiny", overrides=["model.metric_depth.encoder_layers=[0, 0, 1, 1]"]).model
+    torch.manual_seed(0)
+    model = VidLLM(cfg, vocab_size=512).eval()
+    assert model.metric_depth_layers == [0, 0, 1, 1]
+    assert VidLLM(load_config("tiny").model, vocab_size=512).metric_depth_layers == [0, 0, 1, 1]  # quarters of 2
+    images = torch.rand(1, 2, 3, 56, 56)
+    with torch.no_grad():
+        recon = model.encode_video(images).recon
+        pixels = (images[0] - model.encoder.mean) / model.encoder.std
+        hidden = model.encoder.backbone(pixel_values=pixels, output_hidden_states=True).hidden_states
+        prefix = model.encoder.num_prefix_tokens
+        levels = [hidden[i + 1][None, :, prefix:] for i in (0, 0, 1, 1)]
+        final = model.encoder(images)
+        expected = model.reconstruction.metric_depth(final, (56, 56), levels)["depth"]
+    assert torch.allclose(recon["metric_depth"], expected, atol=1e-6)
+    assert not torch.equal(levels[0], levels[3])
+    with pytest.raises(ConfigError, match="encoder_layers"):
+        load_config("tiny", overrides=["model.metric_depth.encoder_layers=[0, 1, 2, 3]"])

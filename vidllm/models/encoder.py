@@ -66,14 +66,34 @@ class SharedEncoder(nn.Module):
             )
         return height // self.patch_size, width // self.patch_size
 
-    def forward(self, images: Tensor) -> Tensor:
-        """images `[B, S, 3, H, W]` in [0, 1] → patch tokens `[B, S, P, C]`, P = (H/p)·(W/p) row-major."""
+    @property
+    def num_layers(self) -> int:
+        return int(self.backbone.config.num_hidden_layers)
+
+    def quarter_layers(self) -> list[int]:
+        """The last layer of each quarter of the encoder, shallow to deep (24 layers: 5, 11, 17, 23)."""
+        depth = self.num_layers
+        return [max(0, round(depth * (k + 1) / 4) - 1) for k in range(4)]
+
+    def forward(self, images: Tensor, layers: list[int] | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """images `[B, S, 3, H, W]` in [0, 1] → patch tokens `[B, S, P, C]`, P = (H/p)·(W/p) row-major
+        (final-normed). With `layers` (0-based block indices) also the patch tokens each of those
+        blocks outputs, `[B, S, P, C]` each (before the final norm), from the same pass."""
         if images.dim() != 5 or images.shape[2] != 3:
             raise ValueError(f"expected images [B, S, 3, H, W], got {tuple(images.shape)}")
         batch, frames, _, height, width = images.shape
         self.patch_grid(height, width)
+        if layers is not None and any(not 0 <= i < self.num_layers for i in layers):
+            raise ValueError(f"encoder layers {layers} do not exist (the encoder has {self.num_layers})")
         pixels = images.reshape(batch * frames, 3, height, width)
         pixels = (pixels - self.mean.to(pixels.dtype)) / self.std.to(pixels.dtype)
-        hidden = self.backbone(pixel_values=pixels).last_hidden_state  # [B*S, prefix + P, C], final-normed
-        patches = hidden[:, self.num_prefix_tokens :]
+        out = self.backbone(pixel_values=pixels, output_hidden_states=layers is not None)
+        tokens = self._patches(out.last_hidden_state, batch, frames)
+        if layers is None:
+            return tokens
+        # hidden_states[0] is the embedding output, hidden_states[i + 1] block i's output.
+        return tokens, [self._patches(out.hidden_states[i + 1], batch, frames) for i in layers]
+
+    def _patches(self, hidden: Tensor, batch: int, frames: int) -> Tensor:
+        patches = hidden[:, self.num_prefix_tokens :]  # drop CLS + registers
         return patches.reshape(batch, frames, patches.shape[1], patches.shape[2])

@@ -1,6 +1,9 @@
 """Metric Depth Model (§3.2): a DPT-style decoder on the shared DINOv2 features with N
 adaptive depth bins, per-pixel refined bin centres and ordinal bin probabilities.
 
+As in DPT, the decoder's four levels read four depths of the encoder (shallow layers feed the
+fine levels); the bin widths come from the final tokens.
+
 Per image (b, s) and pixel x:
 
 - Adaptive bins: widths w = (d_max − d_min) · softmax(MLP(mean patch feature)) `[N]`,
@@ -53,19 +56,22 @@ class MetricDepthModel(nn.Module):
         self.patch_size = patch_size
         self.frames_chunk_size = frames_chunk_size
         f = cfg.features
-        # One feature layer feeds all four DPT levels (the encoder exposes its last layer only).
-        # output_conv2 predicts N−1 ordinal logits and N centre refinements per pixel.
+        # Level k reads the k-th of four encoder layers; output_conv2 predicts N−1 ordinal logits
+        # and N centre refinements per pixel.
         self.decoder = DPTHead(
             in_dim, patch_size, output_dim=2 * cfg.num_bins - 1, features=f,
-            out_channels=[f, f, 2 * f, 2 * f], intermediate_layer_idx=[0, 0, 0, 0], activation="linear",
+            out_channels=[f, f, 2 * f, 2 * f], intermediate_layer_idx=[0, 1, 2, 3], activation="linear",
         )  # fmt: skip
         self.bin_width_mlp = Mlp(in_dim, f, cfg.num_bins)
 
-    def forward(self, features: Tensor, image_hw: tuple[int, int]) -> dict[str, Tensor]:
+    def forward(self, features: Tensor, image_hw: tuple[int, int], levels: list[Tensor] | None = None
+                ) -> dict[str, Tensor]:
         """
         Args:
-            features: `[B, S, P, C]` DINOv2 patch tokens (row-major grid of H//p × W//p).
+            features: `[B, S, P, C]` final DINOv2 patch tokens (row-major grid of H//p × W//p).
             image_hw: (H, W).
+            levels: four `[B, S, P, C]` encoder layers for the decoder's levels, shallow to deep
+                (`SharedEncoder(images, layers)`); None = `features` at every level.
         Returns:
             depth `[B, S, H, W]` metres, probs `[B, S, N, H, W]`, centers `[B, S, N, H, W]`
             (refined), bin_edges `[B, S, N+1]` (per image, before refinement).
@@ -76,6 +82,9 @@ class MetricDepthModel(nn.Module):
             raise ValueError(
                 f"{num_patches} feature tokens do not tile a {height}x{width} image with patch {self.patch_size}"
             )
+        levels = [features] * 4 if levels is None else list(levels)
+        if len(levels) != 4 or any(level.shape != features.shape for level in levels):
+            raise ValueError(f"metric depth needs 4 encoder layers shaped like the features {tuple(features.shape)}")
         n = self.num_bins
         base_centers, widths, edges = adaptive_bin_centers(
             self.bin_width_mlp(features.mean(dim=2)), self.min_depth, self.max_depth
@@ -84,8 +93,8 @@ class MetricDepthModel(nn.Module):
         for start in range(0, frames, self.frames_chunk_size):
             stop = min(start + self.frames_chunk_size, frames)
             count = batch * (stop - start)
-            tokens = features[:, start:stop].reshape(count, num_patches, channels)
-            raw = self.decoder.scratch.output_conv2(self.decoder.decode([tokens], image_hw, 0))  # [n, 2N−1, H, W]
+            tokens = [level[:, start:stop].reshape(count, num_patches, channels) for level in levels]
+            raw = self.decoder.scratch.output_conv2(self.decoder.decode(tokens, image_hw, 0))  # [n, 2N−1, H, W]
             prob = ordinal_bin_probabilities(raw[:, : n - 1], dim=1)  # [n, N, H, W]
             w = widths[:, start:stop].reshape(count, n, 1, 1)
             center = base_centers[:, start:stop].reshape(count, n, 1, 1) + 0.5 * w * torch.tanh(raw[:, n - 1 :])

@@ -40,7 +40,8 @@ class ReconstructionBranch(nn.Module):
         self.point_head = DPTHead(dim, output_dim=4, activation="inv_log", **dpt_args) if heads.point_head else None
         self.metric_depth = MetricDepthModel(cfg.metric_depth, in_dim, patch_size, heads.dpt_frames_chunk)
 
-    def forward(self, geom_tokens: Tensor, images: Tensor, base_tokens: Tensor, with_points: bool = True) -> dict:
+    def forward(self, geom_tokens: Tensor, images: Tensor, base_tokens: Tensor, with_points: bool = True,
+                depth_levels: list[Tensor] | None = None) -> dict:
         """
         Args:
             geom_tokens: `[B, S, P, C]` geometry-stream tokens from the Cross-Task Adapter.
@@ -48,6 +49,8 @@ class ReconstructionBranch(nn.Module):
             base_tokens: `[B, S, P, C]` shared-encoder tokens (input of the metric depth model).
             with_points: run the point head (if the model has one); nothing downstream of the
                 branch reads world points, so a step that does not train them skips the head.
+            depth_levels: four `[B, S, P, C]` encoder layers for the metric depth decoder (None:
+                `base_tokens` at every level).
         Returns dict:
             pose_enc `[B, S, 9]`, pose_enc_list (list of `[B, S, 9]`), depth `[B, S, H, W]`
             (relative), depth_conf `[B, S, H, W]`, world_points `[B, S, H, W, 3]` and
@@ -72,7 +75,8 @@ class ReconstructionBranch(nn.Module):
             out: dict = {"pose_enc": pose_enc, "pose_enc_list": pose_enc_list, "depth": depth, "depth_conf": depth_conf}
             if self.point_head is not None and with_points:
                 out["world_points"], out["world_points_conf"] = self.point_head(tokens_list, images, patch_start_idx)
-            metric = self.metric_depth(base_tokens.float(), (height, width))
+            metric = self.metric_depth(base_tokens.float(), (height, width),
+                                       None if depth_levels is None else [t.float() for t in depth_levels])
         out["metric"] = metric
         out["metric_depth"] = metric["depth"]
 

@@ -77,6 +77,8 @@ class VidLLM(nn.Module):
         dim = self.encoder.hidden_size
         self.patch_size = self.encoder.patch_size
         self.cta = CrossTaskAdapter(cfg.cta, dim)
+        # The encoder layers the metric depth decoder reads (DPT-style: four depths).
+        self.metric_depth_layers = list(cfg.metric_depth.encoder_layers or self.encoder.quarter_layers())
         self.reconstruction = ReconstructionBranch(cfg, dim)
         self.scene_frame = SceneFrameHead(dim, cfg.grounding.hidden)
         self.patch3d = Patch3DEmbedding(dim)
@@ -94,9 +96,9 @@ class VidLLM(nn.Module):
         """images `[B, S, 3, H, W]` in [0, 1] → reconstruction and 3D-patch tokens `[B, N, D_llm]`.
 
         `with_points=False` skips the point head (its world points feed no other module)."""
-        t_base = self.encoder(images)  # [B, S, P, C]
+        t_base, depth_levels = self.encoder(images, self.metric_depth_layers)  # [B, S, P, C], 4 × [B, S, P, C]
         t_geom, t_lang = self.cta(t_base)
-        recon = self.reconstruction(t_geom, images, t_base, with_points)
+        recon = self.reconstruction(t_geom, images, t_base, with_points, depth_levels)
         rotation = self.scene_frame(t_geom)  # [B, 3, 3]
         with torch.no_grad():  # one-way gradient: geometry is an input of the VL branch
             depth = recon["depth_metric_aligned"]
