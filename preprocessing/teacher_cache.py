@@ -1,4 +1,4 @@
-"""Content-addressed cache of Stage-1 teacher features (DESIGN §4 "Teacher features", paper §3.4).
+"""Content-addressed cache of Stage-1 teacher features (paper §3.4).
 
 Teachers:
 - geometry: VGGT's DINO patch embed, a `Dinov2Model` / `Dinov2WithRegistersModel` directory. It

@@ -159,7 +159,7 @@ class AlignmentConfig(_Section):
 
 
 class Patches3DConfig(_Section):
-    """Voxel pooling of the 3D patch tokens handed to the LLM (DESIGN §5.6)."""
+    """Voxel pooling of the 3D patch tokens handed to the LLM."""
 
     voxel_size: float = Field(0.2, gt=0, description="metres")
     max_tokens: int = Field(2048, ge=1, description="cap: the best-supported voxels are kept")
@@ -275,7 +275,7 @@ class TrainConfig(_Section):
 
 
 class TeacherConfig(_Section):
-    """Stage-1 teachers (DESIGN §4): local `from_pretrained` directories (or hub ids when online).
+    """Stage-1 teachers: local `from_pretrained` directories (or hub ids when online).
 
     geometry = VGGT's DINO patch embed saved as a Dinov2(WithRegisters)Model; semantic = a CLIP
     vision tower (CLIPVisionModel). `random_*` size the random teachers that `vidllm teachers

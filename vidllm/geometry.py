@@ -9,7 +9,7 @@ Conventions (VGGT's, used by the whole reconstruction branch):
 - Pose encoding "absT_quaR_FoV" `[..., 9]` = translation of the extrinsic (3), rotation of
   the extrinsic as quaternion **XYZW** (scalar last, 4), fov_h, fov_w (radians). The inverse
   assumes the principal point at (W/2, H/2) and zero skew, exactly like VGGT.
-- Scene frame (DESIGN §5.9): gravity-aligned axes (ScanNet's axis-aligned frame, z up) with
+- Scene frame: gravity-aligned axes (ScanNet's axis-aligned frame, z up) with
   its origin at the first camera centre. `first_camera_to_gravity` gives the rotation from the
   first camera frame to it; benchmarks add only the ground-truth first camera centre
   (`scene_to_scannet_world`) so that rotation and metric-scale errors still count.

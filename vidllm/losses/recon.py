@@ -18,7 +18,7 @@ Losses:
   total = conf + reg + grad_weight·grad (VGGT adds the unweighted reg term too). The conf
   term can be negative when the prediction is good and c > 1; that is by design (VGGT #323).
   Residuals above the `valid_range` quantile are dropped (VGGT uses 0.98) to resist GT noise.
-- scene rotation (ours, DESIGN §5.9): geodesic angle between predicted and GT rotations of
+- scene rotation (ours): geodesic angle between predicted and GT rotations of
   the first camera into the gravity-aligned frame (or squared Frobenius distance).
 """
 

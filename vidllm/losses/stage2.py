@@ -2,7 +2,7 @@
 
 L_recon = w_cam·camera + w_depth·depth + w_point·point (VGGT's multi-task loss; the point
 term only when the model has a point head) + w_rot·scene rotation (our gravity-frame head,
-DESIGN §5.9, which is geometry and trained with the reconstruction terms). L_MD is eq. 9
+which is geometry and trained with the reconstruction terms). L_MD is eq. 9
 on the metric depth model's output (plus an optional AdaBins-style chamfer, weight 0 by
 default). L_VL comes from `vl_loss`. Which parameters each term reaches is decided by the
 model (VL losses stop at the detached geometry, §3.4), not here.

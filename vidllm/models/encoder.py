@@ -1,4 +1,4 @@
-"""Shared DINOv2 encoder (§3.1, DESIGN §5.1): video frames → patch tokens T_base."""
+"""Shared DINOv2 encoder (§3.1): video frames → patch tokens T_base."""
 
 from __future__ import annotations
 

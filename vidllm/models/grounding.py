@@ -1,4 +1,4 @@
-"""Grounding heads (DESIGN §5.8): the `<ground>` token's hidden state → a box and proposal
+"""Grounding heads: the `<ground>` token's hidden state → a box and proposal
 scores; the Scan2Cap object prompt (box → embedding at the `<obj>` placeholder).
 
 Boxes are `[cx, cy, cz, dx, dy, dz]` in metres in the scene frame (gravity-aligned, origin

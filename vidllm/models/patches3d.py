@@ -1,4 +1,4 @@
-"""3D patches (§3.3, eq. 3–4), the token bound, and the scene-frame rotation head (DESIGN §5.6, §5.9).
+"""3D patches (§3.3, eq. 3–4), the token bound, and the scene-frame rotation head.
 
 Eq. 3 (back-projection of patch centres) is `vidllm.geometry.patch_centers_to_world`; this
 module holds the learnable parts: the xyz → embedding MLP (eq. 4) and the head predicting the
