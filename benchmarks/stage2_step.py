@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import platform
 import statistics
@@ -257,5 +256,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    mp.set_start_method("spawn", force=True)
     main()

@@ -210,10 +210,7 @@ class VidLLM(nn.Module):
         image_at = self._shared_image_column(input_ids, labels) if share_prefix else None
         if image_at is not None:
             # Prefix = the text before <image> (the same in every row) + the scene's vision tokens.
-            scenes = vision.tokens.shape[0]
-            before = text_embeds[:1, :image_at].expand(scenes, -1, -1)
-            prefix = torch.cat([before, vision.tokens.to(text_embeds.dtype)], dim=1)
-            prefix_mask = torch.cat([vision.mask.new_ones(scenes, image_at), vision.mask], dim=1)
+            prefix, prefix_mask = self._prefix_inputs(vision, text_embeds[:1, :image_at])
             hidden = run_shared_prefix(decoder, prefix, prefix_mask, text_embeds[:, image_at + 1:],
                                        attention_mask[:, image_at + 1:], scene_index)
             rows = input_ids.shape[0]
@@ -252,13 +249,20 @@ class VidLLM(nn.Module):
 
     # ------------------------------------------------------------------ inference
 
+    @staticmethod
+    def _prefix_inputs(vision: VisionOutput, text_before: Tensor) -> tuple[Tensor, Tensor]:
+        """Every scene's LLM prefix: the text before `<image>` (`[1, i, D]`, shared) then its vision
+        tokens → (embeddings `[B_scene, i + N, D]`, mask `[B_scene, i + N]`, valid tokens left-packed)."""
+        scenes = vision.tokens.shape[0]
+        prefix = torch.cat([text_before.expand(scenes, -1, -1), vision.tokens.to(text_before.dtype)], dim=1)
+        mask = torch.cat([vision.mask.new_ones(scenes, text_before.shape[1]), vision.mask], dim=1).long()
+        return prefix, mask
+
     @torch.no_grad()
     def _vision_prefix(self, vision: VisionOutput, text_before: Tensor) -> tuple[DynamicCache, Tensor]:
         """One LLM pass over every scene's prefix (`text_before [1, i, D]` + its vision tokens):
         (key/value cache `[B_scene, ...]`, prefix mask `[B_scene, i + N]`)."""
-        scenes = vision.tokens.shape[0]
-        prefix = torch.cat([text_before.expand(scenes, -1, -1), vision.tokens.to(text_before.dtype)], dim=1)
-        mask = torch.cat([vision.mask.new_ones(scenes, text_before.shape[1]), vision.mask], dim=1).long()
+        prefix, mask = self._prefix_inputs(vision, text_before)
         out = decoder_of(self.llm)(inputs_embeds=prefix, attention_mask=mask, use_cache=True)
         return out.past_key_values, mask
 
@@ -335,13 +339,14 @@ class VidLLM(nn.Module):
             before = self.llm.get_input_embeddings()(encoded[0][:, :image_at])
             cache, prefix_mask = self._vision_prefix(vision, before)
             per_prompt_boxes = object_boxes is not None and object_boxes.shape[0] == len(prompts)
+            llm_config = decoder_of(self.llm).config
             results = []
             for i, ids in enumerate(encoded):
                 b = 0 if images.shape[0] == 1 else i
                 boxes_in = None if object_boxes is None else object_boxes[i if per_prompt_boxes else b][None]
                 suffix = self._text_embeddings(ids, boxes_in)[:, image_at + 1:]
                 index = torch.tensor([b], device=images.device)
-                tokens, hidden = self._greedy(select_cache(cache, index, decoder_of(self.llm).config),
+                tokens, hidden = self._greedy(select_cache(cache, index, llm_config),
                                               prefix_mask[b : b + 1], suffix, max_new_tokens)
                 boxes = (self.grounding.predict_box(torch.stack(hidden)) if hidden
                          else images.new_zeros(0, 6)).float()
