@@ -302,9 +302,9 @@ def run_stage1(cfg: VidLLMConfig, paths: Paths, upstream: str, *, use_ray: bool 
     return _run_or_skip("stage-1", paths, step_digest, lambda: _has_weights(model_dir), work)
 
 
-def run_stage2(cfg: VidLLMConfig, paths: Paths, upstream: str, init_model: str, *, use_ray: bool = False,
+def run_stage2(cfg: VidLLMConfig, paths: Paths, upstream: str, init_model: str | None, *, use_ray: bool = False,
                progress: bool = False) -> StepResult:
-    """`vidllm.train.train_stage2` from the stage-1 model → RUN_DIR/model."""
+    """`vidllm.train.train_stage2` from the stage-1 model (None: the config's sources alone) → RUN_DIR/model."""
     from vidllm.train.jobs import STAGE2_MODEL_DIR
 
     step_digest = stage2_digest(cfg, upstream)

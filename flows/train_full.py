@@ -65,7 +65,7 @@ def stage1_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str, use_ray: b
 
 
 @task(name="stage-2", **_task)
-def stage2_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str, init_model: str,
+def stage2_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str, init_model: str | None,
                 use_ray: bool) -> dict[str, Any]:
     return steps.run_stage2(cfg, paths, upstream, init_model, use_ray=use_ray).to_dict()
 
@@ -132,11 +132,15 @@ def train_full(
     if paths.synthetic:
         synth_digest = record(synth_task.submit(cfg, paths).result())["digest"]
     prepared = record(prepare_task.submit(cfg, paths, synth_digest).result())
-    cfg = steps.resolve_teachers(cfg, paths)
-    cached = record(teachers_task.submit(cfg, paths, prepared["digest"]).result())
-    stage1 = record(stage1_task.submit(cfg, paths, cached["digest"], use_ray_train).result())
-    stage2 = record(stage2_task.submit(cfg, paths, stage1["digest"], stage1["outputs"]["model_dir"],
-                                       use_ray_train).result())
+    if cfg.train.single_stage:  # the no-Stage-1 ablation: no teachers, Stage 2 from the config's sources
+        logger.info("train.single_stage: skipping teachers and stage 1")
+        stage2 = record(stage2_task.submit(cfg, paths, prepared["digest"], None, use_ray_train).result())
+    else:
+        cfg = steps.resolve_teachers(cfg, paths)
+        cached = record(teachers_task.submit(cfg, paths, prepared["digest"]).result())
+        stage1 = record(stage1_task.submit(cfg, paths, cached["digest"], use_ray_train).result())
+        stage2 = record(stage2_task.submit(cfg, paths, stage1["digest"], stage1["outputs"]["model_dir"],
+                                           use_ray_train).result())
     evaluated = record(evaluate_task.submit(cfg, paths, stage2["digest"], stage2["outputs"]["model_dir"],
                                             None if split == "all" else split,
                                             list(benchmarks or EVAL_BENCHMARKS), meteor).result())

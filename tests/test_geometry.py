@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from vidllm import geometry as geo
@@ -159,7 +160,8 @@ def test_align_scale_recovers_known_scale_with_outliers():
     metric[:, :4] = torch.rand(batch, 4, h, w, generator=g) * 50
     metric[:, :, :3] = 0.0
     rel[:, :, -2:] = float("nan")
-    scale = geo.align_scale(rel, metric, conf, images_per_scene=16, generator=torch.Generator().manual_seed(0))
+    scale = geo.align_scale(rel, metric, conf, images_per_scene=16,
+                            generators=[torch.Generator().manual_seed(b) for b in range(batch)])
     assert scale.shape == (2,)
     assert torch.all((scale / true_scale - 1).abs() <= 0.01), scale
 
@@ -169,12 +171,33 @@ def test_align_scale_sampling_is_seeded_and_handles_empty_scene():
     rel = torch.rand(1, 40, 8, 8, generator=g) + 0.1
     metric = rel * (1 + torch.rand(1, 40, 1, 1, generator=g))  # per-image scales differ
     conf = torch.ones_like(rel)
-    a = geo.align_scale(rel, metric, conf, 16, torch.Generator().manual_seed(5))
-    b = geo.align_scale(rel, metric, conf, 16, torch.Generator().manual_seed(5))
-    c = geo.align_scale(rel, metric, conf, 16, torch.Generator().manual_seed(6))
+    a = geo.align_scale(rel, metric, conf, 16, [torch.Generator().manual_seed(5)])
+    b = geo.align_scale(rel, metric, conf, 16, [torch.Generator().manual_seed(5)])
+    c = geo.align_scale(rel, metric, conf, 16, [torch.Generator().manual_seed(6)])
     assert a.item() == b.item() and a.item() != c.item()
+    # Evaluation (no generators): evenly spaced images, the same on every call.
+    assert geo.alignment_frames(40, 16) == torch.linspace(0, 39, 16).round().long().tolist()
+    assert geo.align_scale(rel, metric, conf, 16).item() == geo.align_scale(rel, metric, conf, 16).item()
     empty = geo.align_scale(rel, torch.zeros_like(rel), conf, 16)
     assert empty.item() == 1.0
+    with pytest.raises(ValueError, match="2 generators for 1 scenes"):
+        geo.align_scale(rel, metric, conf, 16, [torch.Generator(), torch.Generator()])
+
+
+def test_align_scale_takes_the_true_median_of_per_image_scales():
+    # Four images with exact scales 1, 2, 3, 10: the true median is 2.5 (torch.median gives 2).
+    rel = torch.ones(1, 4, 4, 4)
+    metric = torch.tensor([1.0, 2.0, 3.0, 10.0]).view(1, 4, 1, 1).expand(1, 4, 4, 4).clone()
+    scale = geo.align_scale(rel, metric, torch.ones_like(rel), images_per_scene=16)
+    assert scale.item() == pytest.approx(2.5)
+    assert geo.true_median(torch.tensor([3.0, 1.0, 2.0])).item() == 2.0
+
+
+def test_alignment_frames_draws_per_scene_without_replacement():
+    picked = geo.alignment_frames(32, 16, torch.Generator().manual_seed(0))
+    assert len(set(picked)) == 16 and all(0 <= i < 32 for i in picked)
+    assert picked != geo.alignment_frames(32, 16, torch.Generator().manual_seed(1))
+    assert geo.alignment_frames(8, 16, torch.Generator().manual_seed(0)) == list(range(8))
 
 
 def test_scene_frame_round_trip_to_scannet_world():

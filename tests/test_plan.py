@@ -33,7 +33,9 @@ def test_paper_plan_cli_json():
     assert abs(params["encoder"] / 1e6 - 304) < 2  # DINOv2-L/14
     assert abs(params["aggregator_blocks"] / 1e6 - 605) < 2  # VGGT frame + global blocks
     assert 7.0e9 < params["llm"] < 8.0e9  # Qwen2.5-7B dimensions
-    assert plan["setting"]["frames"] == 32 and plan["setting"]["image_hw"] == [518, 518]
+    # ScanNet 4:3 frames: short side 518, long side cropped to a multiple of 14 → 37 x 49 patches.
+    assert plan["setting"]["frames"] == 32 and plan["setting"]["image_hw"] == [518, 686]
+    assert plan["setting"]["patch_grid"] == [37, 49]
     assert plan["trainable_under_lora"]["lora_adapters"] > 0
     # </s>, <image>, <ground>, <obj> rows of the (untied) embedding and LM head, width 3584.
     assert plan["trainable_under_lora"]["token_rows"] == 4 * 3584 * 2
@@ -48,3 +50,16 @@ def test_plan_rejects_sizes_off_the_patch_grid():
 
     with pytest.raises(ConfigError, match="image size 50x56 must be positive multiples of the patch size 14"):
         plan_model(load_config("tiny"), image_hw=(50, 56))
+
+
+def test_params_paper_names_every_pretrained_part_at_the_real_shapes():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "params.paper.yaml"
+    cfg = load_config(yaml_path=path)
+    assert cfg.recipe == "paper" and cfg.model.image_size == [518, 686] and cfg.model.frames == 32
+    named = [cfg.model.encoder.pretrained, cfg.model.init.vggt, cfg.model.llm.pretrained, cfg.teachers.geometry,
+             cfg.teachers.semantic]
+    assert all(named), named
+    plan = plan_model(cfg)  # planning never reads the weights
+    assert plan["setting"]["image_hw"] == [518, 686] and plan["setting"]["patch_grid"] == [37, 49]

@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,8 @@ from vidllm.attention_select import select_attn_implementation
 from vidllm.config import ModelConfig, VidLLMConfig
 from vidllm.errors import DataError
 from vidllm.lora import apply_lora, count_parameters, has_lora
-from vidllm.models.convert import LoadReport, load_vggt_into, read_checkpoint
-from vidllm.tokenizer import SpecialTokenIds, add_special_tokens, load_tokenizer, train_tokenizer
+from vidllm.models.convert import LoadReport
+from vidllm.tokenizer import SpecialTokenIds, load_tokenizer
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -219,6 +219,7 @@ class InitSummary:
     trainable: int
     tokenizer_size: int
     vggt: LoadReport | None  # what a VGGT checkpoint provided, if one was loaded
+    sources: dict[str, str] = field(default_factory=dict)  # part → where its weights came from
 
 
 def _corpus_lines(paths: list[Path]) -> list[str]:
@@ -240,35 +241,25 @@ def init_model_dir(
     tokenizer_dir: Path | None = None,
     lora: bool = True,
     seed: int = 0,
-    vggt_checkpoint: Path | None = None,
 ) -> InitSummary:
     """Write a model directory for `cfg` (what every `--model` argument accepts).
 
-    Weights are random (seeded) except, with `vggt_checkpoint`, the shared encoder and the
-    reconstruction branch, which are loaded from a VGGT checkpoint through
-    `vidllm.models.convert` (the metric depth model and everything after the CTA stay random).
-    The tokenizer is `tokenizer_dir` with the Vid-LLM tokens added, or a byte-level BPE trained
-    on the built-in corpus plus the lines of `corpus_files`.
+    The model is assembled from the pretrained parts the config names (`vidllm.assemble`:
+    model.init.stage1, model.init.vggt, model.encoder.pretrained, model.llm.pretrained); every
+    other part is random (seeded). The tokenizer is `tokenizer_dir`, else the pretrained LLM's,
+    with the Vid-LLM tokens added, else a byte-level BPE trained on the built-in corpus plus the
+    lines of `corpus_files`.
     """
-    from vidllm.models.vidllm import VidLLM  # heavy import kept local
+    from vidllm.assemble import assemble_model, assembly_tokenizer  # heavy imports kept local
 
     texts = _corpus_lines([Path(p) for p in corpus_files or []])
-    vggt_state = read_checkpoint(vggt_checkpoint) if vggt_checkpoint is not None else None  # fail before building
-    if tokenizer_dir is not None:
-        tokenizer = add_special_tokens(load_tokenizer(tokenizer_dir))
-    else:
-        tokenizer = train_tokenizer(texts, vocab_size=cfg.model.llm.vocab_size)
-    vocab = max(cfg.model.llm.vocab_size, len(tokenizer))
+    tokenizer, tokenizer_source = assembly_tokenizer(cfg.model, texts, tokenizer_dir)
     torch.manual_seed(seed)
     attn = select_attn_implementation(cfg.model.llm.attn_implementation)
-    model = VidLLM(cfg.model, SpecialTokenIds.from_tokenizer(tokenizer), vocab, attn)
-    report = None
-    if vggt_state is not None:
-        report = load_vggt_into(model, vggt_state)
-        if report.loaded == 0:
-            raise DataError(vggt_checkpoint, "no VGGT aggregator, head or patch-embed weights in this checkpoint")
+    assembly = assemble_model(cfg.model, tokenizer, attn, tokenizer_source)
+    model = assembly.model
     if lora:
         apply_lora(model, cfg.model.llm)
     path = save_pretrained(model, out_dir, tokenizer, recipe=cfg.recipe)
     trainable, total = count_parameters(model)
-    return InitSummary(path, total, trainable, len(tokenizer), report)
+    return InitSummary(path, total, trainable, len(tokenizer), assembly.vggt, assembly.sources)

@@ -21,7 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("inspect_scene", "summarise a ScanNet scene folder or .sens file"),
     "prepare": ("prepare", "sample frames into WebDataset shards with a manifest (Ray Data)"),
     "shards-info": ("shards_info", "summarise a shard directory or s3:// prefix"),
-    "init": ("init_model", "write a model directory for a recipe (random init, or VGGT weights with --vggt)"),
+    "init": ("init_model", "write a model directory for a recipe, assembled from pretrained parts "
+                           "(--stage1, --vggt, --llm; random init for the rest)"),
+    "vggt-dino": ("vggt_dino", "write a VGGT checkpoint's DINO patch embed as a Dinov2 directory (geometry teacher)"),
     "teachers": ("teachers", "compute Stage-1 teacher features into the content-addressed cache"),
     "train": ("train", "Stage-1 distillation or Stage-2 joint training (single process or Ray Train)"),
     "plan": ("plan", "parameter counts, memory and FLOPs of a recipe, built on the meta device"),

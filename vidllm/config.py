@@ -142,6 +142,8 @@ class HeadsConfig(_Section):
 
 
 class MetricDepthConfig(_Section):
+    enabled: bool = Field(True, description="False = the 'w/o MD' ablation: no metric depth model, no real-scale "
+                                            "alignment, no L_MD; 3D patches use VGGT's relative depth and cameras")
     encoder_layers: list[int] | None = Field(
         None, description="the four encoder layers (0-based) whose patch tokens feed the DPT decoder's four levels, "
                           "shallow to deep; None = the last layer of each quarter of the encoder (24 layers: "
@@ -153,8 +155,12 @@ class MetricDepthConfig(_Section):
 
 
 class AlignmentConfig(_Section):
-    enabled: bool = True
-    images_per_scene: int = Field(16, ge=1)
+    """Real-scale alignment of the relative reconstruction to the metric depth model (§3.2)."""
+
+    enabled: bool = Field(True, description="False (with metric depth on) = the 'MD w/o alignment' ablation: the "
+                                            "metric depth model's depth is used directly for the 3D patches")
+    images_per_scene: int = Field(16, ge=1, description="images whose per-image scales give the scene's median; "
+                                                        "drawn at random in training, evenly spaced at evaluation")
     seed: int = 0
 
 
@@ -193,6 +199,19 @@ class LLMConfig(_Section):
     lora_targets: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
+class InitConfig(_Section):
+    """Pretrained parts a new model is assembled from (`vidllm.models.assemble`), each optional.
+
+    The DINOv2 encoder and the LLM (with its tokenizer) come from `model.encoder.pretrained` and
+    `model.llm.pretrained`. Encoder precedence: a Stage-1 directory, then DINOv2
+    (`model.encoder.pretrained`), then the VGGT checkpoint's DINO patch embed."""
+
+    stage1: str | None = Field(None, description="Stage-1 directory (`vidllm train --stage 1`): encoder + CTA")
+    vggt: str | None = Field(None, description="VGGT checkpoint (.safetensors or a weights-only torch file): the "
+                                               "reconstruction branch (aggregator, camera, depth and point heads), "
+                                               "and its DINO patch embed as the encoder when no other is named")
+
+
 class GroundingConfig(_Section):
     max_proposals: int = Field(64, ge=1)
     hidden: int = Field(256, ge=8)
@@ -208,8 +227,11 @@ class ModelConfig(_Section):
     patches3d: Patches3DConfig = Patches3DConfig()
     llm: LLMConfig = LLMConfig()
     grounding: GroundingConfig = GroundingConfig()
+    init: InitConfig = InitConfig()
     frames: int = Field(32, ge=1)
-    image_size: list[int] = [518, 518]
+    # ScanNet's 1296x968 colour frames, short side resized to 518 and the long side cropped to a
+    # multiple of 14: 37 x 49 patches.
+    image_size: list[int] = [518, 686]
 
     @model_validator(mode="after")
     def _metric_depth_layers_exist(self) -> ModelConfig:
@@ -239,7 +261,13 @@ class StageConfig(_Section):
 class TrainConfig(_Section):
     stage1: StageConfig = StageConfig()
     stage2: StageConfig = StageConfig()
-    distill_lambda: float = Field(0.1, ge=0)
+    distill_lambda: float = Field(0.1, ge=0, description="λ of the structural (relational) loss L_sc, eq. 5; 0 = "
+                                                         "the 'w/o RelaLoss' ablation")
+    distill_teachers: Literal["both", "geometry", "semantic"] = Field(
+        "both", description="Stage-1 teachers; one teacher = the 'One-Teacher' ablation (that teacher's feature "
+                            "loss only: L_sc relates the two streams, so it needs both)")
+    single_stage: bool = Field(False, description="the 'Single-stage' ablation: no Stage 1; Stage 2 trains every "
+                                                  "module from its initialisation (a Stage-1 directory is refused)")
     weight_decay: float = Field(0.05, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = Field(1.0, gt=0)
@@ -256,7 +284,9 @@ class TrainConfig(_Section):
                                           "vidllm.losses.Stage2LossWeights, e.g. {point: 0} (the point head is "
                                           "then not run)")
     num_workers: int = Field(1, ge=1)
-    strategy: Literal["ddp", "fsdp"] = "ddp"
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="multi-worker Ray Train: ddp = DistributedDataParallel; fsdp = FSDP2 (fully_shard: "
+                           "encoder/aggregator blocks, then the rest as the root unit); checkpoints are full either way")
     storage_path: str = "runs"
     seed: int = 0
     max_failures: int = Field(1, ge=0, description="Ray Train restarts from the last checkpoint after a worker failure")

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Settings an ephemeral Prefect needs on a small machine (reference/stack.md §4): a fresh SQLite
+# Settings an ephemeral Prefect needs on a small machine: a fresh SQLite
 # database migrates for longer than the default 20 s start-up wait, and the telemetry insert races
 # the flow for the database lock.
 EPHEMERAL_PREFECT_ENV = {

@@ -267,40 +267,60 @@ def _robust_image_scale(rel: Tensor, metric: Tensor, weight: Tensor, rounds: int
     return scale
 
 
+def true_median(values: Tensor) -> Tensor:
+    """Median of a 1-D tensor; the mean of the two middle values for an even count (torch.median
+    returns the lower one)."""
+    ordered = values.sort().values
+    n = ordered.shape[0]
+    return ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
+
+
+def alignment_frames(frames: int, images_per_scene: int, generator: torch.Generator | None = None) -> list[int]:
+    """The frames real-scale alignment reads: all when there are few enough, else
+    `images_per_scene` drawn without replacement by `generator` (training), or evenly spaced
+    over the clip when no generator is given (evaluation: deterministic)."""
+    if frames <= images_per_scene:
+        return list(range(frames))
+    if generator is None:
+        return torch.linspace(0, frames - 1, images_per_scene).round().long().tolist()
+    return sorted(torch.randperm(frames, generator=generator)[:images_per_scene].tolist())
+
+
 def align_scale(
     rel_depth: Tensor,
     metric_depth: Tensor,
     conf: Tensor,
     images_per_scene: int = 16,
-    generator: torch.Generator | None = None,
+    generators: list[torch.Generator] | None = None,
 ) -> Tensor:
     """Real-scale alignment (§3.2): one scale per scene mapping relative → metric depth.
 
     Per sampled image: weighted least squares (weights = confidence) on pixels where both
-    depths are finite and > 0, with a robust re-fit (`_robust_image_scale`). `images_per_scene`
-    images are drawn without replacement using `generator` (all frames if S is smaller); the
-    scene scale is the median of the per-image scales. A scene with no valid pixel gets 1.
+    depths are finite and > 0, with a robust re-fit (`_robust_image_scale`). The images are
+    `alignment_frames(S, images_per_scene, generators[b])`: a random draw per scene in training
+    (one generator per scene, seeded by step and scene, so a resumed run draws the same), evenly
+    spaced when `generators` is None. The scene scale is the true median of the per-image scales.
+    A scene with no valid pixel gets 1.
 
     Args:
         rel_depth, metric_depth, conf: `[B, S, H, W]`.
+        generators: None, or one CPU generator per scene.
     Returns:
         `[B]` scales (no gradient is intended: call under `torch.no_grad`).
     """
     batch, frames = rel_depth.shape[:2]
+    if generators is not None and len(generators) != batch:
+        raise ValueError(f"align_scale: {len(generators)} generators for {batch} scenes")
     scales = []
     for b in range(batch):
-        if frames > images_per_scene:
-            picked = torch.randperm(frames, generator=generator)[:images_per_scene].tolist()
-        else:
-            picked = list(range(frames))
         per_image = []
-        for s in picked:
+        for s in alignment_frames(frames, images_per_scene, None if generators is None else generators[b]):
             rel, met, w = rel_depth[b, s].reshape(-1), metric_depth[b, s].reshape(-1), conf[b, s].reshape(-1)
             valid = torch.isfinite(rel) & torch.isfinite(met) & torch.isfinite(w) & (rel > 0) & (met > 0) & (w > 0)
             if valid.sum() >= 3:
                 per_image.append(_robust_image_scale(rel[valid], met[valid], w[valid]))
         if per_image:
-            scales.append(torch.stack(per_image).median())
+            scales.append(true_median(torch.stack(per_image)))
         else:
             scales.append(torch.ones((), dtype=rel_depth.dtype, device=rel_depth.device))
     return torch.stack(scales)

@@ -206,8 +206,9 @@ def plan_model(
     if recon.point_head is not None:
         with meter.measure("point_head"):
             recon.point_head(tokens_list, images, patch_start)
-    with meter.measure("metric_depth"):
-        recon.metric_depth(t_base, (height, width), depth_levels)
+    if recon.metric_depth is not None:
+        with meter.measure("metric_depth"):
+            recon.metric_depth(t_base, (height, width), depth_levels)
     with meter.measure("scene_frame"):
         model.scene_frame(t_geom)
     vision_tokens = min(model_cfg.patches3d.max_tokens, frames * grid[0] * grid[1])

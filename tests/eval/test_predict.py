@@ -141,3 +141,48 @@ def test_protocols_map_scene_frame_to_scannet_world():
     assert first.scale == 1.0 and np.allclose(first.poses(pred)[0, :3, 3], gt[0, :3, 3])
     with pytest.raises(VidLLMError, match="non-collinear"):
         scene_to_world_map("umeyama_sim3", pred[:2], gt[:2])
+
+
+def test_predict_multi3drefer_keeps_every_ground_box_and_reads_no_ground_as_no_target(
+        shards_and_model, synthetic_dataset, tmp_path, capsys, monkeypatch):
+    """The grounding convention at inference: one box per emitted `<ground>` (none cut), and an
+    answer without `<ground>` (the zero-target answer "none") is the empty prediction, which
+    Multi3DRefer scores 1 on zero-target queries. The model's answers are fixed here: k boxes
+    for a k-target query, none for a zero-target one."""
+    import torch
+
+    from vidllm.models.vidllm import VidLLM
+
+    shards, model = shards_and_model
+    ds = synthetic_dataset
+    _, split = _scene_and_split(ds, "multi3drefer")
+    expected = {i.id: i for i in ds.instructions["multi3drefer"] if i.scene_id in ds.splits[split]}
+    counts: dict[str, set[int]] = {}
+    for inst in expected.values():
+        counts.setdefault(inst.text.strip(), set()).add(len(inst.target_object_ids))
+    assert any(len(i.target_object_ids) > 1 for i in expected.values())
+    assert any(not i.target_object_ids for i in expected.values())
+    generate = VidLLM.generate
+
+    def fixed_answers(self, images, prompts, tokenizer, **kwargs):
+        results = generate(self, images, prompts, tokenizer, **{**kwargs, "max_new_tokens": 1})
+        for prompt, result in zip(prompts, results, strict=True):
+            [n] = next(c for text, c in counts.items() if text in prompt)
+            result.boxes = torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]]).repeat(n, 1)
+            result.text = "" if n else "none"
+        return results
+
+    monkeypatch.setattr(VidLLM, "generate", fixed_answers)
+    out = tmp_path / "multi3drefer.jsonl"
+    assert main(["predict", "--model", str(model), "--benchmark", "multi3drefer", "--shards", str(shards),
+                 "--out", str(out), "--split", split]) == 0
+    capsys.readouterr()
+    preds = read_predictions(out, "multi3drefer")
+    assert set(preds) == set(expected)
+    for pid, pred in preds.items():
+        assert len(pred.boxes) == len(expected[pid].target_object_ids), pid
+    assert main(["score", "--benchmark", "multi3drefer", "--pred", str(out), "--gt", str(ds.annotations_dir),
+                 "--split", split, "--scans", str(ds.scan_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    zero_target = [result["subgroups"][t] for t in ("zt_w_d", "zt_wo_d") if result["subgroups"][t]["count"]]
+    assert zero_target and all(g["F1@0.25"] == 1.0 for g in zero_target)

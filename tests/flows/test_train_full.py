@@ -93,3 +93,21 @@ def test_deployment_runs_every_step_then_skips_them(prefect_server: PrefectServe
         raise
     finally:
         stop_process(worker)
+
+
+def test_single_stage_ablation_skips_teachers_and_stage1(prefect_server: PrefectServer, tmp_path: Path):
+    """`train.single_stage=true` (Fig. 5's no-Stage-1 run): the flow goes prepare → stage 2 from the
+    config's sources, with no teacher cache and no Stage-1 model."""
+    work_dir = tmp_path / "work"
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.train_full import train_full
+
+    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+        results = train_full(recipe="tiny", work_dir=str(work_dir), overrides=["train.single_stage=true"],
+                             benchmarks=["scanqa"], meteor=False)
+    assert list(results) == ["synth", "prepare", "stage-2", "evaluate", "report"]
+    run = work_dir / "run"
+    assert any((run / "model").glob("*.safetensors")) and not (run / "stage1_model").exists()
+    assert not (work_dir / "teacher_cache").exists()
+    assert "scanqa" in json.loads((run / "metrics.json").read_text())

@@ -21,14 +21,17 @@ def test_giou_hand_values():
     assert pred.grad[0, 0] > 0  # moving the box towards the target lowers the loss
 
 
-def test_vl_loss_weights_model_terms_and_adds_giou_on_ground_rows():
-    box_pred = torch.cat([box(0.5), box(9.0)])
+def test_vl_loss_weights_model_terms_and_adds_giou_on_assigned_grounds():
+    # One row, two <ground> slots: slot 0 is assigned target 0, slot 1 none (ignored by GIoU).
+    box_pred = torch.cat([box(0.5), box(9.0)])[None]  # [1, 2, 6]
     outputs = {"loss_lm": torch.tensor(2.0), "loss_box": torch.tensor(0.5), "loss_match": torch.tensor(0.25),
-               "box_pred": box_pred, "ground_mask": torch.tensor([True, False])}
-    targets = torch.cat([box(0.0), box(0.0)])  # row 2 has no <ground>: ignored
-    out = vl_loss(outputs, targets, VLLossWeights(lm=1.0, box=2.0, giou=3.0, match=4.0))
+               "box_pred": box_pred, "assigned_targets": torch.zeros(1, 2, 6) + box(0.0),
+               "assignment": torch.tensor([[0, -1]])}
+    out = vl_loss(outputs, VLLossWeights(lm=1.0, box=2.0, giou=3.0, match=4.0))
     assert out["giou"].item() == pytest.approx(2 / 3)
     assert out["total"].item() == pytest.approx(2.0 + 2 * 0.5 + 3 * (2 / 3) + 4 * 0.25)
-    lm_only = vl_loss({"loss_lm": torch.tensor(1.5), "ground_mask": torch.tensor([False])}, torch.zeros(1, 6))
+    # Nothing assigned (a zero-target row: no <ground>) → no GIoU, the LM term alone.
+    lm_only = vl_loss({"loss_lm": torch.tensor(1.5), "box_pred": torch.zeros(1, 0, 6),
+                       "assigned_targets": torch.zeros(1, 0, 6), "assignment": torch.zeros(1, 0, dtype=torch.long)})
     assert set(lm_only) == {"total", "lm"} and lm_only["total"].item() == 1.5
     assert vl_loss({})["total"].item() == 0.0

@@ -50,12 +50,37 @@ def test_alignment_scales_depth_and_translations_only():
     assert err_aligned <= (out["depth"] - out["metric_depth"]).abs().median() + 1e-6
 
 
-def test_alignment_switch_off_and_no_point_head():
+def test_md_without_alignment_uses_metric_depth_directly_and_no_point_head():
+    # Table 6 'MD w/o alignment': the metric depth model's depth builds the 3D patches, unscaled cameras.
     branch, channels = _branch(["model.alignment.enabled=false", "model.heads.point_head=false"])
     out = branch(*_inputs(channels, batch=1, frames=2))
     assert torch.equal(out["scale"], torch.ones(1))
-    assert torch.equal(out["depth_metric_aligned"], out["depth"])
+    assert torch.equal(out["depth_metric_aligned"], out["metric_depth"])
+    extr, _ = pose_encoding_to_extri_intri(out["pose_enc"], (42, 56))
+    assert torch.allclose(out["extrinsics"], extr)
     assert "world_points" not in out and branch.point_head is None
+
+
+def test_without_metric_depth_there_is_no_md_model_and_relative_geometry():
+    # Table 6 'w/o MD': no metric depth model, no alignment; the relative depth builds the 3D patches.
+    branch, channels = _branch(["model.metric_depth.enabled=false"])
+    assert branch.metric_depth is None
+    assert not any(k.startswith("metric_depth.") for k in branch.state_dict())
+    out = branch(*_inputs(channels, batch=2, frames=2))
+    assert "metric_depth" not in out and "metric" not in out
+    assert torch.equal(out["scale"], torch.ones(2))
+    assert torch.equal(out["depth_metric_aligned"], out["depth"])
+
+
+def test_alignment_draws_its_images_from_the_scene_seeds():
+    branch, channels = _branch(["model.alignment.images_per_scene=2"])
+    geom, images, base = _inputs(channels, batch=1, frames=6)
+    with torch.no_grad():
+        eval_a, eval_b = branch(geom, images, base)["scale"], branch(geom, images, base)["scale"]
+        seeded = [branch(geom, images, base, alignment_seeds=[seed])["scale"] for seed in (1, 1, 2, 3, 4)]
+    assert torch.equal(eval_a, eval_b)  # evaluation: evenly spaced images, deterministic
+    assert torch.equal(seeded[0], seeded[1])  # same (step, scene) seed → same images → same scale
+    assert len({float(s) for s in seeded}) > 1  # other seeds draw other images
 
 
 def test_recon_loss_reaches_inputs():

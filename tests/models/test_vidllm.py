@@ -44,7 +44,7 @@ def vl_forward(model, tokenizer):
     return model(images(), ids, mask, labels,
                  box_targets=torch.tensor([[0.0, 0, 0, 1, 1, 1], [1.0, 2.0, 0.5, 0.8, 0.6, 0.9]]),
                  proposals=torch.rand(2, 4, 6) + 0.1,
-                 match_targets=torch.tensor([[0.0, 1, 0, 0], [0, 0, 0, 0]]))
+                 target_proposals=torch.tensor([[1], [2]]))
 
 
 def grad_norm(module: nn.Module) -> float:
@@ -66,8 +66,9 @@ def test_forward_shapes(cfg, tokenizer):
     assert recon["depth"].shape == recon["depth_metric_aligned"].shape == (2, FRAMES, SIZE, SIZE)
     assert recon["extrinsics"].shape == (2, FRAMES, 3, 4) and recon["pose_enc"].shape == (2, FRAMES, 9)
     assert "logits" not in out  # with labels, the LM head runs on the supervised positions only
-    assert out["ground_mask"].tolist() == [False, True]
-    assert out["box_pred"].shape == (2, 6) and out["match_logits"].shape == (2, 5)
+    assert out["ground_mask"].tolist() == [[False], [True]]  # [B, G]: one <ground> slot
+    assert out["box_pred"].shape == (2, 1, 6) and out["match_logits"].shape == (2, 1, 5)
+    assert out["assignment"].tolist() == [[-1], [0]]  # the QA row's target is never used
     for key in ("loss_lm", "loss_box", "loss_match"):
         assert torch.isfinite(out[key]) and out[key] > 0
     assert torch.allclose(out["loss"], out["loss_lm"] + out["loss_box"] + out["loss_match"])
@@ -233,7 +234,7 @@ def test_generate_ground_boxes_match_forward(cfg, tokenizer):
     ids = tokenizer(prompt + GROUND, return_tensors="pt", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         out = model(images(b=1), ids)
-    assert torch.allclose(out["box_pred"][0], result.boxes[0], atol=1e-5)
+    assert torch.allclose(out["box_pred"][0, 0], result.boxes[0], atol=1e-5)
 
 
 def _mixed_rows(tokenizer, model):
@@ -252,8 +253,12 @@ def _mixed_rows(tokenizer, model):
         labels[r, :start] = -100  # prompt unsupervised, as stage2_batch builds rows
     assert len(set(mask.sum(1).tolist())) > 2  # rows really differ in length
     boxes = torch.rand(len(texts), 6) + 0.1
-    return dict(input_ids=ids, attention_mask=mask, labels=labels, box_targets=boxes,
-                proposals=torch.rand(len(texts), 4, 6) + 0.1, match_targets=torch.eye(4)[[0, 1, 2, 3, 0]],
+    # Two targets for the two-<ground> row, far apart so the assignment has no near-tie.
+    targets = torch.stack([boxes, boxes + torch.tensor([3.0, 0, 0, 0, 0, 0])], dim=1)
+    return dict(input_ids=ids, attention_mask=mask, labels=labels, box_targets=targets,
+                target_mask=torch.tensor([[True, False]] * 4 + [[True, True]]),
+                proposals=torch.rand(len(texts), 4, 6) + 0.1,
+                target_proposals=torch.tensor([[0, -1], [1, -1], [2, -1], [3, -1], [0, 2]]),
                 object_boxes=boxes, scene_index=torch.tensor([0, 1, 0, 1, 1]))
 
 
@@ -281,6 +286,10 @@ def test_shared_vision_prefix_equals_spliced_rows(cfg, tokenizer, lora):
     for key in ("loss", "loss_lm", "loss_box", "loss_match"):
         assert torch.allclose(shared[key], spliced[key], rtol=1e-5, atol=0), key
     assert torch.allclose(shared["box_pred"], spliced["box_pred"], rtol=1e-5, atol=1e-6)
+    # Both <ground>s of the last row are supervised, each with its own target, in both paths.
+    assert shared["box_pred"].shape[1] == 2 and shared["ground_mask"][4].all()
+    assert torch.equal(shared["assignment"], spliced["assignment"])
+    assert sorted(shared["assignment"][4].tolist()) == [0, 1]
     assert g_shared.keys() == g_spliced.keys()
     assert any(n.startswith("encoder.") for n in g_shared) and any(n.startswith("cta.") for n in g_shared)
     assert any("lora_" in n for n in g_shared) == lora

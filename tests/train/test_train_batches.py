@@ -54,10 +54,16 @@ def test_stage2_batch_rows_labels_and_scene_frame_boxes(train_shards):
     alignment = np.asarray(meta["axis_alignment"])
     centre = (alignment @ samples[b]["camera_to_world"][0].double().numpy())[:3, 3]
     boxes = {int(o["object_id"]): np.asarray(o["box"]) for o in meta["objects"]}
-    target = batch["box_targets"][r].double().numpy()
-    matches = [i for i, box in boxes.items() if np.allclose(box[:3] - centre, target[:3], atol=1e-4)
-               and np.allclose(box[3:], target[3:], atol=1e-5)]
-    assert matches and batch["match_targets"][r].sum() >= 1
+    # One target per <ground>, each a scene object moved to the scene frame and found, at its
+    # target_proposals index, among the row's proposals.
+    assert int(batch["target_mask"][r].sum()) == len(answer) - 1
+    for t in batch["target_mask"][r].nonzero().flatten().tolist():
+        target = batch["box_targets"][r, t].double().numpy()
+        matches = [i for i, box in boxes.items() if np.allclose(box[:3] - centre, target[:3], atol=1e-4)
+                   and np.allclose(box[3:], target[3:], atol=1e-5)]
+        assert matches
+        proposal = batch["proposals"][r, int(batch["target_proposals"][r, t])].double().numpy()
+        assert np.allclose(proposal, target, atol=1e-5)
     assert batch["proposal_mask"][r].sum() == min(16, len(boxes))
     # The same step draws the same rows (resume relies on it).
     again = stage2_batch(samples, tokenizer, instructions_per_scene=2, max_text_tokens=96, max_proposals=16,
@@ -106,3 +112,148 @@ def test_val_split_scenes_never_enter_training(train_shards):
             assert torch.equal(torch.bincount(batch["scene_index"], minlength=2), torch.tensor([3, 3]))
     finally:
         batches.close()
+
+
+OBJECT_IDS = [3 * i + 1 for i in range(70)]  # ids ≠ positions, so an index/id mix-up shows
+
+
+def _object_box(i: int) -> list[float]:
+    return [0.1 * i, 0.3 * (i % 7), 0.5, 0.3 + 0.01 * i, 0.4, 0.5]
+
+
+def _scene(key: str, annotations: list[dict], object_ids=OBJECT_IDS, frames: int = 2, size: int = 56) -> dict:
+    """A tiny in-memory clip (the `to_torch` layout): constant depth, first camera at (0, 0, 1)."""
+    poses = torch.eye(4).repeat(frames, 1, 1)
+    poses[:, 0, 3] = 0.1 * torch.arange(frames)
+    poses[:, 2, 3] = 1.0
+    intrinsics = torch.tensor([[50.0, 0, size / 2], [0, 50.0, size / 2], [0, 0, 1]]).repeat(frames, 1, 1)
+    return {"key": key, "images": torch.rand(frames, 3, size, size, generator=torch.Generator().manual_seed(0)),
+            "depths": torch.full((frames, size, size), 2.0), "camera_to_world": poses, "intrinsics": intrinsics,
+            "meta": {"scene_id": key, "axis_alignment": torch.eye(4).tolist(),
+                     "objects": [{"object_id": i, "label": "chair", "box": _object_box(i)} for i in object_ids]},
+            "annotations": annotations}
+
+
+THREE = [OBJECT_IDS[60], OBJECT_IDS[2], OBJECT_IDS[35]]
+RECORDS = [
+    {"task": "multi3drefer", "id": "m3", "split": "train", "text": "all the chairs.", "target_object_ids": THREE},
+    {"task": "multi3drefer", "id": "m0", "split": "train", "text": "the purple bathtub.", "target_object_ids": []},
+    {"task": "scanrefer", "id": "s1", "split": "train", "text": "the chair by the door.",
+     "target_object_ids": [OBJECT_IDS[50]]},
+    {"task": "scanqa", "id": "q", "split": "train", "text": "What color is the sofa?", "answers": ["red"]},
+]
+
+
+def _batch(samples, tokenizer, step=0, max_proposals=16):
+    return stage2_batch(samples, tokenizer, instructions_per_scene=10, max_text_tokens=64,
+                        max_proposals=max_proposals, pad_id=tokenizer.pad_token_id, seed=0, step=step)
+
+
+def _row_of(batch, tokenizer, phrase):
+    rows = [r for r in range(batch["input_ids"].shape[0]) if phrase in tokenizer.decode(batch["input_ids"][r])]
+    assert len(rows) == 1, phrase
+    return rows[0]
+
+
+def test_stage2_batch_multi_and_zero_target_rows_in_a_70_object_scene():
+    """70 objects, max_proposals 16: every row holds ≤ 16 proposals that include all its targets;
+    the 3-target row has three <ground>s and its three targets; the zero-target row answers
+    "none" with no target; the proposal draw is a function of (seed, step, scene)."""
+    tokenizer = train_tokenizer(vocab_size=512)
+    ground = tokenizer.convert_tokens_to_ids(GROUND)
+    batch = _batch([_scene("scene0070_00", RECORDS)], tokenizer)
+    centre = batch["targets"]["first_camera_center"][0]
+    assert torch.allclose(centre, torch.tensor([0.0, 0.0, 1.0]))
+    scene_boxes = {i: torch.tensor(_object_box(i)) - torch.cat([centre, torch.zeros(3)]) for i in OBJECT_IDS}
+    rows = batch["input_ids"].shape[0]
+    assert rows == 4 and batch["proposals"].shape[1] == 16 and batch["box_targets"].shape == (4, 3, 6)
+    expected_targets = {"all the chairs": THREE, "purple bathtub": [], "by the door": [OBJECT_IDS[50]], "sofa": []}
+    for phrase, target_ids in expected_targets.items():
+        r = _row_of(batch, tokenizer, phrase)
+        assert int(batch["proposal_mask"][r].sum()) == 16
+        proposals = batch["proposals"][r][batch["proposal_mask"][r]]
+        proposed = [i for i in OBJECT_IDS if any(torch.allclose(p, scene_boxes[i]) for p in proposals)]
+        assert len(proposed) == 16  # 16 distinct scene objects
+        assert set(target_ids) <= set(proposed)
+        assert batch["target_mask"][r].tolist() == [t < len(target_ids) for t in range(3)]
+        assert bool(batch["has_box"][r]) == bool(target_ids)
+        for t, object_id in enumerate(target_ids):  # record order; the model assigns them to <ground>s
+            assert torch.allclose(batch["box_targets"][r, t], scene_boxes[object_id])
+            assert torch.allclose(batch["proposals"][r, int(batch["target_proposals"][r, t])], scene_boxes[object_id])
+        assert (batch["target_proposals"][r, len(target_ids):] == -1).all()
+        answer = batch["labels"][r][batch["labels"][r] != -100]
+        if phrase == "all the chairs":
+            assert answer.tolist() == [ground] * 3 + [tokenizer.eos_token_id]
+        if phrase == "purple bathtub":  # "no target" is the answer: no <ground>, "none" supervised
+            assert ground not in batch["input_ids"][r].tolist()
+            assert tokenizer.decode(answer, skip_special_tokens=True).strip() == NO_TARGET_ANSWER
+    # Resume: the same (seed, step, scene) draws the same proposals; another step draws others.
+    assert torch.equal(_batch([_scene("scene0070_00", RECORDS)], tokenizer)["proposals"], batch["proposals"])
+    r = _row_of(batch, tokenizer, "all the chairs")
+    later = _batch([_scene("scene0070_00", RECORDS)], tokenizer, step=1)
+    r_later = _row_of(later, tokenizer, "all the chairs")
+    assert not torch.equal(later["proposals"][r_later], batch["proposals"][r])
+    # A scene within max_proposals: every object, in id order, in every row.
+    few = THREE + OBJECT_IDS[10:13]
+    small = _batch([_scene("scene0005_00", RECORDS[:1], object_ids=few)], tokenizer)
+    assert torch.allclose(small["proposals"][0], torch.stack([scene_boxes[i] for i in sorted(few)]))
+
+
+def test_select_proposals_keeps_targets_and_draws_the_rest():
+    import random
+
+    from vidllm.train.batches import select_proposals
+
+    ids = list(range(100, 170))
+    picked = select_proposals(ids, [169, 100, 130], 16, random.Random("0:0:s"))
+    assert len(picked) == 16 and {100, 130, 169} <= set(picked) and picked == sorted(picked)
+    assert picked == select_proposals(ids, [169, 100, 130], 16, random.Random("0:0:s"))
+    assert select_proposals(ids, [101, 102, 103], 2, random.Random(0)) == [101, 102, 103]  # targets never cut
+    assert select_proposals(ids[:5], [], 16, random.Random(0)) == ids[:5]
+
+
+def test_stage2_batch_rows_train_every_target_through_the_model():
+    """The batch fed to a tiny VidLLM: the 3-target row's three <ground>s are each assigned a
+    different target (box L1, match CE and GIoU terms present), the zero-target row none."""
+    from tests.train.helpers import tiny_config
+    from vidllm.losses import stage2_loss
+    from vidllm.models.vidllm import VidLLM
+    from vidllm.tokenizer import SpecialTokenIds
+    from vidllm.train.stage2 import Stage2Objective
+
+    tokenizer = train_tokenizer(vocab_size=512)
+    batch = _batch([_scene("scene0070_00", RECORDS)], tokenizer)
+    torch.manual_seed(0)
+    model = VidLLM(tiny_config().model, SpecialTokenIds.from_tokenizer(tokenizer), 512)
+    out = model(batch["images"], batch["input_ids"], batch["attention_mask"], batch["labels"],
+                box_targets=batch["box_targets"], target_mask=batch["target_mask"], proposals=batch["proposals"],
+                proposal_mask=batch["proposal_mask"], target_proposals=batch["target_proposals"],
+                scene_index=batch["scene_index"])
+    three, zero = _row_of(batch, tokenizer, "all the chairs"), _row_of(batch, tokenizer, "purple bathtub")
+    assert sorted(out["assignment"][three].tolist()) == [0, 1, 2]
+    assert (out["box_l1"][three] > 0).all() and (out["match_nll"][three] > 0).all()
+    assert not out["ground_mask"][zero].any() and (out["assignment"][zero] == -1).all()
+    assigned = int((out["assignment"] >= 0).sum())
+    assert assigned == 4  # three + the ScanRefer row's one
+    losses = stage2_loss(out, batch["targets"])
+    for key in ("lm", "box", "giou", "match"):
+        assert torch.isfinite(losses[key]) and losses[key] > 0, key
+    losses = Stage2Objective(model)(batch)
+    assert torch.isfinite(losses["total"]) and {"box", "giou", "match"} <= set(losses)
+
+
+def test_rows_naming_an_object_the_clip_lacks_are_left_out():
+    """Dropping the missing target would teach a wrong count, or "none" for a row that has one."""
+    import pytest
+
+    from vidllm.errors import DataError
+    from vidllm.train.batches import encode_row
+
+    lost = {"task": "multi3drefer", "id": "lost", "split": "train", "text": "the two lamps.",
+            "target_object_ids": [OBJECT_IDS[0], 9999]}
+    sample = _scene("scene0070_00", RECORDS + [lost])
+    assert [r["id"] for r in train_instructions(sample)] == ["m3", "m0", "s1", "q"]
+    tokenizer = train_tokenizer(vocab_size=512)
+    objects = {i: _object_box(i) for i in OBJECT_IDS}
+    with pytest.raises(DataError, match="target object 9999 is not in the scene"):
+        encode_row(lost, tokenizer, objects, [0.0, 0.0, 1.0], 64)

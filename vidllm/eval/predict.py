@@ -207,10 +207,14 @@ def predict(
             records.append({"id": scene_id, "geometry": os.path.relpath(geo_path.resolve(), out_path.parent.resolve())})
         else:
             for inst, result in zip(instructions, results, strict=True):
+                # One box per <ground>. Multi3DRefer keeps them all, and an answer without
+                # <ground> (the zero-target answer "none") is the empty prediction scoring expects.
                 boxes = world.boxes(_np(result.boxes))
                 if benchmark in ("nr3d", "sr3d") and result.match_logits is not None and len(result.match_logits):
                     logits = result.match_logits[0]
-                    choice = int(logits[:-1].argmax())  # the last column is "no target"
+                    # The last column, "referent not among the proposals", is no answer here: a
+                    # ReferIt3D target is always one of the scene's instances.
+                    choice = int(logits[:-1].argmax())
                     boxes = np.stack([objects[sorted(objects)[choice]]])
                 elif benchmark == "scanrefer":
                     boxes = boxes[:1]

@@ -142,6 +142,7 @@ def distill_loss(
     sc_weight: float = 0.1,
     sc_tokens: int = 256,
     generator: torch.Generator | None = None,
+    teachers: str = "both",
 ) -> dict[str, Tensor]:
     """Eq. 5: total = geo + lang + λ·sc (λ = `sc_weight`, `train.distill_lambda` in the config).
 
@@ -150,12 +151,21 @@ def distill_loss(
         student_lang: `[B, S, P, C_l]` projected T'_lang; teacher_lang `[B, S, P, C_l]` (CLIP,
             on the student's patch grid).
         The structural term needs C_g = C_l (as in the paper: ViT-L teachers, 1024 both); with
-        λ = 0 it is skipped, so teachers of different widths still work.
+            λ = 0 it is skipped, so teachers of different widths still work.
+        teachers: "both", or "geometry" / "semantic" for the one-teacher ablation: total is that
+            teacher's feature loss alone (L_sc relates the two streams, so it needs both); the
+            other terms are still reported, detached, for comparison.
     Returns:
         dict of scalars: total, geo, lang, sc.
     """
+    if teachers not in ("both", "geometry", "semantic"):
+        raise ValueError(f"teachers must be both, geometry or semantic, got {teachers!r}")
     geo = geometry_feature_loss(student_geom, teacher_geom)
     lang = semantic_feature_loss(mean_pool(student_lang), mean_pool(teacher_lang))
+    if teachers == "geometry":
+        return {"total": geo, "geo": geo, "lang": lang.detach(), "sc": geo.new_zeros(())}
+    if teachers == "semantic":
+        return {"total": lang, "geo": geo.detach(), "lang": lang, "sc": lang.new_zeros(())}
     if sc_weight > 0:
         sc = structural_consistency_loss(student_geom, student_lang, teacher_geom, teacher_lang, sc_tokens, generator)
     else:

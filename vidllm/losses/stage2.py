@@ -4,7 +4,7 @@ L_recon = w_cam·camera + w_depth·depth + w_point·point (VGGT's multi-task los
 term only when the model has a point head) + w_rot·scene rotation (our gravity-frame head,
 which is geometry and trained with the reconstruction terms). L_MD is eq. 9
 on the metric depth model's output (plus an optional AdaBins-style chamfer, weight 0 by
-default). L_VL comes from `vl_loss`. Which parameters each term reaches is decided by the
+default), absent when the model has none (the 'w/o MD' ablation). L_VL comes from `vl_loss`. Which parameters each term reaches is decided by the
 model (VL losses stop at the detached geometry, §3.4), not here.
 
 Defaults: camera 5 / depth 1 as VGGT's fine-tuning recipe; the paper gives no weights.
@@ -60,8 +60,8 @@ def stage2_loss(model_outputs: dict, batch: dict, weights: Stage2LossWeights | N
             VL terms are used when present). `{"recon": vision.recon, "scene_rotation":
             vision.scene_rotation}` from `encode_video` gives a reconstruction-only step.
         batch: `reconstruction_targets(...)` output (pose_enc, depth, points, valid_mask,
-            depth_metric, scene_rotation, sequence_valid), plus optional box_targets `[B, 6]`
-            (the ones given to the model, for GIoU).
+            depth_metric, scene_rotation, sequence_valid); the VL terms need nothing from it
+            (GIoU uses the targets the model assigned to its `<ground>`s).
     Returns:
         dict of scalars: total, recon, md, vl and every individual term (camera, camera_trans,
         camera_rot, camera_fov, depth, depth_conf, depth_reg, depth_grad, point*, rotation,
@@ -95,16 +95,18 @@ def stage2_loss(model_outputs: dict, batch: dict, weights: Stage2LossWeights | N
         out["rotation"] = scene_rotation_loss(rotation, batch["scene_rotation"].to(rotation.dtype), w.rotation_kind)
         total_recon = total_recon + w.rotation * out["rotation"]
 
-    metric = recon["metric_depth"]
-    out["md_log"] = metric_depth_loss(metric, batch["depth_metric"].to(metric.dtype), valid, alpha=w.md_alpha)
-    total_md = w.md * out["md_log"]
-    if w.md_chamfer > 0:
-        gt_metric = batch["depth_metric"].to(metric.dtype)
-        out["md_chamfer"] = bin_chamfer_loss(recon["metric"]["bin_edges"], gt_metric, valid)
-        total_md = total_md + w.md_chamfer * out["md_chamfer"]
+    total_md = depth_pred.new_zeros(())
+    metric = recon.get("metric_depth")
+    if metric is not None:  # absent in the 'w/o MD' ablation
+        out["md_log"] = metric_depth_loss(metric, batch["depth_metric"].to(metric.dtype), valid, alpha=w.md_alpha)
+        total_md = w.md * out["md_log"]
+        if w.md_chamfer > 0:
+            gt_metric = batch["depth_metric"].to(metric.dtype)
+            out["md_chamfer"] = bin_chamfer_loss(recon["metric"]["bin_edges"], gt_metric, valid)
+            total_md = total_md + w.md_chamfer * out["md_chamfer"]
 
     vl_weights = VLLossWeights(lm=w.lm, box=w.box, giou=w.giou, match=w.match)
-    vl = vl_loss(model_outputs, batch.get("box_targets"), vl_weights)
+    vl = vl_loss(model_outputs, vl_weights)
     out.update({k: v for k, v in vl.items() if k != "total"})
     out["recon"], out["md"], out["vl"] = total_recon, total_md, vl["total"].to(total_recon.device)
     out["total"] = total_recon + total_md + out["vl"]

@@ -1,11 +1,12 @@
 """3D vision-language losses (L_VL of eq. 8): LM cross-entropy, box regression, matching.
 
 `VidLLM.forward` already computes the terms that need its internals — `loss_lm` (next-token
-CE over answer tokens), `loss_box` (L1 between the `<ground>` box and its target, rows with a
-`<ground>` only) and `loss_match` (soft cross-entropy over proposals + "no target") — so they
-are taken from its outputs, never recomputed. This module adds the one term the model does
-not compute, an axis-aligned 3D GIoU on the same predicted boxes (as in DETR-style box
-regression: L1 fixes the coordinates, GIoU the overlap independent of object size), and
+CE over answer tokens; it also trains the zero-target answer, "none" without `<ground>`),
+`loss_box` (L1 between every `<ground>`'s box and the target it is assigned, see
+`vidllm.models.grounding.assign_targets`) and `loss_match` (cross-entropy of that target's
+proposal) — so they are taken from its outputs, never recomputed. This module adds the one term
+the model does not compute, an axis-aligned 3D GIoU on the same assigned pairs (as in DETR-style
+box regression: L1 fixes the coordinates, GIoU the overlap independent of object size), and
 weights everything.
 """
 
@@ -52,16 +53,14 @@ def giou_3d_loss(pred: Tensor, target: Tensor) -> Tensor:
     return (1.0 - box_iou_3d(pred, target.to(pred.dtype))[1]).mean()
 
 
-def vl_loss(
-    outputs: dict, box_targets: Tensor | None = None, weights: VLLossWeights | None = None
-) -> dict[str, Tensor]:
+def vl_loss(outputs: dict, weights: VLLossWeights | None = None) -> dict[str, Tensor]:
     """Weighted L_VL from a `VidLLM.forward` result.
 
     Args:
-        outputs: the model's dict; uses loss_lm, loss_box, loss_match when present, and
-            box_pred `[B, 6]` + ground_mask `[B]` for the GIoU term.
-        box_targets: `[B, 6]` the same scene-frame targets given to the model (rows without a
-            `<ground>` token are ignored); None skips GIoU.
+        outputs: the model's dict; uses loss_lm, loss_box, loss_match when present, and for the
+            GIoU term box_pred `[B, G, 6]`, assigned_targets `[B, G, 6]` and assignment `[B, G]`
+            (−1 = a `<ground>` slot without target; no assignment, e.g. no box targets given,
+            skips GIoU).
     Returns:
         dict of scalars: total and each present term (lm, box, giou, match); absent terms are
         omitted. total is 0 (no graph) if no term is present.
@@ -71,9 +70,10 @@ def vl_loss(
     for key, name in (("loss_lm", "lm"), ("loss_box", "box"), ("loss_match", "match")):
         if outputs.get(key) is not None:
             terms[name] = outputs[key]
-    ground_mask = outputs.get("ground_mask")
-    if box_targets is not None and weights.giou > 0 and ground_mask is not None and bool(ground_mask.any()):
-        terms["giou"] = giou_3d_loss(outputs["box_pred"][ground_mask], box_targets[ground_mask])
+    assignment = outputs.get("assignment")
+    if assignment is not None and weights.giou > 0 and bool((assignment >= 0).any()):
+        assigned = assignment >= 0
+        terms["giou"] = giou_3d_loss(outputs["box_pred"][assigned], outputs["assigned_targets"][assigned])
     if not terms:
         return {"total": torch.zeros(())}
     total = sum(getattr(weights, name) * value for name, value in terms.items())

@@ -208,3 +208,60 @@ def load_vggt_into(
     else:
         report.ignored.extend(_PATCH + k for k in encoder_sd)  # HF names; no encoder to load into
     return report
+
+
+def vggt_dino_config(sd: dict[str, Tensor], num_heads: int | None = None):
+    """The `Dinov2WithRegistersConfig` of a VGGT checkpoint's DINO patch embed, read off its shapes.
+
+    Attention heads leave no trace in the shapes; DINOv2 uses 64 channels per head (ViT-L: 16),
+    so that is the default."""
+    from transformers import Dinov2WithRegistersConfig
+
+    encoder_sd, _, _ = convert_vggt_state_dict(sd)
+    if "embeddings.position_embeddings" not in encoder_sd:
+        raise VidLLMError("no aggregator.patch_embed weights (DINO) in this VGGT checkpoint")
+    hidden = encoder_sd["embeddings.position_embeddings"].shape[-1]
+    patch = encoder_sd["embeddings.patch_embeddings.projection.weight"].shape[-1]
+    grid = int(round((encoder_sd["embeddings.position_embeddings"].shape[1] - 1) ** 0.5))
+    layers = 1 + max(int(k.split(".")[2]) for k in encoder_sd if k.startswith("encoder.layer."))
+    mlp = encoder_sd["encoder.layer.0.mlp.fc1.weight"].shape[0]
+    registers = encoder_sd["embeddings.register_tokens"].shape[1] if "embeddings.register_tokens" in encoder_sd else 0
+    heads = num_heads or max(1, hidden // 64)
+    if hidden % heads:
+        raise VidLLMError(f"width {hidden} is not divisible by {heads} attention heads")
+    return Dinov2WithRegistersConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                                     mlp_ratio=mlp // hidden, patch_size=patch, image_size=grid * patch,
+                                     num_register_tokens=registers, layerscale_value=1.0)
+
+
+def export_vggt_dino(checkpoint: str | Path, out_dir: str | Path, num_heads: int | None = None) -> Path:
+    """Write a VGGT checkpoint's DINO patch embed as a Hugging Face `Dinov2WithRegistersModel`
+    directory: the Stage-1 geometry teacher (`teachers.geometry`), which is the encoder whose
+    features VGGT's aggregator was trained on. Written under a temporary name, then renamed."""
+    import shutil
+    import tempfile
+
+    from transformers import Dinov2WithRegistersModel
+
+    sd = read_checkpoint(checkpoint)
+    try:
+        config = vggt_dino_config(sd, num_heads)
+    except VidLLMError as exc:
+        raise DataError(checkpoint, str(exc)) from None
+    model = Dinov2WithRegistersModel(config)
+    report = load_vggt_into({"encoder": model}, sd)
+    missing = [k for k in report.missing if not k.endswith("mask_token")]
+    if missing:
+        raise DataError(checkpoint, f"DINO weights missing for {missing[:3]}")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.replace(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

@@ -50,6 +50,10 @@ def _add_pos_embed(x: Tensor, image_hw: tuple[int, int]) -> Tensor:
 
 
 class ResidualConvUnit(nn.Module):
+    """relu(x) + conv2(relu(conv1(relu(x)))): the skip carries relu(x), not x. VGGT's (DPT's) unit
+    applies an in-place ReLU to its input first, so its residual sum adds the rectified input;
+    VGGT weights are trained with that."""
+
     def __init__(self, features: int):
         super().__init__()
         self.conv1 = nn.Conv2d(features, features, 3, padding=1)
@@ -57,7 +61,9 @@ class ResidualConvUnit(nn.Module):
         self.activation = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv2(self.activation(self.conv1(self.activation(x))))
+        """x `[N, C, h, w]` → `[N, C, h, w]`."""
+        x = self.activation(x)
+        return x + self.conv2(self.activation(self.conv1(x)))
 
 
 class FeatureFusionBlock(nn.Module):

@@ -38,10 +38,12 @@ class ReconstructionBranch(nn.Module):
         self.camera_head = CameraHead(heads, dim)
         self.depth_head = DPTHead(dim, output_dim=2, activation="exp", **dpt_args)
         self.point_head = DPTHead(dim, output_dim=4, activation="inv_log", **dpt_args) if heads.point_head else None
-        self.metric_depth = MetricDepthModel(cfg.metric_depth, in_dim, patch_size, heads.dpt_frames_chunk)
+        # Ablation 'w/o MD' (model.metric_depth.enabled = false): no metric depth model at all.
+        self.metric_depth = (MetricDepthModel(cfg.metric_depth, in_dim, patch_size, heads.dpt_frames_chunk)
+                             if cfg.metric_depth.enabled else None)
 
     def forward(self, geom_tokens: Tensor, images: Tensor, base_tokens: Tensor, with_points: bool = True,
-                depth_levels: list[Tensor] | None = None) -> dict:
+                depth_levels: list[Tensor] | None = None, alignment_seeds: list[int] | None = None) -> dict:
         """
         Args:
             geom_tokens: `[B, S, P, C]` geometry-stream tokens from the Cross-Task Adapter.
@@ -51,12 +53,18 @@ class ReconstructionBranch(nn.Module):
                 branch reads world points, so a step that does not train them skips the head.
             depth_levels: four `[B, S, P, C]` encoder layers for the metric depth decoder (None:
                 `base_tokens` at every level).
+            alignment_seeds: one seed per scene for the images real-scale alignment draws
+                (training); None = evenly spaced images (evaluation, deterministic).
         Returns dict:
             pose_enc `[B, S, 9]`, pose_enc_list (list of `[B, S, 9]`), depth `[B, S, H, W]`
             (relative), depth_conf `[B, S, H, W]`, world_points `[B, S, H, W, 3]` and
-            world_points_conf `[B, S, H, W]` (with the point head), metric_depth `[B, S, H, W]`,
-            metric (MetricDepthModel outputs), scale `[B]`, extrinsics `[B, S, 3, 4]` (metric
-            translations), intrinsics `[B, S, 3, 3]`, depth_metric_aligned `[B, S, H, W]`.
+            world_points_conf `[B, S, H, W]` (with the point head), metric_depth `[B, S, H, W]`
+            and metric (MetricDepthModel outputs; absent without the model), scale `[B]`,
+            extrinsics `[B, S, 3, 4]` (translations × scale), intrinsics `[B, S, 3, 3]`, and
+            depth_metric_aligned `[B, S, H, W]`: the depth the 3D patches are built from — the
+            aligned relative depth; the metric depth model's own depth under 'MD w/o alignment'
+            (cameras then keep VGGT's relative scale: there is no scale estimate); the relative
+            depth under 'w/o MD' (scale 1).
         """
         batch, frames, _, height, width = images.shape
         if height % self.patch_size or width % self.patch_size:
@@ -75,22 +83,26 @@ class ReconstructionBranch(nn.Module):
             out: dict = {"pose_enc": pose_enc, "pose_enc_list": pose_enc_list, "depth": depth, "depth_conf": depth_conf}
             if self.point_head is not None and with_points:
                 out["world_points"], out["world_points_conf"] = self.point_head(tokens_list, images, patch_start_idx)
-            metric = self.metric_depth(base_tokens.float(), (height, width),
-                                       None if depth_levels is None else [t.float() for t in depth_levels])
-        out["metric"] = metric
-        out["metric_depth"] = metric["depth"]
+            if self.metric_depth is not None:
+                out["metric"] = self.metric_depth(base_tokens.float(), (height, width),
+                                                  None if depth_levels is None else [t.float() for t in depth_levels])
+                out["metric_depth"] = out["metric"]["depth"]
 
-        if self.alignment.enabled:
+        scale = torch.ones(batch, dtype=depth.dtype, device=depth.device)
+        patch_depth = depth
+        if self.metric_depth is not None and self.alignment.enabled:
+            generators = None if alignment_seeds is None else [
+                torch.Generator().manual_seed(self.alignment.seed * 1_000_003 + int(seed)) for seed in alignment_seeds]
             with torch.no_grad():
-                generator = torch.Generator().manual_seed(self.alignment.seed)
-                scale = align_scale(depth, metric["depth"], depth_conf, self.alignment.images_per_scene, generator)
-        else:
-            scale = torch.ones(batch, dtype=depth.dtype, device=depth.device)
+                scale = align_scale(depth, out["metric_depth"], depth_conf, self.alignment.images_per_scene, generators)
+            patch_depth = depth * scale.view(batch, 1, 1, 1)
+        elif self.metric_depth is not None:  # 'MD w/o alignment'
+            patch_depth = out["metric_depth"]
         out["scale"] = scale
 
         extrinsics, intrinsics = pose_encoding_to_extri_intri(pose_enc, (height, width))
         rotation, translation = extrinsics[..., :3], extrinsics[..., 3:]
         out["extrinsics"] = torch.cat([rotation, translation * scale.view(batch, 1, 1, 1)], dim=-1)
         out["intrinsics"] = intrinsics
-        out["depth_metric_aligned"] = depth * scale.view(batch, 1, 1, 1)
+        out["depth_metric_aligned"] = patch_depth
         return out

@@ -20,7 +20,7 @@ from vidllm.config import ModelConfig
 from vidllm.geometry import patch_centers_to_world, patch_depth, scene_to_scannet_world, se3_inverse, unproject_depth
 from vidllm.models.cross_task_adapter import CrossTaskAdapter
 from vidllm.models.encoder import SharedEncoder
-from vidllm.models.grounding import GroundingHeads
+from vidllm.models.grounding import GroundingHeads, assign_targets
 from vidllm.models.llm import build_causal_lm, decoder_of, run_shared_prefix, select_cache, splice_vision_tokens
 from vidllm.models.patches3d import Patch3DEmbedding, SceneFrameHead, voxel_pool
 from vidllm.models.reconstruction import ReconstructionBranch
@@ -49,7 +49,7 @@ class GenerationResult:
     token_ids: list[int]
     boxes: Tensor  # [n, 6] one per emitted <ground>, scene frame (cx, cy, cz, dx, dy, dz)
     boxes_world: Tensor | None  # [n, 6] in the axis-aligned ScanNet world (needs the first camera centre)
-    match_logits: Tensor | None  # [n, M + 1] proposal scores (last = no target) if proposals were given
+    match_logits: Tensor | None  # [n, M + 1] proposal scores (last = not among them) if proposals were given
     depth: Tensor  # [S, H, W] metric depth (aligned relative depth)
     camera_to_world: Tensor  # [S, 4, 4] camera → scene frame
     intrinsics: Tensor  # [S, 3, 3] predicted, in pixels of the input frames
@@ -92,13 +92,16 @@ class VidLLM(nn.Module):
 
     # ------------------------------------------------------------------ vision
 
-    def encode_video(self, images: Tensor, with_points: bool = True) -> VisionOutput:
+    def encode_video(self, images: Tensor, with_points: bool = True, alignment_seeds: list[int] | None = None
+                     ) -> VisionOutput:
         """images `[B, S, 3, H, W]` in [0, 1] → reconstruction and 3D-patch tokens `[B, N, D_llm]`.
 
-        `with_points=False` skips the point head (its world points feed no other module)."""
+        `with_points=False` skips the point head (its world points feed no other module).
+        `alignment_seeds` (one per scene, training) draw the images of real-scale alignment; None
+        = evenly spaced images (evaluation)."""
         t_base, depth_levels = self.encoder(images, self.metric_depth_layers)  # [B, S, P, C], 4 × [B, S, P, C]
         t_geom, t_lang = self.cta(t_base)
-        recon = self.reconstruction(t_geom, images, t_base, with_points, depth_levels)
+        recon = self.reconstruction(t_geom, images, t_base, with_points, depth_levels, alignment_seeds)
         rotation = self.scene_frame(t_geom)  # [B, 3, 3]
         with torch.no_grad():  # one-way gradient: geometry is an input of the VL branch
             depth = recon["depth_metric_aligned"]
@@ -130,9 +133,10 @@ class VidLLM(nn.Module):
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
         box_targets: Tensor | None = None,
+        target_mask: Tensor | None = None,
         proposals: Tensor | None = None,
         proposal_mask: Tensor | None = None,
-        match_targets: Tensor | None = None,
+        target_proposals: Tensor | None = None,
         object_boxes: Tensor | None = None,
         vision: VisionOutput | None = None,
         scene_index: Tensor | None = None,
@@ -143,9 +147,13 @@ class VidLLM(nn.Module):
         Args:
             images: `[B_scene, S, 3, H, W]` in [0, 1] (or None when `vision` is given).
             input_ids, attention_mask, labels: `[B, L]`, one `<image>` per row; labels −100 = ignored.
-            box_targets: `[B, 6]` scene-frame box of the row's `<ground>` token (rows without one ignored).
-            proposals: `[B, M, 6]`, proposal_mask `[B, M]`, match_targets `[B, M]` multi-hot
-                (an all-zero row means "no target", the Multi3DRefer zero-target case).
+            box_targets: `[B, T, 6]` the scene-frame boxes of each row's targets (`[B, 6]`: one per
+                row), target_mask `[B, T]` the real ones (default all). Every `<ground>` of a row is
+                supervised with one of them, one-to-one by `assign_targets` (Hungarian on box cost);
+                a row without targets (zero-target, answered without `<ground>`) gets none.
+            proposals: `[B, M, 6]`, proposal_mask `[B, M]`; target_proposals `[B, T]` the index of
+                each target among its row's proposals (−1: not among them, which trains the match
+                head's last column). Needs box_targets (the assignment is made on boxes).
             object_boxes: `[B, 6]` Scan2Cap object box embedded at `<obj>`.
             vision: a previous `encode_video` result; scene_index `[B]` maps rows to its scenes.
             share_prefix: run the LLM over each scene's vision tokens once and the rows' text
@@ -153,10 +161,16 @@ class VidLLM(nn.Module):
                 every row. Same results to float tolerance.
             return_logits: also return `logits [B, T, V]` over every position (default: only
                 when no labels are given; the loss applies the LM head to supervised positions only).
-        Returns dict: loss (sum of present terms), loss_lm, loss_box, loss_match, logits, recon,
-            vision, ground_mask `[B]`, ground_hidden `[B, D]`, box_pred `[B, 6]`,
-            match_logits `[B, M + 1]`, scene_rotation `[B_scene, 3, 3]`.
+        Returns dict: loss (sum of present terms), loss_lm, loss_box (mean L1 over assigned
+            `<ground>`s), loss_match (mean cross-entropy over them), logits, recon, vision,
+            scene_rotation `[B_scene, 3, 3]`, and per `<ground>` slot (G = most `<ground>`s in a
+            row, in answer order): ground_mask `[B, G]`, ground_hidden `[B, G, D]`, box_pred
+            `[B, G, 6]`, match_logits `[B, G, M + 1]`; with box_targets also assignment `[B, G]`
+            (target index, −1 = none), assigned_targets `[B, G, 6]`, box_l1 `[B, G]` and
+            match_nll `[B, G]` (each slot's own term, 0 where unassigned).
         """
+        if target_proposals is not None and box_targets is None:
+            raise ValueError("target_proposals needs box_targets: <ground>s are assigned to targets by their boxes")
         if vision is None:
             vision = self.encode_video(images)
         if scene_index is None:
@@ -175,26 +189,47 @@ class VidLLM(nn.Module):
             logits = self.llm.get_output_embeddings()(hidden[supervised])
             losses["loss_lm"] = F.cross_entropy(logits.float(), targets[supervised])
 
-        # The hidden state at the first <ground> of each row (an input token of the answer).
+        # Every <ground> is a box query: its hidden state (it is an input token of the answer).
+        # Slots [B, G] hold each row's <ground> columns in answer order, padding past the end.
         is_ground = input_ids == self.special_ids.ground
-        ground_mask = is_ground.any(dim=1)
-        first = torch.where(ground_mask, is_ground.float().argmax(dim=1), torch.zeros_like(ground_mask, dtype=torch.long))
-        positions = text_index.gather(1, first[:, None]).squeeze(1)
-        ground_hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), positions]
+        length = input_ids.shape[1]
+        slots = int(is_ground.sum(1).max()) if input_ids.shape[0] else 0
+        columns = torch.arange(length, device=input_ids.device).expand_as(input_ids)
+        columns = torch.where(is_ground, columns, length).sort(dim=1).values[:, :slots]
+        ground_mask = columns < length
+        positions = text_index.gather(1, columns.clamp_max(length - 1))
+        ground_hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device)[:, None], positions]  # [B, G, D]
         box_pred = self.grounding.predict_box(ground_hidden)
         result.update(ground_mask=ground_mask, ground_hidden=ground_hidden, box_pred=box_pred)
-        if box_targets is not None and ground_mask.any():
-            losses["loss_box"] = F.l1_loss(box_pred[ground_mask], box_targets[ground_mask].to(box_pred.dtype))
+        match_logits = None
         if proposals is not None:
             match_logits = self.grounding.match_logits(ground_hidden, proposals.to(ground_hidden.dtype), proposal_mask)
-            result["match_logits"] = match_logits
-            if match_targets is not None and ground_mask.any():
-                target = match_targets.to(match_logits.dtype)
-                none = (target.sum(-1, keepdim=True) == 0).to(target.dtype)
-                target = torch.cat([target, none], dim=-1)
-                target = target / target.sum(-1, keepdim=True)
-                log_probs = torch.log_softmax(match_logits, dim=-1).masked_fill(target == 0, 0.0)
-                losses["loss_match"] = -(target * log_probs).sum(-1)[ground_mask].mean()
+            result["match_logits"] = match_logits  # [B, G, M + 1]
+        if box_targets is not None:
+            box_targets = box_targets[:, None] if box_targets.dim() == 2 else box_targets
+            if target_mask is None:
+                target_mask = torch.ones(box_targets.shape[:2], dtype=torch.bool, device=box_targets.device)
+            if box_targets.shape[1] == 0:  # no row has a target: one padding column keeps the gathers valid
+                rows = box_targets.shape[0]
+                box_targets, target_mask = box_targets.new_zeros(rows, 1, 6), target_mask.new_zeros(rows, 1)
+                if target_proposals is not None:
+                    target_proposals = target_proposals.new_full((rows, 1), -1)
+            assignment = assign_targets(box_pred.detach(), ground_mask, box_targets, target_mask.bool())
+            assigned = assignment >= 0
+            pick = assignment.clamp_min(0)
+            assigned_targets = box_targets.gather(1, pick[..., None].expand(-1, -1, 6)).to(box_pred.dtype)
+            box_l1 = torch.where(assigned, (box_pred - assigned_targets).abs().mean(-1), 0.0)
+            result.update(assignment=assignment, assigned_targets=assigned_targets, box_l1=box_l1)
+            if assigned.any():
+                losses["loss_box"] = box_l1[assigned].mean()
+            if match_logits is not None and target_proposals is not None:
+                index = target_proposals.gather(1, pick)
+                index = torch.where(index >= 0, index, match_logits.shape[-1] - 1)  # not proposed → last column
+                log_probs = torch.log_softmax(match_logits.float(), dim=-1)
+                match_nll = -log_probs.gather(-1, index[..., None]).squeeze(-1).masked_fill(~assigned, 0.0)
+                result["match_nll"] = match_nll
+                if assigned.any():
+                    losses["loss_match"] = match_nll[assigned].mean()
         result.update(losses)
         result["loss"] = sum(losses.values()) if losses else None
         return result

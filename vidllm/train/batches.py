@@ -8,8 +8,12 @@ Stage-2 text rows: `build_prompt(...)` then the answer and `</s>`; labels are �
 prompt (the model marks vision positions −100 when it splices them in). Answers:
 - scanqa / sqa3d / scan2cap: the first reference answer (scan2cap carries the object box at `<obj>`).
 - scanrefer / nr3d / sr3d / multi3drefer: one `<ground>` per target (its hidden state is the box
-  query); box target = the first target's box; every row scores the scene's objects as proposals
-  with the targets multi-hot. A zero-target Multi3DRefer row answers "none" with no `<ground>`.
+  query), every target of the row in `box_targets` / `target_proposals`; the model supervises each
+  `<ground>` with one of them (Hungarian assignment, `vidllm.models.grounding.assign_targets`).
+  A zero-target Multi3DRefer row answers "none" with no `<ground>`: "no target" is the answer,
+  trained by the LM loss, and read the same way at inference (no `<ground>` → no box).
+Proposals are the scene's objects; when it has more than `max_proposals`, each row keeps all its
+targets plus a seeded sample of the others (`select_proposals`), so a target is never cut.
 Boxes are in the scene frame: gravity-aligned ScanNet axes, origin at the first camera centre
 (the frame `vidllm predict` maps back with the GT first camera centre).
 """
@@ -42,10 +46,14 @@ def stack_images(samples: list[dict[str, Any]]) -> Tensor:
 
 def train_instructions(sample: dict[str, Any], split: str = "train") -> list[dict[str, Any]]:
     """The sample's instruction records usable for training: the `split` ones (records without a
-    split, e.g. Nr3D/Sr3D, take the scene's split), of a known task, in a stable order."""
+    split, e.g. Nr3D/Sr3D, take the scene's split), of a known task, in a stable order.
+
+    A grounding or Scan2Cap record naming an object the scene's clip lacks (e.g. an instance
+    without mesh vertices) is left out: its answer could not be supervised."""
     records = sample["annotations"]
     splits = {r.get("split") for r in records} - {None}
     scene_split = next(iter(splits)) if len(splits) == 1 else None
+    objects = {int(o["object_id"]) for o in sample["meta"].get("objects", [])}
     out = []
     for r in records:
         task = r.get("task")
@@ -54,6 +62,9 @@ def train_instructions(sample: dict[str, Any], split: str = "train") -> list[dic
         if (r.get("split") or scene_split) not in (split, None):
             continue
         if task in ANSWER_TASKS and not r.get("answers"):
+            continue
+        if task in (*GROUNDING_TASKS, "scan2cap") and not objects.issuperset(
+                int(i) for i in r.get("target_object_ids") or []):
             continue
         out.append(r)
     return out
@@ -81,9 +92,9 @@ def is_training_scene(sample: dict[str, Any]) -> bool:
 class TextRow:
     input_ids: list[int]
     labels: list[int]
-    box_target: list[float] | None  # scene frame (cx, cy, cz, dx, dy, dz)
+    target_ids: list[int]  # grounding: the referred object ids (empty: zero-target or not grounding)
+    target_boxes: list[list[float]]  # their scene-frame boxes (cx, cy, cz, dx, dy, dz)
     object_box: list[float] | None  # scan2cap prompt box
-    match_ids: list[int] | None  # target object ids for proposal matching (grounding rows)
 
 
 def encode_row(record: dict[str, Any], tokenizer, objects: dict[int, list[float]], centre: list[float],
@@ -95,19 +106,23 @@ def encode_row(record: dict[str, Any], tokenizer, objects: dict[int, list[float]
         box = objects[object_id]
         return [box[0] - centre[0], box[1] - centre[1], box[2] - centre[2], *box[3:6]]
 
-    targets = [int(i) for i in record.get("target_object_ids") or [] if int(i) in objects]
-    box_target = object_box = match_ids = None
+    # Duplicate ids would ask for two <ground>s on one object.
+    targets = list(dict.fromkeys(int(i) for i in record.get("target_object_ids") or []))
+    missing = [i for i in targets if i not in objects]
+    if missing and task in (*GROUNDING_TASKS, "scan2cap"):  # dropping them would teach a wrong count, or "none"
+        raise DataError(record.get("id", "?"), f"{task} target object {missing[0]} is not in the scene")
+    target_ids: list[int] = []
+    object_box = None
     prompt = build_prompt(record["text"], record.get("situation"), with_object=task == "scan2cap",
                           grounding=task in GROUNDING_TASKS)
     if task in GROUNDING_TASKS:
         answer = " ".join([GROUND] * len(targets)) if targets else NO_TARGET_ANSWER
-        box_target = scene_box(targets[0]) if targets else None
-        match_ids = targets
+        target_ids = targets
     else:
         answer = str(record["answers"][0])
         if task == "scan2cap":
             if not targets:
-                raise DataError(record.get("id", "?"), "scan2cap record has no target object in the scene")
+                raise DataError(record.get("id", "?"), "scan2cap record names no target object")
             object_box = scene_box(targets[0])
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     if task in GROUNDING_TASKS and targets:
@@ -124,7 +139,19 @@ def encode_row(record: dict[str, Any], tokenizer, objects: dict[int, list[float]
         budget = max_tokens - len(answer_ids)
         tail = min(8, budget // 2)
         prompt_ids = prompt_ids[: budget - tail] + prompt_ids[len(prompt_ids) - tail:]
-    return TextRow(prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids, box_target, object_box, match_ids)
+    return TextRow(prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids, target_ids,
+                   [scene_box(i) for i in target_ids], object_box)
+
+
+def select_proposals(object_ids: list[int], targets: list[int], max_proposals: int, rng: random.Random) -> list[int]:
+    """A row's proposal object ids (sorted): every object when the scene has at most
+    `max_proposals`, else all of the row's `targets` plus a sample of the others drawn with `rng`,
+    `max_proposals` in all (a row with more targets than that keeps just its targets)."""
+    if len(object_ids) <= max_proposals:
+        return sorted(object_ids)
+    keep = set(targets)
+    others = sorted(set(object_ids) - keep)
+    return sorted(keep | set(rng.sample(others, max(0, max_proposals - len(keep)))))
 
 
 def _objects(meta: dict[str, Any]) -> dict[int, list[float]]:
@@ -153,11 +180,14 @@ def stage2_batch(samples: list[dict[str, Any]], tokenizer, *, instructions_per_s
     instructions (scenes with no annotations) still give reconstruction supervision: when no clip
     of the batch has any, `input_ids` is None (a reconstruction-only step).
 
-    Instructions are drawn per scene with a generator seeded by (seed, step, scene key), so a
-    resumed run draws the same rows as an uninterrupted one. Returns images, recon targets
-    (`reconstruction_targets` keys), and text tensors input_ids/attention_mask/labels `[R, L]`,
-    scene_index `[R]`, box_targets `[R, 6]`, object_boxes `[R, 6]`, proposals `[R, M, 6]`,
-    proposal_mask `[R, M]`, match_targets `[R, M]`.
+    Instructions, and the proposals of scenes with more than `max_proposals` objects, are drawn
+    per scene with generators seeded by (seed, step, scene key), so a resumed run draws the same
+    rows as an uninterrupted one. Returns images, recon targets (`reconstruction_targets` keys),
+    and text tensors (R rows, T = most targets in a row (≥ 1), M = most proposals in a row):
+    input_ids / attention_mask / labels `[R, L]`, scene_index `[R]`, box_targets `[R, T, 6]`
+    (every target's scene-frame box, zero padding), target_mask `[R, T]`, target_proposals
+    `[R, T]` (each target's index in its row's proposals, −1 padding), has_box `[R]` (a row with
+    a target), object_boxes `[R, 6]`, proposals `[R, M, 6]` (scene frame), proposal_mask `[R, M]`.
     """
     images = stack_images(samples)
     height, width = images.shape[-2:]
@@ -169,22 +199,25 @@ def stage2_batch(samples: list[dict[str, Any]], tokenizer, *, instructions_per_s
     )
     rows: list[TextRow] = []
     scene_index: list[int] = []
-    proposals_per_scene: list[list[list[float]]] = []
-    proposal_ids: list[list[int]] = []
+    proposal_ids: list[list[int]] = []  # per row
+    proposal_boxes: list[list[list[float]]] = []  # per row, scene frame
     for b, sample in enumerate(samples):
         records = train_instructions(sample)
-        objects = _objects(sample["meta"])
-        centre = targets["first_camera_center"][b].tolist()
-        ids = sorted(objects)[:max_proposals]
-        proposal_ids.append(ids)
-        proposals_per_scene.append([[objects[i][0] - centre[0], objects[i][1] - centre[1], objects[i][2] - centre[2],
-                                     *objects[i][3:6]] for i in ids])
         if not records:
             continue
+        objects = _objects(sample["meta"])
+        centre = targets["first_camera_center"][b].tolist()
         rng = random.Random(f"{seed}:{step}:{sample['key']}")
+        # Its own generator: the instruction draw stays what it is whatever the proposals need.
+        proposal_rng = random.Random(f"{seed}:{step}:{sample['key']}:proposals")
         for record in rng.sample(records, min(instructions_per_scene, len(records))):
-            rows.append(encode_row(record, tokenizer, objects, centre, max_text_tokens))
+            row = encode_row(record, tokenizer, objects, centre, max_text_tokens)
+            ids = select_proposals(list(objects), row.target_ids, max_proposals, proposal_rng)
+            rows.append(row)
             scene_index.append(b)
+            proposal_ids.append(ids)
+            proposal_boxes.append([[objects[i][0] - centre[0], objects[i][1] - centre[1], objects[i][2] - centre[2],
+                                    *objects[i][3:6]] for i in ids])
     base = {"keys": [s["key"] for s in samples], "images": images, "targets": targets}
     if not rows:  # e.g. scenes without annotations: a reconstruction-only step
         return {**base, "input_ids": None}
@@ -193,30 +226,30 @@ def stage2_batch(samples: list[dict[str, Any]], tokenizer, *, instructions_per_s
     input_ids = torch.full((num_rows, length), pad_id, dtype=torch.long)
     labels = torch.full((num_rows, length), -100, dtype=torch.long)
     attention_mask = torch.zeros((num_rows, length), dtype=torch.long)
-    box_targets = torch.zeros(num_rows, 6)
+    max_t = max(1, max(len(r.target_ids) for r in rows))
+    box_targets = torch.zeros(num_rows, max_t, 6)
+    target_mask = torch.zeros(num_rows, max_t, dtype=torch.bool)
+    target_proposals = torch.full((num_rows, max_t), -1, dtype=torch.long)
     object_boxes = torch.zeros(num_rows, 6)
     max_m = max(1, max(len(p) for p in proposal_ids))
     proposals = torch.zeros(num_rows, max_m, 6)
     proposal_mask = torch.zeros(num_rows, max_m, dtype=torch.bool)
-    match_targets = torch.zeros(num_rows, max_m)
-    has_box = torch.zeros(num_rows, dtype=torch.bool)
-    for r, (row, b) in enumerate(zip(rows, scene_index)):
+    for r, row in enumerate(rows):
         n = len(row.input_ids)
         input_ids[r, :n] = torch.tensor(row.input_ids)
         labels[r, :n] = torch.tensor(row.labels)
         attention_mask[r, :n] = 1
-        if row.box_target is not None:
-            box_targets[r] = torch.tensor(row.box_target)
-            has_box[r] = True
+        t = len(row.target_ids)
+        if t:
+            box_targets[r, :t] = torch.tensor(row.target_boxes)
+            target_mask[r, :t] = True
+            target_proposals[r, :t] = torch.tensor([proposal_ids[r].index(i) for i in row.target_ids])
         if row.object_box is not None:
             object_boxes[r] = torch.tensor(row.object_box)
-        m = len(proposal_ids[b])
+        m = len(proposal_ids[r])
         if m:
-            proposals[r, :m] = torch.tensor(proposals_per_scene[b])
+            proposals[r, :m] = torch.tensor(proposal_boxes[r])
             proposal_mask[r, :m] = True
-        for object_id in row.match_ids or []:
-            if object_id in proposal_ids[b]:
-                match_targets[r, proposal_ids[b].index(object_id)] = 1.0
     return {
         **base,
         "input_ids": input_ids,
@@ -224,11 +257,12 @@ def stage2_batch(samples: list[dict[str, Any]], tokenizer, *, instructions_per_s
         "labels": labels,
         "scene_index": torch.tensor(scene_index, dtype=torch.long),
         "box_targets": box_targets,
-        "has_box": has_box,
+        "target_mask": target_mask,
+        "target_proposals": target_proposals,
+        "has_box": target_mask.any(1),
         "object_boxes": object_boxes,
         "proposals": proposals,
         "proposal_mask": proposal_mask,
-        "match_targets": match_targets,
     }
 
 

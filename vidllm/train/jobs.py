@@ -49,18 +49,19 @@ class StageSetup:
 
     job: StageJob
     export: Any  # callable(objective: nn.Module, out_dir: Path) -> Path
+    tokenizer: Any = None  # Stage 2: the tokenizer its prompts are encoded with
 
 
 class Stage1Objective(nn.Module):
-    def __init__(self, student: nn.Module, sc_weight: float, sc_tokens: int, seed: int):
+    def __init__(self, student: nn.Module, sc_weight: float, sc_tokens: int, seed: int, teachers: str = "both"):
         super().__init__()
         self.student = student
-        self.sc_weight, self.sc_tokens, self.seed = sc_weight, sc_tokens, seed
+        self.sc_weight, self.sc_tokens, self.seed, self.teachers = sc_weight, sc_tokens, seed, teachers
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Stage-1 batch → {total, geo, lang, sc, tokens}; L_sc positions are drawn per step (seeded)."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(batch["step"]))
-        losses = self.student(batch, self.sc_weight, self.sc_tokens, generator)
+        losses = self.student(batch, self.sc_weight, self.sc_tokens, generator, self.teachers)
         images = batch["images"]
         patches = (images.shape[-2] // self.student.encoder.patch_size) * (images.shape[-1] // self.student.encoder.patch_size)
         return {**losses, "tokens": torch.tensor(float(images.shape[0] * images.shape[1] * patches))}
@@ -68,6 +69,10 @@ class Stage1Objective(nn.Module):
     def compile_targets(self) -> dict[str, nn.Module]:
         """What `train.compile` compiles: the student encoder and the CTA."""
         return {"encoder": self.student.encoder, "cta": self.student.cta}
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """What `train.strategy: fsdp` shards as separate units: the encoder blocks (run once per step)."""
+        return list(self.student.encoder.backbone.encoder.layer)
 
 
 def rank_samples(shards_uri: str, rank: int, world_size: int):
@@ -101,7 +106,8 @@ def stage1_setup(cfg: VidLLMConfig, shards_uri: str, cache_uri: str, init_model:
     dims = [load_teacher_features(cache_uri, first[role])["patch_tokens"].shape[-1] for role in ("geometry", "semantic")]
     seed_everything(cfg.train.seed)
     student = build_student(cfg, dims[0], dims[1], init_model)
-    objective = Stage1Objective(student, cfg.train.distill_lambda, cfg.train.distill_sc_tokens, cfg.train.seed)
+    objective = Stage1Objective(student, cfg.train.distill_lambda, cfg.train.distill_sc_tokens, cfg.train.seed,
+                                cfg.train.distill_teachers)
     stage_cfg = cfg.train.stage1
     samples = rank_samples(shards_uri, rank, world_size)
 
@@ -144,7 +150,7 @@ def stage2_setup(cfg: VidLLMConfig, shards_uri: str, init_model: str | Path | No
                                  max_text_tokens=cfg.train.max_text_tokens,
                                  max_proposals=cfg.model.grounding.max_proposals, pad_id=pad_id,
                                  seed=cfg.train.seed + rank, step=step)
-            yield batch, len(group)
+            yield {**batch, "step": step}, len(group)
 
     def batches(start_step: int) -> Iterator[tuple[dict[str, Any], int]]:
         return Prefetcher(build(start_step))
@@ -153,7 +159,7 @@ def stage2_setup(cfg: VidLLMConfig, shards_uri: str, init_model: str | Path | No
         return save_pretrained(module.model, out_dir, tokenizer, recipe=cfg.recipe)
 
     job = StageJob("stage2", objective, batches, stage_cfg, cfg.train, to_device)
-    return StageSetup(job, export)
+    return StageSetup(job, export, tokenizer)
 
 
 def _write_config(cfg: VidLLMConfig, run_dir: Path) -> None:
@@ -190,6 +196,10 @@ def train_stage1(cfg: VidLLMConfig, shards_uri: str, teacher_cache_uri: str, run
     """Stage-1 distillation → RUN_DIR/stage1_model (encoder + CTA, loadable as Stage-2 init).
 
     `stop_after` ends after that many steps without exporting (tests: an interrupted run)."""
+    if cfg.train.single_stage:
+        from vidllm.config import ConfigError
+
+        raise ConfigError("train.single_stage is set (the no-Stage-1 ablation): there is no Stage 1 to run")
     run_dir = Path(run_dir)
     _write_config(cfg, run_dir)
     model_dir = run_dir / STAGE1_MODEL_DIR

@@ -2,9 +2,11 @@
 
 - `ScalingConfig(num_workers=train.num_workers, use_gpu=<CUDA on this machine>)`.
 - `train.strategy`: "ddp" → DistributedDataParallel (find_unused_parameters: a step may not
-  reach every head, e.g. a reconstruction-only Stage-2 batch); "fsdp" → FullyShardedDataParallel
-  with size-based auto-wrapping and `use_orig_params` (LoRA mixes frozen and trainable weights);
-  the full state is gathered on rank 0 for checkpoints.
+  reach every head, e.g. a reconstruction-only Stage-2 batch); "fsdp" → FSDP2 (`fully_shard`, see
+  `shard_objective`): each of the objective's `fsdp_units()` is sharded on its own, then the root;
+  checkpoints gather the full state on rank 0 (`vidllm.train.loop`), so they stay full
+  safetensors that load into a single-process model. Both run on CPU with gloo, which has every
+  collective FSDP2 uses (all-gather, reduce-scatter with AVG).
 - `RunConfig(name=<run dir name>-<stage>, storage_path=train.storage_path)` (local or s3://,
   the endpoint from the AWS environment); `FailureConfig(max_failures=train.max_failures)`
   restarts from the last reported checkpoint; re-running with the same name resumes.
@@ -15,7 +17,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import tempfile
 from pathlib import Path
@@ -23,10 +24,8 @@ from typing import Any
 
 import torch
 
-from vidllm.config import VidLLMConfig
+from vidllm.config import TrainConfig, VidLLMConfig
 from vidllm.errors import VidLLMError
-
-FSDP_MIN_WRAP_PARAMS = 10_000_000
 
 
 def storage_path(cfg: VidLLMConfig) -> str:
@@ -38,14 +37,33 @@ def run_name(run_dir: Path, stage: str) -> str:
     return f"{run_dir.name}-{stage}"
 
 
-def _parallel_kwargs(strategy: str) -> dict[str, Any]:
-    if strategy == "fsdp":
-        from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
+def shard_objective(objective: torch.nn.Module, train_cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
+    """FSDP2 in place: `fully_shard` each module of `objective.fsdp_units()` (if it has that
+    method), then the root, which holds every other parameter. Returns `objective`.
 
-        return {"auto_wrap_policy": functools.partial(size_based_auto_wrap_policy,
-                                                      min_num_params=FSDP_MIN_WRAP_PARAMS),
-                "use_orig_params": True}
-    return {"find_unused_parameters": True}
+    The units must run exactly once per step on every rank (every rank must issue the same
+    collectives); parameters outside them are gathered once per step by the root whatever runs.
+    With bf16 precision the units all-gather and compute in bf16 and reduce gradients in fp32;
+    the root keeps fp32 parameters because it holds the heads that run in fp32.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from vidllm.train.loop import autocast_dtype
+
+    bf16 = autocast_dtype(train_cfg, device) == torch.bfloat16
+    unit_policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+                   else MixedPrecisionPolicy())
+    units = list(objective.fsdp_units()) if hasattr(objective, "fsdp_units") else []
+    for unit in units:
+        fully_shard(unit, mp_policy=unit_policy)
+    # The root keeps its parameters gathered from forward to backward (FSDP's default for the
+    # root; `vidllm.train.loop` relies on it to see which of them the loss used).
+    fully_shard(objective, reshard_after_forward=False)
+    # A rank's step may skip parameters another rank uses (a reconstruction-only batch, a row
+    # without <obj>): every rank reduce-scatters zeros for its unused ones, so the collectives match
+    # (DDP's find_unused_parameters); the loop then drops the gradients of those no rank used.
+    objective.set_reduce_scatter_unused_params(True)
+    return objective
 
 
 def _worker(config: dict[str, Any]) -> None:
@@ -72,10 +90,14 @@ def _worker(config: dict[str, Any]) -> None:
             resume = load_checkpoint(Path(directory))
         setup.job.objective.load_state_dict(resume["model"])
     device = ray.train.torch.get_device()
+    ddp = cfg.train.strategy == "ddp" and world_size > 1
+    # prepare_model moves to the device and wraps in DDP; its "fsdp" is the FSDP1 class (and GPU-only).
     setup.job.objective = ray.train.torch.prepare_model(
-        setup.job.objective, parallel_strategy=cfg.train.strategy if world_size > 1 else None,
-        parallel_strategy_kwargs=_parallel_kwargs(cfg.train.strategy) if world_size > 1 else None,
+        setup.job.objective, parallel_strategy="ddp" if ddp else None,
+        parallel_strategy_kwargs={"find_unused_parameters": True} if ddp else None,
     )
+    if cfg.train.strategy == "fsdp" and world_size > 1:
+        shard_objective(setup.job.objective, cfg.train, device)
 
     def report(step: int, metrics: dict[str, float]) -> None:
         ray.train.report({"step": step, **metrics})

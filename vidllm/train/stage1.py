@@ -56,15 +56,15 @@ class DistillStudent(nn.Module):
         return self.proj_geom(t_geom), self.proj_lang(t_lang), grid
 
     def forward(self, batch: dict[str, Any], sc_weight: float, sc_tokens: int,
-                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+                generator: torch.Generator | None = None, teachers: str = "both") -> dict[str, Tensor]:
         """batch: images `[B,S,3,H,W]`, teacher_geom `[B,S,Pg,Cg]`, teacher_lang `[B,S,Pl,Cl]` (+ grids)
-        → {total, geo, lang, sc}."""
+        → {total, geo, lang, sc}; `teachers` as `distill_loss`."""
         student_geom, student_lang, grid = self.student_tokens(batch["images"])
         teacher_geom = resample_tokens(batch["teacher_geom"], tuple(batch["geom_grid"]), grid)
         teacher_lang = resample_tokens(batch["teacher_lang"], tuple(batch["lang_grid"]), grid)
         weight = sc_weight if student_geom.shape[-1] == student_lang.shape[-1] else 0.0  # L_sc needs one width
         return distill_loss(student_geom, student_lang, teacher_geom.to(student_geom.dtype),
-                            teacher_lang.to(student_lang.dtype), weight, sc_tokens, generator)
+                            teacher_lang.to(student_lang.dtype), weight, sc_tokens, generator, teachers)
 
 
 def student_state(student: DistillStudent) -> dict[str, Tensor]:
@@ -126,9 +126,18 @@ def load_encoder_and_cta(model: nn.Module, model_dir: str | Path) -> None:
 def build_student(cfg: VidLLMConfig, geometry_dim: int, semantic_dim: int,
                   init_model: str | Path | None = None) -> DistillStudent:
     """A student from the config; `init_model` (a Stage-1 dir or a VidLLM model dir) provides the
-    encoder + CTA (and, for a Stage-1 dir with matching widths, the projections)."""
+    encoder + CTA (and, for a Stage-1 dir with matching widths, the projections). Without it the
+    encoder starts from `model.encoder.pretrained` (DINOv2) if given, else from the VGGT
+    checkpoint's DINO patch embed (`model.init.vggt`), else random (`vidllm.assemble`'s order)."""
     if init_model is None:
-        return DistillStudent(cfg.model, geometry_dim, semantic_dim)
+        student = DistillStudent(cfg.model, geometry_dim, semantic_dim)
+        if cfg.model.init.vggt and not cfg.model.encoder.pretrained:
+            from vidllm.models.convert import load_vggt_into, read_checkpoint
+
+            report = load_vggt_into({"encoder": student.encoder}, read_checkpoint(cfg.model.init.vggt))
+            if report.loaded == 0:
+                raise DataError(cfg.model.init.vggt, "no VGGT patch-embed weights in this checkpoint")
+        return student
     config_path = Path(init_model) / CONFIG_NAME
     if not config_path.is_file():
         raise DataError(init_model, f"not a model directory (no {CONFIG_NAME})")

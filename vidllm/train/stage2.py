@@ -7,7 +7,8 @@ terms (L_recon + L_VL + L_MD). Which parameters each term reaches is the model's
 
 from __future__ import annotations
 
-import json
+import logging
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,15 @@ from vidllm.config import VidLLMConfig
 from vidllm.errors import DataError
 from vidllm.losses import Stage2LossWeights, stage2_loss
 from vidllm.lora import apply_lora
+
+log = logging.getLogger(__name__)
+
+
+def alignment_seeds(keys: list[str], step: int) -> list[int]:
+    """One seed per scene for the images real-scale alignment draws: a function of (step, scene),
+    so a resumed run draws the same images as an uninterrupted one (crc32: stable across
+    processes, unlike `hash`)."""
+    return [zlib.crc32(f"{step}:{key}".encode()) for key in keys]
 
 
 class Stage2Objective(nn.Module):
@@ -33,10 +43,20 @@ class Stage2Objective(nn.Module):
         m = self.model
         return {"encoder": m.encoder, "cta": m.cta, "reconstruction": m.reconstruction, "llm": decoder_of(m.llm)}
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """What `train.strategy: fsdp` shards as separate units: the encoder and aggregator blocks,
+        which every rank runs exactly once per step. The LLM stays in the root unit: whether and how
+        often a rank runs it depends on its batch (none on a reconstruction-only step, twice with
+        the shared vision prefix), and every rank must issue the same collectives."""
+        m = self.model
+        aggregator = m.reconstruction.aggregator
+        return [*m.encoder.backbone.encoder.layer, *aggregator.frame_blocks, *aggregator.global_blocks]
+
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """batch from `stage2_batch` (images `[B,S,3,H,W]`, text rows `[R, L]`) → stage2_loss terms
         (`total`, ...) plus `tokens` (LLM input tokens: text + vision per row, for throughput)."""
-        vision = self.model.encode_video(batch["images"], with_points=self.weights.point > 0)
+        seeds = alignment_seeds(batch["keys"], int(batch["step"])) if "step" in batch else None
+        vision = self.model.encode_video(batch["images"], with_points=self.weights.point > 0, alignment_seeds=seeds)
         if batch["input_ids"] is None:  # no instructions in these clips: reconstruction + metric depth only
             losses = stage2_loss({"recon": vision.recon, "scene_rotation": vision.scene_rotation}, batch["targets"],
                                  self.weights)
@@ -44,11 +64,12 @@ class Stage2Objective(nn.Module):
         has_object = bool((batch["input_ids"] == self.model.special_ids.obj).any())
         out = self.model(
             None, batch["input_ids"], batch["attention_mask"], batch["labels"],
-            box_targets=batch["box_targets"], proposals=batch["proposals"], proposal_mask=batch["proposal_mask"],
-            match_targets=batch["match_targets"], object_boxes=batch["object_boxes"] if has_object else None,
+            box_targets=batch["box_targets"], target_mask=batch["target_mask"], proposals=batch["proposals"],
+            proposal_mask=batch["proposal_mask"], target_proposals=batch["target_proposals"],
+            object_boxes=batch["object_boxes"] if has_object else None,
             vision=vision, scene_index=batch["scene_index"], share_prefix=self.share_vision_prefix,
         )
-        losses = stage2_loss(out, {**batch["targets"], "box_targets": batch["box_targets"]}, self.weights)
+        losses = stage2_loss(out, batch["targets"], self.weights)
         tokens = batch["attention_mask"].sum() + vision.mask[batch["scene_index"]].sum()
         return {**losses, "tokens": tokens.detach()}
 
@@ -73,33 +94,31 @@ def build_stage2_model(cfg: VidLLMConfig, shards_uri: str, init_model: str | Pat
     """(VidLLM with LoRA applied, tokenizer) for Stage 2.
 
     init_model: a VidLLM model directory (`vidllm init`, a previous Stage 2) → loaded as is;
-    a Stage-1 directory → a new VidLLM from `cfg.model` with the Stage-1 encoder + CTA and a
-    tokenizer (the LLM's own, or a BPE trained on the shards' annotation text); None → all new.
+    a Stage-1 directory → a new model assembled from the config's sources (`vidllm.assemble`)
+    with this directory as `model.init.stage1`, so the VGGT checkpoint (`model.init.vggt`)
+    and the pretrained LLM (`model.llm.pretrained`) are loaded too; None → the same assembly
+    from the config alone. The tokenizer is the LLM's own, or a BPE trained on the shards'
+    annotation text. Under `train.single_stage` a Stage-1 directory is refused.
     """
+    from vidllm.assemble import assemble_model, assembly_tokenizer
     from vidllm.attention_select import select_attn_implementation
     from vidllm.checkpoint import load_pretrained
-    from vidllm.models.vidllm import VidLLM
-    from vidllm.tokenizer import SpecialTokenIds, add_special_tokens, load_tokenizer, train_tokenizer
-    from vidllm.train.stage1 import is_stage1_dir, load_encoder_and_cta
+    from vidllm.train.stage1 import is_stage1_dir
 
+    model_cfg = cfg.model
     if init_model is not None and not is_stage1_dir(init_model):
         model, tokenizer = load_pretrained(init_model, trainable_adapters=True)
         if tokenizer is None:
             raise DataError(init_model, "model directory has no tokenizer/ (needed for Stage-2 prompts)")
         return apply_lora(model, cfg.model.llm), tokenizer
-    if cfg.model.llm.pretrained:
-        tokenizer = add_special_tokens(load_tokenizer(cfg.model.llm.pretrained))
-    else:
-        tokenizer = train_tokenizer(annotation_texts(shards_uri), vocab_size=cfg.model.llm.vocab_size)
-    vocab = max(cfg.model.llm.vocab_size, len(tokenizer))
-    encoder_config = None
     if init_model is not None:
-        from transformers import AutoConfig
-
-        hf = dict(json.loads((Path(init_model) / "config.json").read_text())["encoder_hf_config"])
-        encoder_config = AutoConfig.for_model(hf.pop("model_type"), **hf)
-    model = VidLLM(cfg.model, SpecialTokenIds.from_tokenizer(tokenizer), vocab,
-                   select_attn_implementation(cfg.model.llm.attn_implementation), encoder_config=encoder_config)
-    if init_model is not None:
-        load_encoder_and_cta(model, init_model)
-    return apply_lora(model, cfg.model.llm), tokenizer
+        if cfg.train.single_stage:
+            raise DataError(init_model, "train.single_stage is set (the no-Stage-1 ablation), but this is a "
+                                        "Stage-1 directory; start Stage 2 without it")
+        model_cfg = model_cfg.model_copy(update={"init": model_cfg.init.model_copy(update={"stage1": str(init_model)})})
+    texts = None if model_cfg.llm.pretrained else annotation_texts(shards_uri)
+    tokenizer, tokenizer_source = assembly_tokenizer(model_cfg, texts)
+    assembly = assemble_model(model_cfg, tokenizer, select_attn_implementation(model_cfg.llm.attn_implementation),
+                              tokenizer_source)
+    log.info("stage 2 starts from %s", assembly.describe())
+    return apply_lora(assembly.model, model_cfg.llm), tokenizer
