@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoConfig, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from vidllm.config import ModelConfig
 from vidllm.errors import DataError
@@ -61,8 +61,9 @@ def _stage1_encoder_config(stage1_dir: Path):
 
     if not is_stage1_dir(stage1_dir):
         raise DataError(stage1_dir, "not a Stage-1 directory (its config.json lacks \"format\": \"vidllm-stage1\")")
-    hf = dict(json.loads((stage1_dir / CONFIG_NAME).read_text())["encoder_hf_config"])
-    return AutoConfig.for_model(hf.pop("model_type"), **hf)
+    from vidllm.checkpoint import hf_config_from_dict
+
+    return hf_config_from_dict(json.loads((stage1_dir / CONFIG_NAME).read_text())["encoder_hf_config"])
 
 
 def assemble_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, attn_implementation: str = "sdpa",

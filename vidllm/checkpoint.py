@@ -150,7 +150,8 @@ def read_model_config(model_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _hf_config(data: dict[str, Any]):
+def hf_config_from_dict(data: dict[str, Any]):
+    """A transformers config from its saved dict (`model_type` picks the class)."""
     data = dict(data)
     return AutoConfig.for_model(data.pop("model_type"), **data)
 
@@ -182,8 +183,8 @@ def load_pretrained(
         SpecialTokenIds(**meta["special_tokens"]),
         meta["vocab_size"],
         attn,
-        encoder_config=_hf_config(meta["encoder_hf_config"]),
-        llm_config=_hf_config(meta["llm_hf_config"]),
+        encoder_config=hf_config_from_dict(meta["encoder_hf_config"]),
+        llm_config=hf_config_from_dict(meta["llm_hf_config"]),
     )
     weights_path = model_dir / WEIGHTS_NAME
     if not weights_path.is_file():

@@ -243,6 +243,8 @@ def export_vggt_dino(checkpoint: str | Path, out_dir: str | Path, num_heads: int
 
     from transformers import Dinov2WithRegistersModel
 
+    from vidllm.checkpoint import commit_dir
+
     sd = read_checkpoint(checkpoint)
     try:
         config = vggt_dino_config(sd, num_heads)
@@ -258,9 +260,7 @@ def export_vggt_dino(checkpoint: str | Path, out_dir: str | Path, num_heads: int
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         model.save_pretrained(str(tmp))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.replace(out_dir)
+        commit_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

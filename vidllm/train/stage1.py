@@ -142,11 +142,10 @@ def build_student(cfg: VidLLMConfig, geometry_dim: int, semantic_dim: int,
     if not config_path.is_file():
         raise DataError(init_model, f"not a model directory (no {CONFIG_NAME})")
     meta = json.loads(config_path.read_text())
-    from transformers import AutoConfig
+    from vidllm.checkpoint import hf_config_from_dict
 
-    hf = dict(meta["encoder_hf_config"])
     student = DistillStudent(cfg.model, geometry_dim, semantic_dim,
-                             encoder_hf_config=AutoConfig.for_model(hf.pop("model_type"), **hf))
+                             encoder_hf_config=hf_config_from_dict(meta["encoder_hf_config"]))
     load_encoder_and_cta(student, init_model)
     projections = Path(init_model) / PROJECTION_WEIGHTS
     if meta.get("format") == STAGE1_FORMAT and projections.is_file() and \
