@@ -339,7 +339,8 @@ def run_evaluate(cfg: VidLLMConfig, paths: Paths, upstream: str, model_dir: str,
 
         summary = evaluate_run(model_dir, paths.shards_uri, paths.run_dir, annotations=paths.annotations_uri,
                                scans=paths.scans_uri, split=split, benchmarks=benchmarks,
-                               protocol=cfg.eval.protocol, max_new_tokens=cfg.eval.max_new_tokens, meteor=meteor)
+                               protocol=cfg.eval.protocol, max_new_tokens=cfg.eval.max_new_tokens, meteor=meteor,
+                               proposals=cfg.eval.proposals)
         return {"metrics": str(metrics_path), "scored": list(summary.metrics), "skipped": summary.skipped}
 
     return _run_or_skip("evaluate", paths, step_digest, valid, work)

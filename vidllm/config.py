@@ -213,8 +213,11 @@ class InitConfig(_Section):
 
 
 class GroundingConfig(_Section):
-    max_proposals: int = Field(64, ge=1)
+    max_proposals: int = Field(64, ge=1, description="proposals a <ground> chooses among (training and inference)")
     hidden: int = Field(256, ge=8)
+    proposal_jitter: float = Field(0.1, ge=0, description="training: ground-truth proposals are jittered (centre "
+                                                          "N(0, j) m, sizes x exp(N(0, j))) so selection and "
+                                                          "refinement learn on imperfect boxes, as the model's own")
 
 
 class ModelConfig(_Section):
@@ -229,6 +232,12 @@ class ModelConfig(_Section):
     grounding: GroundingConfig = GroundingConfig()
     init: InitConfig = InitConfig()
     frames: int = Field(32, ge=1)
+    vision_tokens: bool = Field(True, description="False = the blind control: the LLM reads the <image> token's own "
+                                                  "embedding instead of the scene's 3D-patch tokens (the vision "
+                                                  "stack still trains its reconstruction and proposals)")
+    patch_geometry: Literal["predicted", "ground_truth"] = Field(
+        "predicted", description="ground_truth = the upper-bound ablation: 3D patches are placed with ground-truth "
+                                 "depth and poses (training and evaluation) instead of the reconstruction")
     # ScanNet's 1296x968 colour frames, short side resized to 518 and the long side cropped to a
     # multiple of 14: 37 x 49 patches.
     image_size: list[int] = [518, 686]
@@ -294,14 +303,43 @@ class TrainConfig(_Section):
     distill_sc_tokens: int = Field(256, ge=1, description="token positions sampled per scene for L_sc (eq. 7)")
     instructions_per_scene: int = Field(2, ge=1, description="stage-2 instructions drawn per scene clip per step")
     max_text_tokens: int = Field(128, ge=8, description="prompt + answer tokens per instruction (longer are cut)")
+    task_weights: dict[str, float] = Field(
+        default_factory=dict, description="stage-2 task mix, {task: weight} (e.g. {scanqa: 2, scanrefer: 1}): each "
+                                          "instruction of a scene is drawn from a task picked in proportion to its "
+                                          "weight (tasks not named weigh 1; 0 = never trained); empty = a uniform "
+                                          "draw over the scene's records")
 
 
     @model_validator(mode="after")
     def _known_loss_weights(self) -> TrainConfig:
         from vidllm.losses.stage2 import Stage2LossWeights
+        from vidllm.tokenizer import GROUNDING_TASKS
+
+        known_tasks = (*GROUNDING_TASKS, "scanqa", "sqa3d", "scan2cap")
+        for task, weight in self.task_weights.items():
+            if task not in known_tasks:
+                raise ValueError(f"unknown task '{task}' in task_weights (known: {', '.join(known_tasks)})")
+            if not weight >= 0 or weight == float("inf"):
+                raise ValueError(f"task_weights.{task} must be a finite weight >= 0, got {weight}")
 
         Stage2LossWeights.from_mapping(self.loss_weights)  # unknown names raise, naming them
         return self
+
+
+class TeacherPretrainConfig(_Section):
+    """Miniature VGGT and CLIP trained on a synthetic corpus (`vidllm pretrain-teachers`,
+    vidllm.pretrain), for runs without the real pretrained weights. The corpus uses seed
+    data.synth.seed + seed_offset, so its scenes never coincide with the benchmark's."""
+
+    scenes: int = Field(64, ge=2, description="synthetic scenes; the last ~20% (at least one) are held out for metrics")
+    frames: int = Field(32, ge=2, description="frames rendered per scene (clips of model.frames are drawn from them)")
+    vggt_steps: int = Field(5000, ge=1, description="optimiser steps of the miniature VGGT")
+    clip_steps: int = Field(2000, ge=1, description="optimiser steps of the miniature CLIP vision tower")
+    lr: float = Field(3e-4, gt=0)
+    batch_size: int = Field(2, ge=1, description="clips per VGGT step; CLIP steps use batch_size x model.frames frames")
+    seed_offset: int = Field(1_000_003, ge=1, description="added to data.synth.seed for the pretraining scenes")
+    probe_steps: int = Field(200, ge=1, description="steps of the linear probes (trained CLIP vs random-init control)")
+    log_every: int = Field(50, ge=1)
 
 
 class TeacherConfig(_Section):
@@ -321,10 +359,14 @@ class TeacherConfig(_Section):
     random_num_layers: int = Field(2, ge=1)
     random_num_heads: int = Field(4, ge=1)
     random_patch_size: int = Field(14, ge=1)
+    pretrain: TeacherPretrainConfig = TeacherPretrainConfig()
 
 
 class EvalConfig(_Section):
     protocol: Literal["first_camera_gt", "umeyama_sim3"] = "first_camera_gt"
+    proposals: Literal["own", "gt"] = Field(
+        "own", description="grounding benchmarks choose among: own = the model's proposals (from video alone); "
+                           "gt = the ground-truth instances (a separately labelled protocol)")
     iou_thresholds: list[float] = [0.25, 0.5]
     max_new_tokens: int = Field(32, ge=1)
 
@@ -368,7 +410,9 @@ _TINY: dict[str, Any] = {
         "stage1": {"steps": 4, "warmup_steps": 1, "lr": 1e-3, "checkpoint_every": 2, "log_every": 1},
         "stage2": {"steps": 4, "warmup_steps": 1, "lr": 1e-3, "checkpoint_every": 2, "log_every": 1},
     },
-    "teachers": {"semantic_image_size": 56, "random_hidden_size": 32, "random_num_layers": 1, "random_num_heads": 2},
+    "teachers": {"semantic_image_size": 56, "random_hidden_size": 32, "random_num_layers": 1, "random_num_heads": 2,
+                 "pretrain": {"scenes": 3, "frames": 8, "vggt_steps": 12, "clip_steps": 40, "lr": 2e-3,
+                              "batch_size": 1, "probe_steps": 60, "log_every": 10}},
     "eval": {"max_new_tokens": 8},
 }
 
@@ -407,7 +451,9 @@ _DEMO: dict[str, Any] = {
         # not train the point head and skips it; the paper recipe trains it (VGGT's loss).
         "loss_weights": {"point": 0.0},
     },
-    "teachers": {"semantic_image_size": 112, "random_hidden_size": 64, "random_num_layers": 1, "random_num_heads": 4},
+    "teachers": {"semantic_image_size": 112, "random_hidden_size": 64, "random_num_layers": 1, "random_num_heads": 4,
+                 "pretrain": {"scenes": 10, "frames": 16, "vggt_steps": 150, "clip_steps": 200, "lr": 1e-3,
+                              "batch_size": 2, "probe_steps": 150, "log_every": 25}},
     "eval": {"max_new_tokens": 16},
 }
 

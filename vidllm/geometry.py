@@ -362,3 +362,16 @@ def fov_to_focal(fov: Tensor | float, size: int) -> Tensor | float:
     if isinstance(fov, Tensor):
         return (size / 2) / torch.tan(fov / 2)
     return (size / 2) / math.tan(fov / 2)
+
+
+def ground_truth_geometry(targets: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The geometry that places the 3D patches, from ground truth instead of the reconstruction
+    (`VidLLM.encode_video(geometry=...)`, the upper bound of the ablations): from
+    `vidllm.losses.reconstruction_targets` output → depth `[B, S, H, W]` (metres), extrinsics
+    `[B, S, 3, 4]` (first camera = identity, metres), intrinsics `[B, S, 3, 3]`, scene_rotation
+    `[B, 3, 3]`."""
+    scale = targets["scale"].view(-1, 1, 1, 1)
+    extrinsics = targets["extrinsics"]
+    return {"depth": targets["depth_metric"],
+            "extrinsics": torch.cat([extrinsics[..., :3], extrinsics[..., 3:] * scale], dim=-1),
+            "intrinsics": targets["intrinsics"], "scene_rotation": targets["scene_rotation"]}

@@ -53,22 +53,29 @@ class SpecialTokenIds:
 
 # Tasks whose answer is `<ground>` tokens (one per referred object) rather than text.
 GROUNDING_TASKS = ("scanrefer", "nr3d", "sr3d", "multi3drefer")
-# The instruction that opens a grounding request: a referring expression ("the brown table by the
-# window") reads much like a question about it, so the request says what is wanted.
+# Every prompt names its task before the question, so the first answer token is conditioned on
+# the task: without it, the most frequent answer family (grounding's `<ground>`) leaks into the
+# first token of questions. A referring expression ("the brown table by the window") reads much
+# like a question about it, so the grounding request in particular says what is wanted.
 LOCATE = "Locate:"
+DESCRIBE = "Describe:"
+QUESTION = "Question:"
+TASK_TAGS = {"ground": LOCATE, "describe": DESCRIBE, "answer": QUESTION}
 
 
 def build_prompt(question: str, situation: str | None = None, with_object: bool = False,
                  grounding: bool = False) -> str:
     """The instruction format every task uses; the answer follows "ASSISTANT:" and ends with eos.
 
-    `grounding`: `question` is a referring expression to answer with `<ground>` tokens (prefixed
-    with `LOCATE`); training, benchmark prediction and `vidllm ground` all build it this way.
+    The task tag comes before the question: `LOCATE` when `question` is a referring expression
+    to answer with `<ground>` tokens (`grounding`), `DESCRIBE` for an object caption
+    (`with_object`: the `<obj>` token carries its box), else `QUESTION`. Training, benchmark
+    prediction and `vidllm ask / ground` all build prompts here.
     """
     context = f"{situation.strip()} " if situation else ""
     obj = f"{OBJ} " if with_object else ""
-    locate = f"{LOCATE} " if grounding else ""
-    return f"{IMAGE}\nUSER: {obj}{context}{locate}{question.strip()}\nASSISTANT:"
+    tag = TASK_TAGS["ground" if grounding else "describe" if with_object else "answer"]
+    return f"{IMAGE}\nUSER: {obj}{context}{tag} {question.strip()}\nASSISTANT:"
 
 
 _OBJECTS = ["chair", "table", "sofa", "bed", "cabinet", "desk", "lamp", "shelf", "door", "window",

@@ -69,9 +69,9 @@ def test_forward_shapes(cfg, tokenizer):
     assert out["ground_mask"].tolist() == [[False], [True]]  # [B, G]: one <ground> slot
     assert out["box_pred"].shape == (2, 1, 6) and out["match_logits"].shape == (2, 1, 5)
     assert out["assignment"].tolist() == [[-1], [0]]  # the QA row's target is never used
-    for key in ("loss_lm", "loss_box", "loss_match"):
+    for key in ("loss_lm", "loss_box", "loss_match", "loss_refine"):
         assert torch.isfinite(out[key]) and out[key] > 0
-    assert torch.allclose(out["loss"], out["loss_lm"] + out["loss_box"] + out["loss_match"])
+    assert torch.allclose(out["loss"], out["loss_lm"] + out["loss_box"] + out["loss_match"] + out["loss_refine"])
 
 
 def test_vl_loss_never_reaches_reconstruction_but_reaches_cta(cfg, tokenizer):
@@ -225,16 +225,23 @@ def test_generate_ground_boxes_match_forward(cfg, tokenizer):
     model.llm.lm_head = head
     prompt = build_prompt("Where is the brown table?")
     centre = torch.tensor([1.0, 2.0, 0.5])
-    [result] = model.generate(images(b=1), [prompt], tokenizer, max_new_tokens=2, first_camera_center=centre,
-                              proposals=torch.rand(1, 3, 6) + 0.1)
+    [result] = model.generate(images(b=1), [prompt], tokenizer, max_new_tokens=2, first_camera_center=centre)
     assert result.token_ids == [ground, ground]
-    assert result.boxes.shape == (2, 6) and result.match_logits.shape == (2, 4)
+    assert result.boxes.shape == (2, 6) and result.match_logits is None
     assert torch.allclose(result.boxes_world[:, :3], result.boxes[:, :3] + centre)
     assert torch.equal(result.boxes_world[:, 3:], result.boxes[:, 3:])
     ids = tokenizer(prompt + GROUND, return_tensors="pt", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         out = model(images(b=1), ids)
     assert torch.allclose(out["box_pred"][0, 0], result.boxes[0], atol=1e-5)
+    # With proposals each <ground> selects one; the refinement starts as the identity, so its box
+    # is the selected proposal (or the direct box when it selects "not among them").
+    proposals = torch.rand(1, 3, 6) + 0.1
+    [chosen] = model.generate(images(b=1), [prompt], tokenizer, max_new_tokens=2, proposals=proposals)
+    assert chosen.match_logits.shape == (2, 4) and torch.equal(chosen.proposals, proposals[0])
+    for box, logits, direct in zip(chosen.boxes, chosen.match_logits, result.boxes):
+        pick = int(logits.argmax())
+        assert torch.allclose(box, proposals[0, pick] if pick < 3 else direct, atol=1e-5)
 
 
 def _mixed_rows(tokenizer, model):
@@ -309,7 +316,7 @@ def test_generate_runs_one_prefix_per_scene(cfg, tokenizer, monkeypatch):
     alone = [model.generate(scene, [p], tokenizer, max_new_tokens=4)[0].token_ids for p in prompts]
     calls = {"vision": 0, "prefix": 0}
     encode, prefix = model.encode_video, model._vision_prefix
-    monkeypatch.setattr(model, "encode_video", lambda *a: (calls.__setitem__("vision", calls["vision"] + 1), encode(*a))[1])
+    monkeypatch.setattr(model, "encode_video", lambda *a, **k: (calls.__setitem__("vision", calls["vision"] + 1), encode(*a, **k))[1])
     monkeypatch.setattr(model, "_vision_prefix", lambda *a: (calls.__setitem__("prefix", calls["prefix"] + 1), prefix(*a))[1])
     together = model.generate(scene, prompts, tokenizer, max_new_tokens=4)
     assert [r.token_ids for r in together] == alone

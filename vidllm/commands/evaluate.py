@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dotted config override, repeatable (e.g. eval.max_new_tokens=16)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default=None,
                         help="geometry → ScanNet world mapping (default: config eval.protocol)")
+    parser.add_argument("--proposals", choices=("own", "gt"), default=None,
+                        help="what grounding chooses among: the model's own proposals or the ground-truth "
+                             "instances (default: config eval.proposals, own)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves the ~20 s Java start per benchmark)")
     parser.add_argument("--json", action="store_true", help="print metrics.json's content instead of a table")
 
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         summary = evaluate_run(args.model, args.shards, args.run_dir, annotations=args.annotations, scans=args.scans,
                                split=None if args.split == "all" else args.split, benchmarks=args.benchmarks,
                                protocol=args.protocol or cfg.protocol, max_new_tokens=cfg.max_new_tokens,
-                               meteor=not args.no_meteor, progress=progress)
+                               meteor=not args.no_meteor, progress=progress, proposals=args.proposals or cfg.proposals)
         bar.update(bar.total - bar.n)
     if args.json:
         print(json.dumps(jsonable(summary.metrics), indent=2))

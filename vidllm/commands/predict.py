@@ -28,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"generation length cap (default: {defaults.max_new_tokens})")
     parser.add_argument("--geometry-dir", type=Path, default=None,
                         help="where recon geometry goes (default: geometry/ beside OUT)")
+    parser.add_argument("--proposals", choices=("own", "gt"), default=defaults.proposals,
+                        help="grounding benchmarks choose among the model's own proposals (own, from the video "
+                             "alone) or the ground-truth instances (gt, a separately labelled protocol); "
+                             f"default: {defaults.proposals}")
     parser.add_argument("--limit-scenes", type=int, default=None,
                         help="stop after this many scenes with instructions, for smoke runs (default: all)")
 
@@ -42,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
         summary = predict(args.model, args.benchmark, args.shards, args.out, protocol=args.protocol, split=args.split,
                           max_new_tokens=args.max_new_tokens, geometry_dir=args.geometry_dir,
-                          limit_scenes=args.limit_scenes, progress=progress)
+                          limit_scenes=args.limit_scenes, progress=progress, proposals=args.proposals)
     print(json.dumps({"out": str(args.out), "benchmark": summary.benchmark, "protocol": summary.protocol,
                       "scenes": summary.scenes, "predictions": summary.predictions,
                       "seconds_per_scene": round(summary.seconds_per_scene, 3)}))

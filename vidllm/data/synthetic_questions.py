@@ -259,6 +259,17 @@ def _scanqa(facts: SceneFacts, split: str) -> list[Instruction]:
     for label in sorted({o.label for o in facts.objects}):
         members = [o for o in facts.objects if o.label == label]
         items.append((f"How many {CATEGORIES[label][2]} are in the room?", _count_words(len(members)), members))
+    # Existence: up to two classes the room has ("yes") and two it lacks ("no"), chosen by the
+    # scene number so the same room always asks the same ones.
+    present = sorted({o.label for o in facts.objects})
+    absent = sorted(set(CATEGORIES) - set(present))
+    offset = int(facts.scene.scene_id[5:9]) if facts.scene.scene_id[5:9].isdigit() else 0
+    for pool, answer in ((present, "yes"), (absent, "no")):
+        for k in range(min(2, len(pool))):
+            label = pool[(offset + k) % len(pool)]
+            article = "an" if label[0] in "aeiou" else "a"
+            members = [o for o in facts.objects if o.label == label]
+            items.append((f"Is there {article} {label} in the room?", [answer], members))
     for obj in facts.objects:
         phrase = facts.simple_phrase(obj)
         spatial = [p for p, kind, _ in facts.phrases(obj) if kind in ("spatial", "size")]
@@ -284,7 +295,7 @@ def _scanqa(facts: SceneFacts, split: str) -> list[Instruction]:
     return [
         Instruction(task="scanqa", id=f"{split}-scene{number}-{n}", scene_id=scene_id, text=question,
                     answers=answers, target_object_ids=[o.id for o in objs],
-                    object_name=objs[0].label if len({o.label for o in objs}) == 1 else None,
+                    object_name=objs[0].label if len({o.label for o in objs}) == 1 else None,  # None: no objects
                     extra={"object_names": [o.label for o in objs]})
         for n, (question, answers, objs) in enumerate(items)
     ]

@@ -146,7 +146,31 @@ def score_scanqa(
                               {i.id: i.answers for i in instructions}, preset=preset, meteor=meteor)
     metrics = {name: captions.corpus[name] for name in ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L") if name in captions.corpus}
     metrics.update({"EM@1": float(np.mean(em)), "EM@1-refined": float(np.mean(refined)), "EM@1-raw": float(np.mean(raw))})
-    return {"metrics": metrics, "subgroups": {}, "count": len(instructions), "tokenize": preset}
+    families = np.asarray([scanqa_family(inst.text) for inst in instructions])
+    em_arr = np.asarray(em, float)
+    subgroups = {f: {"EM@1": mean_or_none(em_arr[families == f]), "count": int((families == f).sum())}
+                 for f in SCANQA_FAMILIES if (families == f).any()}
+    return {"metrics": metrics, "subgroups": subgroups, "count": len(instructions), "tokenize": preset}
+
+
+# Question families of ScanQA-style questions, recognised by their opening words.
+SCANQA_FAMILIES = ("count", "colour", "existence", "relative_position", "other")
+_RELATIVE = ("next to", "left of", "right of", "behind", "in front of", "near", "between", "on top of", "under")
+
+
+def scanqa_family(question: str) -> str:
+    """count ("how many"), colour ("what colo(u)r"), existence ("is there", "are there"),
+    relative_position (a spatial relation: "what is next to ..."), else other."""
+    q = question.strip().lower()
+    if q.startswith("how many"):
+        return "count"
+    if q.startswith(("what color", "what colour")):
+        return "colour"
+    if q.startswith(("is there", "are there")):
+        return "existence"
+    if any(f" {r} " in f" {q} " for r in _RELATIVE):
+        return "relative_position"
+    return "other"
 
 
 def score_sqa3d(instructions: Sequence[Instruction], preds: Mapping[str, Prediction], gt_path: str) -> dict[str, Any]:

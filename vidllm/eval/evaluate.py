@@ -67,13 +67,15 @@ def evaluate_run(
     max_new_tokens: int = 32,
     meteor: bool = True,
     progress: Callable[[str], None] | None = None,
+    proposals: str = "own",
 ) -> EvaluationSummary:
     """Predict and score `benchmarks` on `split`; write RUN_DIR/metrics.json; see the module docstring.
 
     annotations: folder with the published annotation files (ground truth of the VL benchmarks).
     scans: ScanNet scans folder giving the ground-truth object boxes (grounding, Scan2Cap).
     A benchmark without any instruction in the shards (for this split) is skipped and reported,
-    not scored; every other failure raises.
+    not scored; every other failure raises. `proposals`: what the grounding benchmarks choose
+    among (`vidllm.eval.predict.predict`), recorded with their metrics.
     """
     from vidllm.eval.predict import predict
     from vidllm.eval.scoring import score_predictions
@@ -96,7 +98,7 @@ def evaluate_run(
         pred_path = run / rd.PREDICTIONS_DIR / f"{benchmark}.jsonl"
         try:
             predict(model_dir, benchmark, shards_uri, pred_path, protocol=protocol, split=split,
-                    max_new_tokens=max_new_tokens, geometry_dir=run / rd.GEOMETRY_DIR)
+                    max_new_tokens=max_new_tokens, geometry_dir=run / rd.GEOMETRY_DIR, proposals=proposals)
         except DataError as exc:
             if _NO_INSTRUCTIONS not in str(exc):
                 raise

@@ -109,12 +109,21 @@ def predict(
     geometry_dir: str | Path | None = None,
     limit_scenes: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    proposals: str = "own",
+    patch_geometry: str | None = None,
 ) -> PredictSummary:
     """Predict every `benchmark` instruction found in the shards; write JSONL + `.meta.json` atomically.
 
     `geometry_dir` (default: `<out dir>/geometry` for recon) receives `<scene>.npz` files in the
     run-directory format; recon prediction lines point at them. `progress(samples_read, total)` is
     called after every shard sample (scene clip).
+
+    `proposals` (grounding benchmarks: ScanRefer, Multi3DRefer, Nr3D, Sr3D): "own" = each
+    `<ground>` selects among the model's own proposals (from the video alone) and refines the
+    chosen box; "gt" = it selects among the ground-truth instances (Nr3D/Sr3D then answer with
+    the chosen instance's box, ReferIt3D's protocol). Recorded in the predictions' meta.
+    `patch_geometry` (default: the model's config): "ground_truth" places the 3D patches with
+    the sample's depth and poses (the upper-bound ablation).
     """
     from vidllm.checkpoint import load_pretrained
     from vidllm.data.shards import ShardDataset
@@ -131,6 +140,9 @@ def predict(
     if tokenizer is None:
         raise DataError(model_dir, "model directory has no tokenizer/ (needed to read prompts)")
     model.eval()
+    if proposals not in ("own", "gt"):
+        raise VidLLMError(f"unknown proposals protocol '{proposals}' (choose from own, gt)")
+    gt_geometry = (patch_geometry or model.config.patch_geometry) == "ground_truth"
     geo_dir = Path(geometry_dir) if geometry_dir is not None else out_path.parent / rd.GEOMETRY_DIR
     summary = PredictSummary(benchmark, protocol)
     records: list[dict[str, Any]] = []
@@ -154,12 +166,13 @@ def predict(
         objects = {int(o["object_id"]): np.asarray(o["box"], dtype=np.float64) for o in meta.get("objects", [])}
         images = sample["images"][None]  # [1,S,3,H,W]
         centre = torch.as_tensor(gt_poses[0, :3, 3], dtype=torch.float32)
+        geometry = _ground_truth_geometry(sample) if gt_geometry else None
 
         start = time.perf_counter()
         results: list[Any] = []
         if benchmark == "recon":
             results = model.generate(images, [build_prompt("Describe the room.")], tokenizer, max_new_tokens=1,
-                                     first_camera_center=centre)
+                                     first_camera_center=centre, geometry=geometry)
         elif benchmark == "scan2cap":  # one call for the scene; each prompt's <obj> token carries its box
             boxes = []
             for inst in instructions:
@@ -170,17 +183,17 @@ def predict(
             results = model.generate(images, [build_prompt(inst.text, with_object=True) for inst in instructions],
                                      tokenizer, max_new_tokens=max_new_tokens,
                                      object_boxes=torch.as_tensor(np.stack(boxes), dtype=torch.float32),
-                                     first_camera_center=centre)
+                                     first_camera_center=centre, geometry=geometry)
         else:
-            proposals = None
-            if benchmark in ("nr3d", "sr3d") and objects:  # ReferIt3D: choose among the GT instances
+            candidates: torch.Tensor | str | None = "own" if benchmark in GROUNDING_TASKS else None
+            if benchmark in GROUNDING_TASKS and proposals == "gt" and objects:
                 ids = sorted(objects)
                 scene_boxes = np.stack([objects[i] for i in ids])
                 scene_boxes[:, :3] -= gt_poses[0, :3, 3]
-                proposals = torch.as_tensor(scene_boxes, dtype=torch.float32)[None]
+                candidates = torch.as_tensor(scene_boxes, dtype=torch.float32)[None]
             prompts = [build_prompt(i.text, i.situation, grounding=benchmark in GROUNDING_TASKS) for i in instructions]
             results = model.generate(images, prompts, tokenizer, max_new_tokens=max_new_tokens,
-                                     proposals=proposals, first_camera_center=centre)
+                                     proposals=candidates, first_camera_center=centre, geometry=geometry)
         seconds.append(time.perf_counter() - start)
 
         geometry = results[0]
@@ -210,7 +223,8 @@ def predict(
                 # One box per <ground>. Multi3DRefer keeps them all, and an answer without
                 # <ground> (the zero-target answer "none") is the empty prediction scoring expects.
                 boxes = world.boxes(_np(result.boxes))
-                if benchmark in ("nr3d", "sr3d") and result.match_logits is not None and len(result.match_logits):
+                if (benchmark in ("nr3d", "sr3d") and proposals == "gt" and result.match_logits is not None
+                        and len(result.match_logits)):
                     logits = result.match_logits[0]
                     # The last column, "referent not among the proposals", is no answer here: a
                     # ReferIt3D target is always one of the scene's instances.
@@ -233,5 +247,20 @@ def predict(
         "benchmark": benchmark, "protocol": protocol, "model": str(model_dir), "shards": str(shards_uri),
         "split": split, "scenes": summary.scenes, "seconds_per_scene": summary.seconds_per_scene,
         "scan2cap_prompt_box": "ground-truth object box" if benchmark == "scan2cap" else None,
+        "proposals": ({"own": "own proposals", "gt": "ground-truth instances"}[proposals]
+                      if benchmark in GROUNDING_TASKS else None),
+        "patch_geometry": "ground_truth" if gt_geometry else "predicted",
     })
     return summary
+
+
+def _ground_truth_geometry(sample: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The sample's depth and poses as `VidLLM.encode_video(geometry=...)` takes them."""
+    from vidllm.geometry import ground_truth_geometry
+    from vidllm.losses import reconstruction_targets
+
+    alignment = torch.as_tensor(sample["meta"].get("axis_alignment", np.eye(4)), dtype=torch.float32)[None]
+    depths = sample["depths"][None].float()
+    targets = reconstruction_targets(sample["camera_to_world"][None].float(), sample["intrinsics"][None].float(),
+                                     depths, alignment, tuple(depths.shape[-2:]))
+    return ground_truth_geometry(targets)

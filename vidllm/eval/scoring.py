@@ -63,6 +63,8 @@ def score_predictions(
         "predictions": str(pred_path),
         "model": meta.get("model"),
     }
+    if meta.get("proposals"):
+        result["proposals"] = meta["proposals"]
     if benchmark == "recon":
         result["gt"] = "geometry files (depth_gt, camera_to_world_gt, points_gt)"
         result.update(bm.score_recon(preds))

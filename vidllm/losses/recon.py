@@ -62,7 +62,7 @@ def reconstruction_targets(
         pose_enc `[B, S, 9]` (first camera = identity, translation / s), extrinsics `[B, S, 3, 4]`
         (same, normalised), depth `[B, S, H, W]` (/ s, 0 where invalid), points `[B, S, H, W, 3]`
         (first-camera frame, / s, 0 where invalid), valid_mask `[B, S, H, W]` bool,
-        depth_metric `[B, S, H, W]` metres (0 where invalid), scale `[B]` = s in metres,
+        depth_metric `[B, S, H, W]` metres (0 where invalid), intrinsics (as given), scale `[B]` = s in metres,
         scene_rotation `[B, 3, 3]` (first camera → gravity frame), first_camera_center `[B, 3]`
         (axis-aligned world, metres), sequence_valid `[B]` bool.
     """
@@ -97,6 +97,7 @@ def reconstruction_targets(
         "points": points_norm,
         "valid_mask": valid,
         "depth_metric": depth_metric,
+        "intrinsics": intrinsics,
         "scale": scale,
         "scene_rotation": first_camera_to_gravity(camera_to_world[:, 0], axis_alignment),
         "first_camera_center": first_camera_center_aligned(camera_to_world[:, 0], axis_alignment),

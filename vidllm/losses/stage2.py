@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from torch import Tensor
 
 from vidllm.losses.metric_depth import bin_chamfer_loss, metric_depth_loss
+from vidllm.losses.proposals import proposal_loss
 from vidllm.losses.recon import camera_loss, depth_loss, point_loss, scene_rotation_loss
 from vidllm.losses.vl import VLLossWeights, vl_loss
 
@@ -33,6 +34,8 @@ class Stage2LossWeights:
     box: float = 1.0
     giou: float = 1.0
     match: float = 1.0
+    refine: float = 1.0
+    proposal: float = 1.0
     # Hyper-parameters of the individual terms.
     camera_gamma: float = 0.6
     camera_loss_type: str = "l1"
@@ -65,7 +68,9 @@ def stage2_loss(model_outputs: dict, batch: dict, weights: Stage2LossWeights | N
     Returns:
         dict of scalars: total, recon, md, vl and every individual term (camera, camera_trans,
         camera_rot, camera_fov, depth, depth_conf, depth_reg, depth_grad, point*, rotation,
-        md_log, md_chamfer, lm, box, giou, match — those that apply).
+        md_log, md_chamfer, lm, box, giou, match, refine, proposal_objectness, proposal_box — those
+        that apply). The proposal terms need `proposal_votes` (objectness, boxes, xyz, voxel_mask
+        of `VisionOutput`) in the outputs and `scene_boxes` / `scene_box_mask` in the batch.
     """
     w = weights or Stage2LossWeights()
     recon = model_outputs["recon"]
@@ -105,10 +110,15 @@ def stage2_loss(model_outputs: dict, batch: dict, weights: Stage2LossWeights | N
             out["md_chamfer"] = bin_chamfer_loss(recon["metric"]["bin_edges"], gt_metric, valid)
             total_md = total_md + w.md_chamfer * out["md_chamfer"]
 
-    vl_weights = VLLossWeights(lm=w.lm, box=w.box, giou=w.giou, match=w.match)
+    vl_weights = VLLossWeights(lm=w.lm, box=w.box, giou=w.giou, match=w.match, refine=w.refine)
     vl = vl_loss(model_outputs, vl_weights)
     out.update({k: v for k, v in vl.items() if k != "total"})
     out["recon"], out["md"], out["vl"] = total_recon, total_md, vl["total"].to(total_recon.device)
+    votes = model_outputs.get("proposal_votes")
+    if votes is not None and w.proposal > 0 and batch.get("scene_boxes") is not None:
+        prop = proposal_loss(*votes, batch["scene_boxes"], batch["scene_box_mask"])
+        out["proposal_objectness"], out["proposal_box"] = prop["objectness"], prop["box"]
+        out["vl"] = out["vl"] + w.proposal * (prop["objectness"] + prop["box"])
     out["total"] = total_recon + total_md + out["vl"]
     return out
 

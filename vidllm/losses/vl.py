@@ -24,6 +24,7 @@ class VLLossWeights:
     box: float = 1.0
     giou: float = 1.0
     match: float = 1.0
+    refine: float = 1.0
 
 
 def box_corners(boxes: Tensor) -> tuple[Tensor, Tensor]:
@@ -62,12 +63,12 @@ def vl_loss(outputs: dict, weights: VLLossWeights | None = None) -> dict[str, Te
             (−1 = a `<ground>` slot without target; no assignment, e.g. no box targets given,
             skips GIoU).
     Returns:
-        dict of scalars: total and each present term (lm, box, giou, match); absent terms are
+        dict of scalars: total and each present term (lm, box, giou, match, refine); absent terms are
         omitted. total is 0 (no graph) if no term is present.
     """
     weights = weights or VLLossWeights()
     terms: dict[str, Tensor] = {}
-    for key, name in (("loss_lm", "lm"), ("loss_box", "box"), ("loss_match", "match")):
+    for key, name in (("loss_lm", "lm"), ("loss_box", "box"), ("loss_match", "match"), ("loss_refine", "refine")):
         if outputs.get(key) is not None:
             terms[name] = outputs[key]
     assignment = outputs.get("assignment")

@@ -47,6 +47,17 @@ class GroundingHeads(nn.Module):
         # Score of "no matching object" (Multi3DRefer zero-target): a learned extra proposal.
         self.null_proposal = nn.Parameter(torch.zeros(hidden))
         self.object_prompt = BoxEncoder(hidden, llm_dim)
+        # Refinement of a selected proposal; zero-initialised, so it starts as the identity.
+        self.refine = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.GELU(), nn.Linear(hidden, 6))
+        nn.init.zeros_(self.refine[-1].weight)
+        nn.init.zeros_(self.refine[-1].bias)
+
+    def refine_box(self, ground_hidden: Tensor, proposal: Tensor) -> Tensor:
+        """The `<ground>` query's correction of the proposal it selected: ground_hidden `[..., D]`,
+        proposal `[..., 6]` → box `[..., 6]` (centre shifted, size scaled by at most e^±1)."""
+        delta = self.refine(torch.cat([self.query_proj(ground_hidden), self.proposal_encoder(proposal)], dim=-1))
+        return torch.cat([proposal[..., :3] + delta[..., :3],
+                          proposal[..., 3:] * torch.exp(torch.tanh(delta[..., 3:]))], dim=-1)
 
     def predict_box(self, ground_hidden: Tensor) -> Tensor:
         """ground_hidden `[..., D]` → boxes `[..., 6]` (centre, positive size via softplus)."""

@@ -23,6 +23,7 @@ from vidllm.models.encoder import SharedEncoder
 from vidllm.models.grounding import GroundingHeads, assign_targets
 from vidllm.models.llm import build_causal_lm, decoder_of, run_shared_prefix, select_cache, splice_vision_tokens
 from vidllm.models.patches3d import Patch3DEmbedding, SceneFrameHead, voxel_pool
+from vidllm.models.proposals import ProposalHead, decode_proposals
 from vidllm.models.reconstruction import ReconstructionBranch
 from vidllm.tokenizer import SpecialTokenIds
 
@@ -32,15 +33,23 @@ class VisionOutput:
     """One vision pass over a batch of scenes; reusable by several instructions per scene."""
 
     recon: dict  # ReconstructionBranch outputs (world = first camera, metric after alignment)
-    tokens: Tensor  # [B, N, D_llm] 3D-patch tokens after voxel pooling and projection
+    tokens: Tensor  # [B, N, D_llm] what the LLM reads at <image>: 3D-patch tokens after voxel pooling and projection
     mask: Tensor  # [B, N] True = real token
-    xyz: Tensor  # [B, N, 3] voxel centroids in the scene frame (metres)
+    xyz: Tensor  # [B, V, 3] voxel centroids in the scene frame (metres), one per pooled 3D patch
+    voxel_mask: Tensor  # [B, V] True = real voxel
     scene_rotation: Tensor  # [B, 3, 3] first camera → gravity-aligned scene frame
+    objectness: Tensor  # [B, V] proposal logits of the pooled 3D patches (`ProposalHead`)
+    proposal_boxes: Tensor  # [B, V, 6] the box each voxel votes for
 
     def select(self, scene_index: Tensor) -> VisionOutput:
         """Repeat scenes for instructions: `scene_index [B_text]` → a VisionOutput with B_text rows."""
-        return VisionOutput(self.recon, self.tokens[scene_index], self.mask[scene_index],
-                            self.xyz[scene_index], self.scene_rotation[scene_index])
+        return VisionOutput(self.recon, self.tokens[scene_index], self.mask[scene_index], self.xyz[scene_index],
+                            self.voxel_mask[scene_index], self.scene_rotation[scene_index],
+                            self.objectness[scene_index], self.proposal_boxes[scene_index])
+
+    def own_proposals(self, max_proposals: int) -> tuple[Tensor, Tensor]:
+        """The scenes' proposals decoded from the votes: (`[B, M, 6]`, mask `[B, M]`)."""
+        return decode_proposals(self.objectness, self.proposal_boxes, self.voxel_mask, max_proposals)
 
 
 @dataclass
@@ -56,6 +65,7 @@ class GenerationResult:
     points: Tensor  # [N, 3] scene frame
     colors: Tensor  # [N, 3] in [0, 1]
     scale: float  # relative → metric scale of the reconstruction
+    proposals: Tensor | None = None  # [M, 6] the scene-frame proposals scored (own or given)
     extra: dict = field(default_factory=dict)
 
 
@@ -89,24 +99,35 @@ class VidLLM(nn.Module):
         # LLaVA-style 2-layer projector from the vision width to the LLM width.
         self.vision_proj = nn.Sequential(nn.Linear(dim, llm_dim), nn.GELU(), nn.Linear(llm_dim, llm_dim))
         self.grounding = GroundingHeads(cfg.grounding, llm_dim)
+        self.proposals = ProposalHead(llm_dim, cfg.grounding.hidden)
 
     # ------------------------------------------------------------------ vision
 
-    def encode_video(self, images: Tensor, with_points: bool = True, alignment_seeds: list[int] | None = None
-                     ) -> VisionOutput:
+    def encode_video(self, images: Tensor, with_points: bool = True, alignment_seeds: list[int] | None = None,
+                     geometry: dict[str, Tensor] | None = None) -> VisionOutput:
         """images `[B, S, 3, H, W]` in [0, 1] → reconstruction and 3D-patch tokens `[B, N, D_llm]`.
 
         `with_points=False` skips the point head (its world points feed no other module).
         `alignment_seeds` (one per scene, training) draw the images of real-scale alignment; None
-        = evenly spaced images (evaluation)."""
+        = evenly spaced images (evaluation). `geometry` (`ground_truth_geometry`: depth
+        `[B, S, H, W]` metres, extrinsics `[B, S, 3, 4]`, intrinsics `[B, S, 3, 3]`, scene_rotation
+        `[B, 3, 3]`) places the 3D patches with ground truth instead of the predictions (the
+        `model.patch_geometry: ground_truth` upper bound; the reconstruction is still predicted).
+        With `model.vision_tokens` off (the blind control) the LLM reads the `<image>` token's own
+        embedding instead of the scene: the same single token for every video."""
         t_base, depth_levels = self.encoder(images, self.metric_depth_layers)  # [B, S, P, C], 4 × [B, S, P, C]
         t_geom, t_lang = self.cta(t_base)
         recon = self.reconstruction(t_geom, images, t_base, with_points, depth_levels, alignment_seeds)
         rotation = self.scene_frame(t_geom)  # [B, 3, 3]
         with torch.no_grad():  # one-way gradient: geometry is an input of the VL branch
-            depth = recon["depth_metric_aligned"]
-            xyz = patch_centers_to_world(depth, recon["extrinsics"], recon["intrinsics"], self.patch_size)
-            xyz = xyz @ rotation.detach()[:, None].transpose(-1, -2)  # first camera → scene frame, [B,S,P,3]
+            if geometry is None:
+                depth, extrinsics, intrinsics = recon["depth_metric_aligned"], recon["extrinsics"], recon["intrinsics"]
+                patch_rotation = rotation.detach()
+            else:
+                depth, extrinsics, intrinsics = geometry["depth"], geometry["extrinsics"], geometry["intrinsics"]
+                patch_rotation = geometry["scene_rotation"].to(depth.dtype)
+            xyz = patch_centers_to_world(depth, extrinsics, intrinsics, self.patch_size)
+            xyz = xyz @ patch_rotation[:, None].transpose(-1, -2)  # first camera → scene frame, [B,S,P,3]
             valid = (patch_depth(depth, self.patch_size) > 0) & torch.isfinite(xyz).all(-1)
             xyz = torch.where(valid[..., None], xyz, 0.0)  # patches without geometry sit at the origin, NaN-free
         t_3d = self.patch3d(t_lang, xyz)  # eq. 4, per patch
@@ -114,7 +135,14 @@ class VidLLM(nn.Module):
         pooled, centroids, mask = voxel_pool(
             t_3d.flatten(1, 2), xyz.flatten(1, 2), valid.flatten(1, 2), pool.voxel_size, pool.max_tokens, pool.min_tokens
         )
-        return VisionOutput(recon, self.vision_proj(pooled), mask, centroids, rotation)
+        tokens = self.vision_proj(pooled)
+        objectness, proposal_boxes = self.proposals(tokens, centroids)
+        llm_tokens, llm_mask = tokens, mask
+        if not self.config.vision_tokens:
+            image = self.llm.get_input_embeddings().weight[self.special_ids.image]
+            llm_tokens = image.expand(tokens.shape[0], 1, -1)
+            llm_mask = mask.new_ones(tokens.shape[0], 1)
+        return VisionOutput(recon, llm_tokens, llm_mask, centroids, mask, rotation, objectness, proposal_boxes)
 
     # ------------------------------------------------------------------ language
 
@@ -230,6 +258,14 @@ class VidLLM(nn.Module):
                 result["match_nll"] = match_nll
                 if assigned.any():
                     losses["loss_match"] = match_nll[assigned].mean()
+                # The selected proposal, refined towards its target: trained on every assigned
+                # `<ground>` whose target is among the proposals (jittered in training).
+                proposed = assigned & (target_proposals.gather(1, pick) >= 0)
+                if proposed.any():
+                    chosen = proposals.gather(1, target_proposals.gather(1, pick).clamp_min(0)[..., None].expand(-1, -1, 6))
+                    refined = self.grounding.refine_box(ground_hidden, chosen.to(ground_hidden.dtype))
+                    refine_l1 = (refined.float() - assigned_targets.float()).abs().mean(-1)
+                    losses["loss_refine"] = refine_l1[proposed].mean()
         result.update(losses)
         result["loss"] = sum(losses.values()) if losses else None
         return result
@@ -340,10 +376,11 @@ class VidLLM(nn.Module):
         prompts: list[str],
         tokenizer,
         max_new_tokens: int = 32,
-        proposals: Tensor | None = None,
+        proposals: Tensor | str | None = None,
         object_boxes: Tensor | None = None,
         first_camera_center: Tensor | None = None,
         point_stride: int = 4,
+        geometry: dict[str, Tensor] | None = None,
     ) -> list[GenerationResult]:
         """Answer `prompts` about videos and return text, boxes and geometry in one pass.
 
@@ -354,8 +391,12 @@ class VidLLM(nn.Module):
             images: `[B, S, 3, H, W]` in [0, 1]; B = len(prompts), or B = 1 shared by all prompts.
             prompts: full prompts containing `<image>` (see `vidllm.tokenizer.build_prompt`), all
                 with the same text before it.
-            proposals: `[B, M, 6]` scene-frame proposals to score; object_boxes `[B, 6]` for `<obj>`
+            proposals: `[B, M, 6]` scene-frame proposals to score, or "own": the model's own
+                (`VisionOutput.own_proposals`). Each `<ground>` then selects one (its best match
+                score) and its box is that proposal refined (`refine_box`); when it selects "not
+                among them", its box is the direct box head's. object_boxes `[B, 6]` for `<obj>`
                 (one per scene, or `[len(prompts), 6]`: one per prompt).
+            geometry: ground-truth geometry for the 3D patches (`encode_video`).
             first_camera_center: `[B, 3]` (or `[3]`) GT first camera centre in the axis-aligned
                 ScanNet world; maps boxes to `boxes_world` (benchmarks' protocol).
             point_stride: pixel stride of the returned point cloud.
@@ -365,9 +406,14 @@ class VidLLM(nn.Module):
         try:
             if images.shape[0] not in (1, len(prompts)):
                 raise ValueError(f"images batch {images.shape[0]} must be 1 or len(prompts) = {len(prompts)}")
-            vision = self.encode_video(images)
-            geometry = [self._scene_geometry(images[b], vision.recon, vision.scene_rotation, b, point_stride)
-                        for b in range(images.shape[0])]  # once per scene, shared by its prompts
+            vision = self.encode_video(images, geometry=geometry)
+            proposal_mask = None
+            if isinstance(proposals, str):
+                if proposals != "own":
+                    raise ValueError(f"proposals must be a tensor or 'own', got {proposals!r}")
+                proposals, proposal_mask = vision.own_proposals(self.config.grounding.max_proposals)
+            scene_geometry = [self._scene_geometry(images[b], vision.recon, vision.scene_rotation, b, point_stride)
+                              for b in range(images.shape[0])]  # once per scene, shared by its prompts
             encoded = [tokenizer(p, return_tensors="pt", add_special_tokens=False)["input_ids"].to(images.device)
                        for p in prompts]
             image_at = self._prompt_image_column(encoded)
@@ -387,15 +433,24 @@ class VidLLM(nn.Module):
                          else images.new_zeros(0, 6)).float()
                 match = None
                 if proposals is not None and hidden:
-                    props = proposals[b : b + 1].expand(len(hidden), -1, -1)
-                    match = self.grounding.match_logits(torch.stack(hidden), props.to(hidden[0].dtype)).float()
+                    queries = torch.stack(hidden)
+                    props = proposals[b : b + 1].expand(len(hidden), -1, -1).to(queries.dtype)
+                    valid = None if proposal_mask is None else proposal_mask[b : b + 1].expand(len(hidden), -1)
+                    match = self.grounding.match_logits(queries, props, valid).float()
+                    choice = match.argmax(-1)  # [n]; the last column = not among the proposals
+                    selected = choice < props.shape[1]
+                    chosen = props[torch.arange(len(hidden)), choice.clamp_max(props.shape[1] - 1)]
+                    refined = self.grounding.refine_box(queries, chosen).float()
+                    boxes = torch.where(selected[:, None], refined, boxes)
                 boxes_world = None
                 if first_camera_center is not None:
                     centre = first_camera_center if first_camera_center.dim() == 1 else first_camera_center[b]
                     boxes_world = torch.cat([scene_to_scannet_world(boxes[:, :3], centre.to(boxes)), boxes[:, 3:]], -1)
                 results.append(GenerationResult(
                     text=tokenizer.decode(tokens, skip_special_tokens=True).strip(), token_ids=tokens,
-                    boxes=boxes, boxes_world=boxes_world, match_logits=match, **geometry[b],
+                    boxes=boxes, boxes_world=boxes_world, match_logits=match,
+                    proposals=None if proposals is None else _valid_rows(proposals[b], proposal_mask, b),
+                    **scene_geometry[b],
                 ))
             return results
         finally:
@@ -427,3 +482,7 @@ class VidLLM(nn.Module):
         return {"depth": depth[0], "camera_to_world": camera_to_world, "intrinsics": intrinsics[0],
                 "points": points[keep],
                 "colors": colors[keep], "scale": float(recon["scale"][b])}
+
+
+def _valid_rows(proposals: Tensor, mask: Tensor | None, b: int) -> Tensor:
+    return proposals.float() if mask is None else proposals[mask[b]].float()

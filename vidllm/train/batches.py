@@ -20,6 +20,7 @@ Boxes are in the scene frame: gravity-aligned ScanNet axes, origin at the first 
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -143,6 +144,31 @@ def encode_row(record: dict[str, Any], tokenizer, objects: dict[int, list[float]
                    [scene_box(i) for i in target_ids], object_box)
 
 
+def draw_instructions(records: list[dict[str, Any]], count: int, task_weights: dict[str, float] | None,
+                      rng: random.Random) -> list[dict[str, Any]]:
+    """`count` records drawn without replacement. With `task_weights` ({task: weight}; tasks not
+    named weigh 1, weight 0 never trains) each draw first picks a task among those with records
+    left, in proportion to its weight, then one of its records; so the mix of tasks a step trains
+    on is fixed by the config, not by how many records each benchmark happens to have. Without
+    weights: a uniform sample of the records."""
+    if not task_weights:
+        return rng.sample(records, min(count, len(records)))
+    pools: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if task_weights.get(r["task"], 1.0) > 0:
+            pools.setdefault(r["task"], []).append(r)
+    for pool in pools.values():
+        rng.shuffle(pool)
+    chosen: list[dict[str, Any]] = []
+    while len(chosen) < count and pools:
+        tasks = sorted(pools)
+        task = rng.choices(tasks, weights=[task_weights.get(t, 1.0) for t in tasks])[0]
+        chosen.append(pools[task].pop())
+        if not pools[task]:
+            del pools[task]
+    return chosen
+
+
 def select_proposals(object_ids: list[int], targets: list[int], max_proposals: int, rng: random.Random) -> list[int]:
     """A row's proposal object ids (sorted): every object when the scene has at most
     `max_proposals`, else all of the row's `targets` plus a sample of the others drawn with `rng`,
@@ -152,6 +178,15 @@ def select_proposals(object_ids: list[int], targets: list[int], max_proposals: i
     keep = set(targets)
     others = sorted(set(object_ids) - keep)
     return sorted(keep | set(rng.sample(others, max(0, max_proposals - len(keep)))))
+
+
+def _jittered(box: list[float], jitter: float, rng: random.Random) -> list[float]:
+    """A ground-truth proposal as a detector would give it: centre moved by N(0, jitter) metres
+    per axis, each size scaled by exp(N(0, jitter)). Trains the `<ground>` selection on imperfect
+    boxes and its refinement towards the target (the model's own proposals are imperfect)."""
+    if jitter <= 0:
+        return box
+    return [*(c + rng.gauss(0.0, jitter) for c in box[:3]), *(d * math.exp(rng.gauss(0.0, jitter)) for d in box[3:])]
 
 
 def _objects(meta: dict[str, Any]) -> dict[int, list[float]]:
@@ -173,21 +208,24 @@ def stage1_batch(samples: list[dict[str, Any]], teacher_features: list[dict[str,
 
 
 def stage2_batch(samples: list[dict[str, Any]], tokenizer, *, instructions_per_scene: int, max_text_tokens: int,
-                 max_proposals: int, pad_id: int, seed: int, step: int) -> dict[str, Any]:
+                 max_proposals: int, pad_id: int, seed: int, step: int,
+                 task_weights: dict[str, float] | None = None, proposal_jitter: float = 0.0) -> dict[str, Any]:
     """Scene clips → one Stage-2 batch (see the module docstring).
 
     Only training scenes reach here (`cycle_samples` drops val/test-split scenes); clips without
     instructions (scenes with no annotations) still give reconstruction supervision: when no clip
     of the batch has any, `input_ids` is None (a reconstruction-only step).
 
-    Instructions, and the proposals of scenes with more than `max_proposals` objects, are drawn
+    Instructions (mixed by `task_weights`, see `draw_instructions`), and the proposals of scenes with more than `max_proposals` objects, are drawn
     per scene with generators seeded by (seed, step, scene key), so a resumed run draws the same
     rows as an uninterrupted one. Returns images, recon targets (`reconstruction_targets` keys),
     and text tensors (R rows, T = most targets in a row (≥ 1), M = most proposals in a row):
     input_ids / attention_mask / labels `[R, L]`, scene_index `[R]`, box_targets `[R, T, 6]`
     (every target's scene-frame box, zero padding), target_mask `[R, T]`, target_proposals
     `[R, T]` (each target's index in its row's proposals, −1 padding), has_box `[R]` (a row with
-    a target), object_boxes `[R, 6]`, proposals `[R, M, 6]` (scene frame), proposal_mask `[R, M]`.
+    a target), object_boxes `[R, 6]`, proposals `[R, M, 6]` (scene frame, `proposal_jitter`
+    applied), proposal_mask `[R, M]`; targets also hold every object of each scene,
+    scene_boxes `[B, O, 6]` / scene_box_mask `[B, O]` (the proposal head's ground truth).
     """
     images = stack_images(samples)
     height, width = images.shape[-2:]
@@ -197,6 +235,17 @@ def stage2_batch(samples: list[dict[str, Any]], tokenizer, *, instructions_per_s
         torch.stack([s["camera_to_world"] for s in samples]), torch.stack([s["intrinsics"] for s in samples]),
         torch.stack([s["depths"] for s in samples]), alignment, (height, width),
     )
+    # Every object of each scene (scene frame): the proposal head's ground truth.
+    scene_objects = [_objects(s["meta"]) for s in samples]
+    most = max(1, max(len(o) for o in scene_objects))
+    targets["scene_boxes"] = torch.zeros(len(samples), most, 6)
+    targets["scene_box_mask"] = torch.zeros(len(samples), most, dtype=torch.bool)
+    for b, objects in enumerate(scene_objects):
+        centre = targets["first_camera_center"][b].tolist()
+        for j, box in enumerate(objects.values()):
+            targets["scene_boxes"][b, j] = torch.tensor([box[0] - centre[0], box[1] - centre[1], box[2] - centre[2],
+                                                         *box[3:6]])
+            targets["scene_box_mask"][b, j] = True
     rows: list[TextRow] = []
     scene_index: list[int] = []
     proposal_ids: list[list[int]] = []  # per row
@@ -210,14 +259,15 @@ def stage2_batch(samples: list[dict[str, Any]], tokenizer, *, instructions_per_s
         rng = random.Random(f"{seed}:{step}:{sample['key']}")
         # Its own generator: the instruction draw stays what it is whatever the proposals need.
         proposal_rng = random.Random(f"{seed}:{step}:{sample['key']}:proposals")
-        for record in rng.sample(records, min(instructions_per_scene, len(records))):
+        for record in draw_instructions(records, instructions_per_scene, task_weights, rng):
             row = encode_row(record, tokenizer, objects, centre, max_text_tokens)
             ids = select_proposals(list(objects), row.target_ids, max_proposals, proposal_rng)
             rows.append(row)
             scene_index.append(b)
             proposal_ids.append(ids)
-            proposal_boxes.append([[objects[i][0] - centre[0], objects[i][1] - centre[1], objects[i][2] - centre[2],
-                                    *objects[i][3:6]] for i in ids])
+            proposal_boxes.append([_jittered([objects[i][0] - centre[0], objects[i][1] - centre[1],
+                                              objects[i][2] - centre[2], *objects[i][3:6]], proposal_jitter,
+                                             proposal_rng) for i in ids])
     base = {"keys": [s["key"] for s in samples], "images": images, "targets": targets}
     if not rows:  # e.g. scenes without annotations: a reconstruction-only step
         return {**base, "input_ids": None}

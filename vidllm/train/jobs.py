@@ -149,7 +149,8 @@ def stage2_setup(cfg: VidLLMConfig, shards_uri: str, init_model: str | Path | No
             batch = stage2_batch(group, tokenizer, instructions_per_scene=cfg.train.instructions_per_scene,
                                  max_text_tokens=cfg.train.max_text_tokens,
                                  max_proposals=cfg.model.grounding.max_proposals, pad_id=pad_id,
-                                 seed=cfg.train.seed + rank, step=step)
+                                 seed=cfg.train.seed + rank, step=step, task_weights=cfg.train.task_weights,
+                                 proposal_jitter=cfg.model.grounding.proposal_jitter)
             yield {**batch, "step": step}, len(group)
 
     def batches(start_step: int) -> Iterator[tuple[dict[str, Any], int]]:

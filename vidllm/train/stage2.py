@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from vidllm.config import VidLLMConfig
 from vidllm.errors import DataError
+from vidllm.geometry import ground_truth_geometry
 from vidllm.losses import Stage2LossWeights, stage2_loss
 from vidllm.lora import apply_lora
 
@@ -56,10 +57,15 @@ class Stage2Objective(nn.Module):
         """batch from `stage2_batch` (images `[B,S,3,H,W]`, text rows `[R, L]`) → stage2_loss terms
         (`total`, ...) plus `tokens` (LLM input tokens: text + vision per row, for throughput)."""
         seeds = alignment_seeds(batch["keys"], int(batch["step"])) if "step" in batch else None
-        vision = self.model.encode_video(batch["images"], with_points=self.weights.point > 0, alignment_seeds=seeds)
+        geometry = None
+        if self.model.config.patch_geometry == "ground_truth":
+            geometry = ground_truth_geometry(batch["targets"])
+        vision = self.model.encode_video(batch["images"], with_points=self.weights.point > 0, alignment_seeds=seeds,
+                                         geometry=geometry)
+        votes = (vision.objectness, vision.proposal_boxes, vision.xyz, vision.voxel_mask)
         if batch["input_ids"] is None:  # no instructions in these clips: reconstruction + metric depth only
-            losses = stage2_loss({"recon": vision.recon, "scene_rotation": vision.scene_rotation}, batch["targets"],
-                                 self.weights)
+            losses = stage2_loss({"recon": vision.recon, "scene_rotation": vision.scene_rotation,
+                                  "proposal_votes": votes}, batch["targets"], self.weights)
             return {**losses, "tokens": vision.mask.sum().detach()}
         has_object = bool((batch["input_ids"] == self.model.special_ids.obj).any())
         out = self.model(
@@ -69,7 +75,7 @@ class Stage2Objective(nn.Module):
             object_boxes=batch["object_boxes"] if has_object else None,
             vision=vision, scene_index=batch["scene_index"], share_prefix=self.share_vision_prefix,
         )
-        losses = stage2_loss(out, batch["targets"], self.weights)
+        losses = stage2_loss({**out, "proposal_votes": votes}, batch["targets"], self.weights)
         tokens = batch["attention_mask"].sum() + vision.mask[batch["scene_index"]].sum()
         return {**losses, "tokens": tokens.detach()}
 
