@@ -346,6 +346,25 @@ def run_evaluate(cfg: VidLLMConfig, paths: Paths, upstream: str, model_dir: str,
     return _run_or_skip("evaluate", paths, step_digest, valid, work)
 
 
+def run_control(cfg: VidLLMConfig, paths: Paths, upstream: str, init_model: str | None, *, split: str | None,
+                benchmarks: list[str], meteor: bool) -> StepResult:
+    """`vidllm.ablate.blind_control`: the blind Stage 2 beside the run → RUN_DIR/ablation.json (full vs blind)."""
+    from vidllm.ablate import ABLATION_FILE
+
+    step_digest = digest("control", cfg.model, _train_section(cfg, "stage1"), cfg.eval, split, sorted(benchmarks),
+                         meteor, upstream)
+
+    def work() -> dict[str, Any]:
+        from vidllm.ablate import blind_control
+
+        result = blind_control(cfg, paths.shards_uri, paths.run_dir, init_model=init_model,
+                               annotations=paths.annotations_uri, scans=paths.scans_uri, split=split,
+                               benchmarks=benchmarks, meteor=meteor)
+        return {"ablation": str(paths.run_dir / ABLATION_FILE), "table": result["variants"]}
+
+    return _run_or_skip("control", paths, step_digest, lambda: (paths.run_dir / ABLATION_FILE).is_file(), work)
+
+
 def run_report(paths: Paths, upstream: str) -> StepResult:
     """`vidllm.eval.report.build_report` → RUN_DIR/report.md, report.html, plots/."""
     step_digest = digest("report", upstream)

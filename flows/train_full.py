@@ -35,9 +35,11 @@ def _task_runner():
         return None
     from prefect_ray import RayTaskRunner
 
-    # Workers need the same S3 endpoint/credentials and offline switches as this process.
-    env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "HF_", "TRANSFORMERS_"))}
-    return RayTaskRunner(address=address, init_kwargs={"runtime_env": {"env_vars": env}})
+    from vidllm.ray_session import forwarded_env
+
+    # Workers get the S3 endpoint/region/profile and offline switches, never credentials: Ray writes
+    # runtime_envs into its logs in clear text; the cluster uses its own credentials (or AWS_PROFILE).
+    return RayTaskRunner(address=address, init_kwargs={"runtime_env": {"env_vars": forwarded_env()}})
 
 
 # Our own digests decide what re-runs, so Prefect's result cache is off for every task.
@@ -75,6 +77,13 @@ def evaluate_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str, model_di
                   benchmarks: list[str], meteor: bool) -> dict[str, Any]:
     return steps.run_evaluate(cfg, paths, upstream, model_dir, split=split, benchmarks=benchmarks,
                               meteor=meteor).to_dict()
+
+
+@task(name="control", **_task)
+def control_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str, init_model: str | None, split: str | None,
+                 benchmarks: list[str], meteor: bool) -> dict[str, Any]:
+    return steps.run_control(cfg, paths, upstream, init_model, split=split, benchmarks=benchmarks,
+                             meteor=meteor).to_dict()
 
 
 @task(name="report", **_task)
@@ -144,7 +153,12 @@ def train_full(
     evaluated = record(evaluate_task.submit(cfg, paths, stage2["digest"], stage2["outputs"]["model_dir"],
                                             None if split == "all" else split,
                                             list(benchmarks or EVAL_BENCHMARKS), meteor).result())
-    record(report_task.submit(paths, evaluated["digest"]).result())
+    upstream = evaluated["digest"]
+    if cfg.eval.blind_control:  # the control every learning claim is measured against
+        init = None if cfg.train.single_stage else stage1["outputs"]["model_dir"]
+        upstream = record(control_task.submit(cfg, paths, upstream, init, None if split == "all" else split,
+                                              list(benchmarks or EVAL_BENCHMARKS), meteor).result())["digest"]
+    record(report_task.submit(paths, upstream).result())
     summary_path = steps.write_summary(paths, list(results.values()))
     logger.info("train-full done: metrics %s, report %s, summary %s", evaluated["outputs"].get("metrics"),
                 results["report"]["outputs"].get("markdown"), summary_path)

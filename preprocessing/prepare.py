@@ -52,6 +52,7 @@ from vidllm.data.shards import (
     write_manifest,
 )
 from vidllm.errors import DataError
+from vidllm.ray_session import absolute_local, init_ray
 
 SCENE_DIR_PATTERN = re.compile(r"^scene\d{4}_\d{2}$")
 LABEL_MAP_NAME = "scannetv2-labels.combined.tsv"
@@ -388,18 +389,8 @@ def _clean_orphans(out_uri: str, listed: set[str]) -> None:
 
 def _ensure_ray(workers: int) -> bool:
     """Connect to RAY_ADDRESS or start a local Ray; returns True if this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        # Workers on a cluster need the same S3 settings as the driver.
-        env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-        ray.init(address=address, runtime_env={"env_vars": env}, logging_level="WARNING")
-    else:
-        ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, logging_level="WARNING")
-    return True
+    # A private local instance unless RAY_ADDRESS is set; only non-secret S3 settings reach the workers.
+    return init_ray(num_cpus=workers or os.cpu_count() or 1)
 
 
 def _run_scenes(rows: list[dict[str, Any]], cfg: PrepConfig, label_map: str | None,
@@ -431,9 +422,12 @@ def prepare_shards(scannet_uri: str, annotations_dir: str | Path | None, out_uri
     """
     start = time.monotonic()
     out_uri = str(out_uri)
+    # Scene folders, label map and cache dir go into Ray tasks, which may run with another cwd.
+    scannet_uri = absolute_local(scannet_uri)
+    label_map = absolute_local(label_map) if label_map else label_map
     summary = PrepareSummary(out_uri=out_uri)
     storage.make_dirs(out_uri)
-    cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="vidllm-prepare-cache-"))
+    cache = Path(absolute_local(cache_dir)) if cache_dir else Path(tempfile.mkdtemp(prefix="vidllm-prepare-cache-"))
     own_cache = cache_dir is None
 
     try:

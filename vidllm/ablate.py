@@ -240,3 +240,37 @@ def run_ablation(recipe: str, variants: Sequence[str], work_dir: str | Path, *, 
     out["seconds"] = time.monotonic() - start
     _write_json(work / ABLATION_FILE, out)
     return out
+
+
+def blind_control(cfg: VidLLMConfig, shards_uri: str, run_dir: str | Path, *, init_model: str | Path | None,
+                  annotations: str | Path, scans: str | Path, split: str | None, benchmarks: Sequence[str],
+                  meteor: bool = False, progress: bool = False) -> dict[str, Any]:
+    """Beside a trained run: the same Stage 2 (same init, data, seeds, steps) with no vision tokens,
+    evaluated the same way; RUN_DIR/ablation.json then holds both rows (full from RUN_DIR/metrics.json).
+    Returns that mapping."""
+    from vidllm.eval import run_dir as rd
+    from vidllm.eval.evaluate import evaluate_run
+    from vidllm.train import train_stage2
+
+    run = Path(run_dir)
+    control = run / "control_blind"
+    if control.exists():
+        shutil.rmtree(control)
+    blind_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vision_tokens": False})})
+    start = time.monotonic()
+    trained = train_stage2(blind_cfg, shards_uri, control, init_model=init_model, progress=progress)
+    evaluate_run(trained.model_dir, shards_uri, control / "eval", annotations=annotations, scans=scans, split=split,
+                 benchmarks=benchmarks, protocol=cfg.eval.protocol, max_new_tokens=cfg.eval.max_new_tokens,
+                 meteor=meteor, proposals=cfg.eval.proposals)
+    seconds = time.monotonic() - start
+    full = rd.read_json(run / rd.METRICS_FILE)
+    blind = rd.read_json(control / "eval" / rd.METRICS_FILE)
+    out = {"recipe": cfg.recipe, "split": split, "variants": {
+        "full": {"description": VARIANTS["full"].description, "table": headline(full),
+                 "metrics_file": str(run / rd.METRICS_FILE), "proposals": cfg.eval.proposals},
+        "blind": {"description": VARIANTS["blind"].description, "table": headline(blind),
+                  "metrics_file": str(control / "eval" / rd.METRICS_FILE), "proposals": cfg.eval.proposals,
+                  "seconds": {"stage2+eval": seconds}},
+    }}
+    _write_json(run / ABLATION_FILE, out)
+    return out

@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                            "(--stage1, --vggt, --llm; random init for the rest)"),
     "vggt-dino": ("vggt_dino", "write a VGGT checkpoint's DINO patch embed as a Dinov2 directory (geometry teacher)"),
     "teachers": ("teachers", "compute Stage-1 teacher features into the content-addressed cache"),
+    "pretrain-teachers": ("pretrain_teachers", "train a miniature VGGT and CLIP on synthetic scenes, saved in "
+                                               "their native formats (no downloads)"),
     "train": ("train", "Stage-1 distillation or Stage-2 joint training (single process or Ray Train)"),
     "plan": ("plan", "parameter counts, memory and FLOPs of a recipe, built on the meta device"),
     "predict": ("predict", "run a model on a benchmark's shards and write predictions JSONL"),

@@ -337,6 +337,7 @@ class TeacherPretrainConfig(_Section):
     clip_steps: int = Field(2000, ge=1, description="optimiser steps of the miniature CLIP vision tower")
     lr: float = Field(3e-4, gt=0)
     batch_size: int = Field(2, ge=1, description="clips per VGGT step; CLIP steps use batch_size x model.frames frames")
+    clip_frames: int | None = Field(None, ge=2, description="frames per VGGT training clip; None = model.frames")
     seed_offset: int = Field(1_000_003, ge=1, description="added to data.synth.seed for the pretraining scenes")
     probe_steps: int = Field(200, ge=1, description="steps of the linear probes (trained CLIP vs random-init control)")
     log_every: int = Field(50, ge=1)
@@ -364,6 +365,9 @@ class TeacherConfig(_Section):
 
 class EvalConfig(_Section):
     protocol: Literal["first_camera_gt", "umeyama_sim3"] = "first_camera_gt"
+    blind_control: bool = Field(False, description="train-full also trains the blind control (Stage 2 with no vision "
+                                                   "tokens, same init, data and steps) and writes RUN_DIR/ablation.json "
+                                                   "with both rows")
     proposals: Literal["own", "gt"] = Field(
         "own", description="grounding benchmarks choose among: own = the model's proposals (from video alone); "
                            "gt = the ground-truth instances (a separately labelled protocol)")
@@ -452,8 +456,8 @@ _DEMO: dict[str, Any] = {
         "loss_weights": {"point": 0.0},
     },
     "teachers": {"semantic_image_size": 112, "random_hidden_size": 64, "random_num_layers": 1, "random_num_heads": 4,
-                 "pretrain": {"scenes": 10, "frames": 16, "vggt_steps": 150, "clip_steps": 200, "lr": 1e-3,
-                              "batch_size": 2, "probe_steps": 150, "log_every": 25}},
+                 "pretrain": {"scenes": 10, "frames": 16, "vggt_steps": 120, "clip_steps": 150, "lr": 1e-3,
+                              "batch_size": 2, "clip_frames": 4, "probe_steps": 100, "log_every": 20}},
     "eval": {"max_new_tokens": 16},
 }
 
@@ -473,7 +477,9 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 # Scenes are split by scene (val scenes are never trained on); ~0.1 s to generate each.
 _LEARNING: dict[str, Any] = _merge(_DEMO, {
     "data": {"synth": {"scenes": 200, "val_fraction": 0.12}},
+    # 8 instructions per scene clip: ~0.3 s a step on 2 cores, so six variants fit in 30 minutes.
     "train": {"stage2": {"steps": 400, "warmup_steps": 20, "checkpoint_every": 100, "log_every": 20},
+              "instructions_per_scene": 8,
               # The mix a step trains on, whatever each benchmark's record count: the scored tasks first.
               "task_weights": {"scanqa": 3.0, "scanrefer": 2.0, "multi3drefer": 1.0, "scan2cap": 1.0,
                                "sqa3d": 0.5, "nr3d": 0.5, "sr3d": 0.5}},

@@ -49,6 +49,7 @@ def run_demo(out: Path, recipe: str = "demo", scenes: int | None = None, overrid
     out = Path(out).absolute()
     use_ephemeral_prefect(out / "prefect_home")
     from flows.train_full import train_full
+    from vidllm.ablate import ABLATION_FILE, format_table
     from vidllm.eval import run_dir as rd
     from vidllm.eval.evaluate import format_metrics_table
 
@@ -61,6 +62,10 @@ def run_demo(out: Path, recipe: str = "demo", scenes: int | None = None, overrid
         print(f"   {step:<9} {result['status']:<8} {result['seconds']:7.1f} s")
     print(f"\n== metrics ({rd.METRICS_FILE}, val split; fractions and metres as computed)")
     print(format_metrics_table(rd.read_json(run_dir / rd.METRICS_FILE)))
+    ablation = run_dir / ABLATION_FILE
+    if ablation.is_file():  # eval.blind_control: the same Stage 2 with no vision tokens
+        print("\n== held-out scenes beside the blind control (no vision tokens reach the LLM; percentages)")
+        print(format_table(rd.read_json(ablation)))
     report = results["report"]["outputs"]
     print(f"\nreport: {report.get('markdown')}\n        {report.get('html')}")
     own_video(out)

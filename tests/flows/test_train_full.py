@@ -111,3 +111,25 @@ def test_single_stage_ablation_skips_teachers_and_stage1(prefect_server: Prefect
     assert any((run / "model").glob("*.safetensors")) and not (run / "stage1_model").exists()
     assert not (work_dir / "teacher_cache").exists()
     assert "scanqa" in json.loads((run / "metrics.json").read_text())
+
+
+def test_blind_control_runs_beside_the_model_and_the_report_shows_both(prefect_server: PrefectServer,
+                                                                       tmp_path: Path):
+    """`eval.blind_control=true`: after evaluate, the same Stage 2 with no vision tokens is trained
+    and evaluated; RUN_DIR/ablation.json holds both rows and the report renders them."""
+    work_dir = tmp_path / "work"
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.train_full import train_full
+
+    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+        results = train_full(recipe="tiny", work_dir=str(work_dir), benchmarks=["scanqa", "recon"], meteor=False,
+                             overrides=["train.single_stage=true", "eval.blind_control=true"])
+    assert list(results)[-2:] == ["control", "report"]
+    run = work_dir / "run"
+    ablation = json.loads((run / "ablation.json").read_text())
+    assert list(ablation["variants"]) == ["full", "blind"]
+    blind_config = (run / "control_blind" / "config.yaml").read_text()
+    assert "vision_tokens: false" in blind_config
+    assert ablation["variants"]["blind"]["table"]["δ1"] is not None
+    assert "| blind |" in (run / "report.md").read_text()

@@ -167,5 +167,9 @@ def test_ablate_trains_each_variant_on_the_same_data_and_reuses_results(tmp_path
         assert {"scanqa", "scanrefer", "recon"} <= set(metrics)
     assert len(list((tmp_path / "stage1").iterdir())) == 1
     assert "| blind |" in format_table(result)
+    from vidllm.eval.report import build_report
+
+    report = build_report(tmp_path).markdown.read_text()  # the report renders the ablation table
+    assert "Ablations (held-out scenes)" in report and "| blind |" in report
     again = run_ablation("tiny", ["full", "blind"], tmp_path, overrides=args)
     assert all(entry.get("reused") for entry in again["variants"].values())

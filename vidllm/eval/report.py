@@ -340,6 +340,25 @@ def _seconds_per_scene(metrics: dict[str, Any], predictions_dir: Path) -> float 
     return float(np.mean(values)) if values else None
 
 
+def _ablation_blocks(run: Path) -> list[Block]:
+    """The ablation table (`vidllm ablate`, or the demo's blind control) when the run has one."""
+    from vidllm.ablate import ABLATION_FILE, COLUMNS
+
+    path = run / ABLATION_FILE
+    if not path.is_file():
+        return []
+    result = rd.read_json(path)
+    if not isinstance(result, dict) or not isinstance(result.get("variants"), dict):
+        raise DataError(path, "must hold {variants: {name: {table: ...}}} (vidllm ablate's output)")
+    header = ["variant", *(h for h, *_ in COLUMNS)]
+    rows = [[name, *(_fmt(entry.get("table", {}).get(h)) for h, *_ in COLUMNS)]
+            for name, entry in result["variants"].items()]
+    return [("h2", "Ablations (held-out scenes)"),
+            ("p", "Each variant trained on the same data, seeds and steps; `blind` is the same model with no vision "
+                  "tokens reaching the LLM, the control every learning claim is measured against. Percentages."),
+            ("table", (header, rows))]
+
+
 def build_report(run: str | Path, max_scenes: int = 2, progress: Callable[[str], None] | None = None) -> Report:
     """Write report.md, report.html and plots/ into the run directory and return their paths."""
     run = Path(run)
@@ -366,6 +385,7 @@ def build_report(run: str | Path, max_scenes: int = 2, progress: Callable[[str],
     if not metrics:
         blocks.append(("p", f"No {rd.METRICS_FILE} in this run: the tables below are empty."))
     blocks += _tables(metrics, _seconds_per_scene(metrics, run / rd.PREDICTIONS_DIR))
+    blocks += _ablation_blocks(run)
 
     figures: list[Block] = []
     log_path = run / rd.TRAIN_LOG_FILE

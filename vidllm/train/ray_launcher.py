@@ -1,6 +1,6 @@
 """Ray Train launcher: the same loop (`vidllm.train.loop.run_loop`) in every `TorchTrainer` worker.
 
-- `ScalingConfig(num_workers=train.num_workers, use_gpu=<CUDA on this machine>)`.
+- `ScalingConfig(num_workers=train.num_workers, use_gpu=<the Ray cluster has GPUs>)`.
 - `train.strategy`: "ddp" → DistributedDataParallel (find_unused_parameters: a step may not
   reach every head, e.g. a reconstruction-only Stage-2 batch); "fsdp" → FSDP2 (`fully_shard`, see
   `shard_objective`): each of the objective's `fsdp_units()` is sharded on its own, then the root;
@@ -26,11 +26,11 @@ import torch
 
 from vidllm.config import TrainConfig, VidLLMConfig
 from vidllm.errors import VidLLMError
+from vidllm.ray_session import absolute_local, cluster_has_gpus, init_ray
 
 
 def storage_path(cfg: VidLLMConfig) -> str:
-    path = cfg.train.storage_path
-    return path if "://" in path else str(Path(path).absolute())
+    return absolute_local(cfg.train.storage_path)
 
 
 def run_name(run_dir: Path, stage: str) -> str:
@@ -127,18 +127,16 @@ def fit_with_ray(stage: str, cfg: VidLLMConfig, shards_uri: str, run_dir: Path, 
     from vidllm.train.jobs import TrainResult, stage1_setup, stage2_setup
     from vidllm.train.loop import load_checkpoint
 
-    started = False
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level="WARNING")  # RAY_ADDRESS selects a cluster
-        started = True
+    started = init_ray()  # a private local Ray, or the cluster at RAY_ADDRESS (see vidllm.ray_session)
     try:
         trainer = TorchTrainer(
             _worker,
-            train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage, "shards_uri": str(shards_uri),
-                               "cache_uri": None if cache_uri is None else str(cache_uri),
+            train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage,
+                               "shards_uri": absolute_local(shards_uri),
+                               "cache_uri": None if cache_uri is None else absolute_local(cache_uri),
                                "init_model": None if init_model is None else str(Path(init_model).absolute()),
                                "run_dir": str(Path(run_dir).absolute())},
-            scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=torch.cuda.is_available()),
+            scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cluster_has_gpus()),
             run_config=RunConfig(
                 name=run_name(Path(run_dir), stage), storage_path=storage_path(cfg),
                 failure_config=FailureConfig(max_failures=cfg.train.max_failures),
