@@ -95,7 +95,7 @@ def own_video(work: Path, max_new_tokens: int = 16) -> None:
     clip = model.load_video(video)
     print(f"\n== own video: {video} ({len(frames)} frames, RGB only) → {len(clip.frame_indices)} sampled frames")
     answer = model.ask(clip, question.text)
-    said = repr(answer.text) if answer.text else "no text (this small model answers ScanQA with <ground>: see README)"
+    said = repr(answer.text) if answer.text else "no text"
     print(f"   ask       {question.text!r} → {said} (reference: {question.answers[0]!r})")
     recon = model.reconstruct(clip)
     ply = recon.write_ply(work / "own_video" / f"{scene_id}.ply")

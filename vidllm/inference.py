@@ -124,8 +124,10 @@ class VideoModel:
         from vidllm.tokenizer import build_prompt
 
         images = clip.images[None].to(self.device)
+        # A grounding request selects among the model's own proposals (there are no others for a video).
         return self.model.generate(images, [build_prompt(t, grounding=grounding) for t in texts], self.tokenizer,
-                                   max_new_tokens=max_new_tokens or self.max_new_tokens, point_stride=point_stride)
+                                   max_new_tokens=max_new_tokens or self.max_new_tokens, point_stride=point_stride,
+                                   proposals="own" if grounding else None)
 
     def ask(self, clip: VideoClip, question: str) -> Answer:
         """A free-form answer to `question` about the scene in the video."""
@@ -142,7 +144,8 @@ class VideoModel:
         return [Answer(r.text, seconds) for r in results]
 
     def ground(self, clip: VideoClip, phrase: str) -> Grounding:
-        """3D boxes of the object(s) `phrase` refers to (none if the model answers without `<ground>`)."""
+        """3D boxes of the object(s) `phrase` refers to (none if the model answers without `<ground>`):
+        each `<ground>` selects one of the model's own proposals and refines it."""
         if not phrase.strip():
             raise VidLLMError("the phrase is empty")
         start = time.perf_counter()

@@ -210,6 +210,74 @@ def load_vggt_into(
     return report
 
 
+_ENCODER_SIMPLE_INV = {ours: theirs for theirs, ours in _ENCODER_SIMPLE.items()}
+_BLOCK_SIMPLE_INV = {ours: theirs for theirs, ours in _BLOCK_SIMPLE.items()}
+
+
+def _encoder_key_to_vggt(key: str) -> str | None:
+    """One HF Dinov2 key (current names) → its VGGT `aggregator.patch_embed.*` key; None for the
+    split q/k/v projections (fused separately)."""
+    if key in _ENCODER_SIMPLE_INV:
+        return _PATCH + _ENCODER_SIMPLE_INV[key]
+    match = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias|lambda1)", key)
+    if match is None:
+        raise VidLLMError(f"encoder weight '{key}' has no VGGT name")
+    layer, module, kind = match.groups()
+    block = f"{_PATCH}blocks.{layer}."
+    if module in ("attention.q_proj", "attention.k_proj", "attention.v_proj"):
+        return None
+    if module in ("layer_scale1", "layer_scale2") and kind == "lambda1":
+        return f"{block}ls{module[-1]}.gamma"
+    if module in _BLOCK_SIMPLE_INV and kind in ("weight", "bias"):
+        return f"{block}{_BLOCK_SIMPLE_INV[module]}.{kind}"
+    raise VidLLMError(f"encoder weight '{key}' has no VGGT name")
+
+
+def to_vggt_state_dict(model_or_parts: nn.Module | dict[str, nn.Module]) -> dict[str, Tensor]:
+    """Our encoder + reconstruction branch as a VGGT state dict: the inverse of `load_vggt_into`.
+
+    Accepts the same forms as `load_vggt_into` (a module with `.encoder` and `.reconstruction`,
+    or `{"encoder": ..., "reconstruction": ...}`). The metric depth model is not part of VGGT and
+    is left out; so is `aggregator.input_proj`, which VGGT has no counterpart for, hence a model
+    whose encoder width differs from `aggregator.embed_dim` is refused. Tensors are cloned and
+    contiguous, ready for `safetensors.torch.save_file`.
+    """
+    if isinstance(model_or_parts, dict):
+        encoder, recon = model_or_parts.get("encoder"), model_or_parts.get("reconstruction")
+    else:
+        encoder = getattr(model_or_parts, "encoder", None)
+        recon = getattr(model_or_parts, "reconstruction", None)
+    if encoder is None or recon is None:
+        raise VidLLMError("to_vggt_state_dict needs both an encoder and a reconstruction branch")
+    out: dict[str, Tensor] = {}
+    for key, value in recon.state_dict().items():
+        if key.startswith("metric_depth."):
+            continue
+        if key.startswith("aggregator.input_proj."):
+            raise VidLLMError("the aggregator has an input projection (encoder width ≠ aggregator.embed_dim), "
+                              "which a VGGT checkpoint cannot hold")
+        if not key.startswith(_RECON_PREFIXES):
+            raise VidLLMError(f"reconstruction weight '{key}' has no VGGT name")
+        out[key] = value.detach().clone().contiguous()
+    _, dinov2 = _find_dinov2(encoder)
+    enc = dict(dinov2.state_dict())
+    for new, old in _LEGACY_HF.items():  # transformers < 5 names → current ones
+        for key in [k for k in enc if old in k]:
+            enc[key.replace(old, new)] = enc.pop(key)
+    for key, value in enc.items():
+        target = _encoder_key_to_vggt(key)
+        if target is not None:
+            out[target] = value.detach().clone().contiguous()
+    layers = sorted({int(k.split(".")[2]) for k in enc if k.startswith("encoder.layer.")})
+    for layer in layers:
+        prefix = f"encoder.layer.{layer}.attention."
+        for kind in ("weight", "bias"):
+            parts = [enc.get(f"{prefix}{x}_proj.{kind}") for x in "qkv"]
+            if all(p is not None for p in parts):
+                out[f"{_PATCH}blocks.{layer}.attn.qkv.{kind}"] = torch.cat([p.detach() for p in parts]).contiguous()
+    return out
+
+
 def vggt_dino_config(sd: dict[str, Tensor], num_heads: int | None = None):
     """The `Dinov2WithRegistersConfig` of a VGGT checkpoint's DINO patch embed, read off its shapes.
 

@@ -1,0 +1,140 @@
+"""Miniature teachers (`vidllm.pretrain`): trained once on the tiny recipe, then loaded through the
+very paths real VGGT / DINOv2 / CLIP weights take."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vidllm.config import load_config
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg():
+    return load_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_cfg, tmp_path_factory):
+    from vidllm.pretrain import pretrain_teachers
+
+    out = tmp_path_factory.mktemp("pretrained")
+    return out, pretrain_teachers(tiny_cfg, out, progress=False)
+
+
+def _fresh_vggt_modules(cfg, seed: int):
+    from vidllm.pretrain import _vggt_modules
+
+    torch.manual_seed(seed)
+    return _vggt_modules(cfg)
+
+
+def test_manifest_names_every_output_and_nothing_temporary_is_left(pretrained):
+    out, manifest = pretrained
+    assert manifest["reused"] is False
+    assert {"vggt", "geometry", "semantic", "digest", "metrics", "corpus"} <= set(manifest)
+    assert Path(manifest["vggt"]) == (out / "vggt.safetensors").resolve() and Path(manifest["vggt"]).is_file()
+    for role in ("geometry", "semantic"):
+        assert (Path(manifest[role]) / "config.json").is_file()
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["digest"] == manifest["digest"] and on_disk["metrics"] == manifest["metrics"]
+    assert sorted(p.name for p in out.iterdir()) == ["geometry", "manifest.json", "semantic", "vggt.safetensors"]
+    m = manifest["metrics"]
+    assert 0 <= m["vggt_depth_delta1"] <= 1 and 0 <= m["clip_probe_class_accuracy_random_init"] <= 1
+    # The corpus is not the benchmark's: its seed is far from data.synth.seed.
+    assert manifest["corpus"]["seed"] - manifest["corpus"]["benchmark_seed"] == 1_000_003
+
+
+def test_to_vggt_state_dict_round_trips_exactly(tiny_cfg, pretrained):
+    from vidllm.models.convert import load_vggt_into, read_checkpoint, to_vggt_state_dict
+
+    src_enc, src_rec = _fresh_vggt_modules(tiny_cfg, 0)
+    sd = to_vggt_state_dict({"encoder": src_enc, "reconstruction": src_rec})
+    assert any(k.endswith("attn.qkv.weight") for k in sd) and not any(k.startswith("metric_depth") for k in sd)
+    enc, rec = _fresh_vggt_modules(tiny_cfg, 1)
+    report = load_vggt_into({"encoder": enc, "reconstruction": rec}, sd)
+    assert report.missing == [] and report.unexpected == [] and report.loaded == len(
+        {**enc.state_dict(), **rec.state_dict()})
+    for a, b in ((src_enc, enc), (src_rec, rec)):
+        other = b.state_dict()
+        assert all(torch.equal(v, other[k]) for k, v in a.state_dict().items())
+    assert to_vggt_state_dict({"encoder": enc, "reconstruction": rec}).keys() == sd.keys()
+
+    # The saved checkpoint is exactly that conversion of the trained modules.
+    ckpt = read_checkpoint(pretrained[1]["vggt"])
+    enc2, rec2 = _fresh_vggt_modules(tiny_cfg, 2)
+    load_vggt_into({"encoder": enc2, "reconstruction": rec2}, ckpt)
+    again = to_vggt_state_dict({"encoder": enc2, "reconstruction": rec2})
+    assert again.keys() == ckpt.keys() and all(torch.equal(again[k], ckpt[k]) for k in ckpt)
+
+
+def test_outputs_load_through_the_real_loaders(tiny_cfg, pretrained):
+    from preprocessing.teacher_cache import geometry_features, load_teacher, semantic_features, teacher_spec
+    from vidllm.assemble import assemble_model
+    from vidllm.tokenizer import train_tokenizer
+
+    _, manifest = pretrained
+    model_cfg = tiny_cfg.model.model_copy(update={"init": tiny_cfg.model.init.model_copy(
+        update={"vggt": manifest["vggt"]})})
+    torch.manual_seed(0)
+    assembly = assemble_model(model_cfg, train_tokenizer([], vocab_size=model_cfg.llm.vocab_size))
+    assert assembly.sources["reconstruction"].startswith("VGGT") and assembly.sources["encoder"].startswith("VGGT")
+    assert assembly.vggt.unexpected == [] and all(".metric_depth." in k or "input_proj" in k
+                                                  for k in assembly.vggt.missing)
+
+    teachers = tiny_cfg.teachers.model_copy(update={"geometry": manifest["geometry"], "semantic": manifest["semantic"]})
+    geometry, semantic = load_teacher(teachers, "geometry"), load_teacher(teachers, "semantic")
+    assert type(geometry).__name__ == "Dinov2WithRegistersModel" and type(semantic).__name__ == "CLIPVisionModel"
+    for role in ("geometry", "semantic"):
+        teacher_spec(teachers, role)  # the cache identity reads the directories too
+    images = torch.rand(2, 3, 56, 70)
+    with torch.no_grad():
+        # The geometry teacher is the checkpoint's DINO: its features are the assembled encoder's tokens.
+        feats = geometry_features(geometry, images, frames_per_batch=2)["patch_tokens"].float()
+        assembly.model.encoder.eval()
+        tokens = assembly.model.encoder(images[None])[0]
+        assert torch.allclose(feats, tokens, atol=2e-2)
+        sem = semantic_features(semantic, images, teachers.semantic_image_size, frames_per_batch=2)
+    side = teachers.semantic_image_size // teachers.random_patch_size
+    assert sem["patch_tokens"].shape == (2, side * side, teachers.random_hidden_size)
+
+
+def test_second_call_reuses_without_retraining(tiny_cfg, pretrained):
+    from vidllm.pretrain import config_digest, pretrain_teachers
+
+    out, first = pretrained
+    files = [out / "manifest.json", out / "vggt.safetensors", *sorted((out / "geometry").iterdir()),
+             *sorted((out / "semantic").iterdir())]
+    stamps = [p.stat().st_mtime_ns for p in files]
+    again = pretrain_teachers(tiny_cfg, out, progress=False)
+    assert again["reused"] is True and again["digest"] == first["digest"] and again["metrics"] == first["metrics"]
+    assert [p.stat().st_mtime_ns for p in files] == stamps
+    changed = load_config("tiny", overrides=["teachers.pretrain.vggt_steps=13"])
+    assert config_digest(changed) != first["digest"]
+
+
+def test_trained_clip_has_semantics(pretrained):
+    m = pretrained[1]["metrics"]
+    # Per-patch object class on held-out scenes beats always answering the most frequent class.
+    assert m["clip_class_head_accuracy"] > m["class_chance_accuracy"] + 0.1
+    assert m["clip_probe_class_accuracy"] > m["class_chance_accuracy"]
+
+
+def test_cli_reports_and_rejects_bad_overrides_in_one_line(pretrained, tmp_path, capsys):
+    from vidllm.cli import main
+
+    out, manifest = pretrained
+    assert main(["pretrain-teachers", "--recipe", "tiny", "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "reused" in text and f"--set model.init.vggt={manifest['vggt']}" in text
+    assert f"--set teachers.semantic={manifest['semantic']}" in text
+
+    for bad in ("teachers.pretrain.vggt_steps=0", "teachers.pretrain.nope=1"):
+        code = main(["pretrain-teachers", "--recipe", "tiny", "--out", str(tmp_path / "x"), "--set", bad])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("vidllm pretrain-teachers: error:") and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()

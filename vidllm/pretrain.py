@@ -1,0 +1,590 @@
+"""Miniature foundation models, saved in the formats the real ones come in.
+
+The paper starts from pretrained VGGT (geometry), DINOv2 and CLIP (semantics). Without those
+weights, `pretrain_teachers(cfg, out_dir)` trains small versions on a synthetic corpus of its own
+(`vidllm.data.synthetic`, seed `data.synth.seed + teachers.pretrain.seed_offset`, so none of its
+scenes is a benchmark scene) and writes
+
+    out_dir/vggt.safetensors   a VGGT-format checkpoint (VGGT key names, `to_vggt_state_dict`) of the
+                               model's own encoder + reconstruction branch trained on RGB-D + poses
+                               with the VGGT-style camera / depth / point losses
+    out_dir/geometry/          its DINO patch embed as a Dinov2 directory (`export_vggt_dino`, as
+                               `vidllm vggt-dino` does with real VGGT weights): teachers.geometry
+    out_dir/semantic/          a CLIPVisionModel trained with per-patch object-class and colour heads
+                               (labels ray-cast from the scene geometry): teachers.semantic
+    out_dir/manifest.json      paths, the digest of the config parts that determine them, metrics
+
+Use them as the real ones: `model.init.vggt=out_dir/vggt.safetensors`,
+`teachers.geometry=out_dir/geometry`, `teachers.semantic=out_dir/semantic`.
+
+Every output is written under a temporary name and renamed into place, the manifest last; a
+second call with the same config and intact outputs returns the manifest (`reused: true`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vidllm.config import ConfigError, VidLLMConfig
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "vidllm-pretrained-teachers"
+CODE_VERSION = 1
+VGGT_NAME, GEOMETRY_NAME, SEMANTIC_NAME = "vggt.safetensors", "geometry", "semantic"
+HELDOUT_FRACTION = 0.2
+IGNORE = -100
+
+
+# ----------------------------------------------------------------------------- corpus
+
+
+@dataclass
+class CorpusScene:
+    scene_id: str
+    images: Tensor  # [F, 3, H, W] float in [0, 1]
+    depth: Tensor  # [F, H, W] metres, 0 = none
+    poses: Tensor  # [F, 4, 4] camera → scan world
+    intrinsics: Tensor  # [3, 3] of the H x W frames
+    axis_alignment: Tensor  # [4, 4]
+    classes: Tensor  # [F, H, W] int64 index into class_names()
+    colors: Tensor  # [F, H, W] int64 index into color_names(), IGNORE on room surfaces
+
+
+def class_names() -> list[str]:
+    from vidllm.data.room_layout import CATEGORIES, ROOM_CATEGORIES
+
+    return [*CATEGORIES, *ROOM_CATEGORIES]
+
+
+def color_names() -> list[str]:
+    from vidllm.data.room_layout import COLORS
+
+    return list(COLORS)
+
+
+def pretrain_synth_config(cfg: VidLLMConfig):
+    """The pretraining corpus: the recipe's frame size and room statistics, its own seed."""
+    pt = cfg.teachers.pretrain
+    return cfg.data.synth.model_copy(update={
+        "scenes": pt.scenes, "frames": pt.frames, "seed": cfg.data.synth.seed + pt.seed_offset,
+        "invalid_pose_fraction": 0.0, "clip_frames": pt.frames, "val_fraction": HELDOUT_FRACTION})
+
+
+def _pixel_labels(synth_scene, camera_to_aligned: np.ndarray, intrinsic: np.ndarray,
+                  size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel class and colour ids of one frame, ray-cast from the scene's boxes on the
+    network input's own grid (so they line up with the resized, cropped frame exactly)."""
+    from vidllm.data.raycast import ROOM_FACES, cast_view
+
+    names, colors = class_names(), color_names()
+    objects = synth_scene.objects
+    boxes = np.array([o.box for o in objects], dtype=np.float32).reshape(-1, 6)
+    lo, hi = boxes[:, :3] - boxes[:, 3:] / 2, boxes[:, :3] + boxes[:, 3:] / 2
+    hits = cast_view(camera_to_aligned, intrinsic, size[0], size[1], np.zeros(3, np.float32),
+                     synth_scene.room_size.astype(np.float32), lo, hi)
+    face_class = [names.index("floor" if f == "floor" else "ceiling" if f == "ceiling" else "wall") for f in ROOM_FACES]
+    surface_class = np.array([names.index(o.label) for o in objects] + face_class, dtype=np.int64)
+    surface_color = np.array([colors.index(o.color_name) for o in objects] + [IGNORE] * len(ROOM_FACES),
+                             dtype=np.int64)
+    surface = hits.surface.astype(np.int64)
+    return surface_class[surface], surface_color[surface]
+
+
+def build_corpus(cfg: VidLLMConfig, work_dir: Path, progress: bool = True) -> list[CorpusScene]:
+    """Generate the pretraining scenes (ScanNet format, under `work_dir`) and read them back with
+    the ScanNet reader, resized and cropped as `prepare` does (data.prep.short_side)."""
+    from tqdm import tqdm
+
+    from preprocessing.sampling import adjust_intrinsics, plan_resize_crop, resample_depth, resize_color
+    from vidllm.data.scannet import load_scene
+    from vidllm.data.synthetic import generate_scene, split_scene_ids
+
+    synth_cfg = pretrain_synth_config(cfg)
+    scan_dir = work_dir / "scans"
+    splits = split_scene_ids(synth_cfg.scenes, synth_cfg.val_fraction)
+    corpus = []
+    for index in tqdm(range(synth_cfg.scenes), desc="pretraining scenes", unit="scene", disable=not progress):
+        synth = generate_scene(index, scan_dir, synth_cfg, splits[index], keep_depths=False)
+        with load_scene(synth.path) as scene:
+            plan = plan_resize_crop(scene.color_size, cfg.data.prep.short_side, cfg.data.prep.patch_multiple)
+            k = adjust_intrinsics(scene.intrinsic_color, plan)
+            images, depths, poses, classes, colors = [], [], [], [], []
+            for frame_id in scene.valid_frame_ids:
+                images.append(resize_color(scene.read_color(int(frame_id)), plan))
+                depths.append(resample_depth(scene.read_depth(int(frame_id)), scene.intrinsic_depth, k, plan.out_size))
+                pose = scene.pose(int(frame_id))
+                poses.append(pose)
+                cls, col = _pixel_labels(synth, scene.axis_alignment @ pose, k, plan.out_size)
+                classes.append(cls)
+                colors.append(col)
+            corpus.append(CorpusScene(
+                scene_id=scene.scene_id,
+                images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0,
+                depth=torch.from_numpy(np.stack(depths).astype(np.float32)),
+                poses=torch.from_numpy(np.stack(poses)).float(),
+                intrinsics=torch.from_numpy(k).float(),
+                axis_alignment=torch.from_numpy(np.asarray(scene.axis_alignment)).float(),
+                classes=torch.from_numpy(np.stack(classes)), colors=torch.from_numpy(np.stack(colors))))
+    return corpus
+
+
+def split_corpus(corpus: list[CorpusScene]) -> tuple[list[CorpusScene], list[CorpusScene]]:
+    """(train, held out): the last ~20% of the scenes (at least one) are held out."""
+    held = max(1, round(HELDOUT_FRACTION * len(corpus)))
+    return corpus[:-held], corpus[-held:]
+
+
+# ----------------------------------------------------------------------------- miniature VGGT
+
+
+def _vggt_modules(cfg: VidLLMConfig) -> tuple[nn.Module, nn.Module]:
+    """(encoder, reconstruction branch) sized by cfg.model, without the metric depth model
+    (VGGT has none): the parts a VGGT checkpoint holds."""
+    from vidllm.models.encoder import SharedEncoder
+    from vidllm.models.reconstruction import ReconstructionBranch
+
+    model_cfg = cfg.model
+    if model_cfg.encoder.hidden_size != model_cfg.aggregator.embed_dim:
+        raise ConfigError(f"a VGGT checkpoint needs model.encoder.hidden_size ({model_cfg.encoder.hidden_size}) = "
+                          f"model.aggregator.embed_dim ({model_cfg.aggregator.embed_dim}): VGGT has no input "
+                          "projection")
+    encoder = SharedEncoder(model_cfg.encoder.model_copy(update={"pretrained": None}))
+    no_md = model_cfg.model_copy(update={"metric_depth": model_cfg.metric_depth.model_copy(update={"enabled": False})})
+    return encoder, ReconstructionBranch(no_md, encoder.hidden_size)
+
+
+def _clip_batch(scenes: list[CorpusScene], frame_ids: list[list[int]]) -> dict[str, Tensor]:
+    return {
+        "images": torch.stack([s.images[f] for s, f in zip(scenes, frame_ids)]),
+        "depth": torch.stack([s.depth[f] for s, f in zip(scenes, frame_ids)]),
+        "poses": torch.stack([s.poses[f] for s, f in zip(scenes, frame_ids)]),
+        "intrinsics": torch.stack([s.intrinsics.expand(len(f), 3, 3) for s, f in zip(scenes, frame_ids)]),
+        "axis_alignment": torch.stack([s.axis_alignment for s in scenes]),
+    }
+
+
+def _vggt_forward(encoder: nn.Module, recon: nn.Module, batch: dict[str, Tensor], with_points: bool) -> dict:
+    tokens = encoder(batch["images"])
+    return recon(tokens, batch["images"], tokens, with_points=with_points)
+
+
+def _vggt_loss(out: dict, batch: dict[str, Tensor], weights) -> tuple[Tensor, dict[str, float]]:
+    from vidllm.losses.recon import camera_loss, depth_loss, point_loss, reconstruction_targets
+
+    images = batch["images"]
+    targets = reconstruction_targets(batch["poses"], batch["intrinsics"], batch["depth"], batch["axis_alignment"],
+                                     tuple(images.shape[-2:]))
+    mask = targets["valid_mask"] & targets["sequence_valid"].view(-1, 1, 1, 1)
+    cam = camera_loss(out["pose_enc_list"], targets["pose_enc"], gamma=weights.camera_gamma,
+                      loss_type=weights.camera_loss_type, sequence_valid=targets["sequence_valid"])
+    dep = depth_loss(out["depth"], out["depth_conf"], targets["depth"], mask, alpha=weights.conf_alpha,
+                     grad_weight=weights.grad_weight, valid_range=weights.valid_range)
+    total = weights.camera * cam["total"] + weights.depth * dep["total"]
+    terms = {"camera": float(cam["total"].detach()), "depth": float(dep["total"].detach())}
+    if "world_points" in out:
+        pts = point_loss(out["world_points"], out["world_points_conf"], targets["points"], mask,
+                         alpha=weights.conf_alpha, grad_weight=weights.grad_weight, valid_range=weights.valid_range)
+        total = total + weights.point * pts["total"]
+        terms["point"] = float(pts["total"].detach())
+    return total, terms
+
+
+def _lr_lambda(steps: int):
+    warmup = max(1, steps // 20)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return factor
+
+
+@torch.no_grad()
+def depth_delta1(encoder: nn.Module, recon: nn.Module, scenes: list[CorpusScene], frames: int) -> dict[str, float]:
+    """δ1 (share of valid pixels with max(pred/gt, gt/pred) < 1.25) and AbsRel of the relative depth
+    after per-scene median scale alignment, on an evenly spaced clip of `frames` per scene."""
+    from preprocessing.sampling import sample_frame_ids
+
+    encoder.eval(), recon.eval()
+    hits = total = 0
+    abs_rel = 0.0
+    for scene in scenes:
+        ids = [int(i) for i in sample_frame_ids(np.arange(len(scene.images)), frames)]
+        batch = _clip_batch([scene], [ids])
+        pred = _vggt_forward(encoder, recon, batch, with_points=False)["depth"][0]
+        gt = batch["depth"][0]
+        valid = gt > 0
+        scale = gt[valid].median() / pred[valid].median().clamp_min(1e-8)
+        p, g = pred[valid] * scale, gt[valid]
+        ratio = torch.maximum(p / g, g / p.clamp_min(1e-8))
+        hits += int((ratio < 1.25).sum())
+        total += int(valid.sum())
+        abs_rel += float(((p - g).abs() / g).sum())
+    return {"delta1": hits / max(1, total), "abs_rel": abs_rel / max(1, total)}
+
+
+def train_vggt(cfg: VidLLMConfig, train: list[CorpusScene], progress: bool = True) -> tuple[nn.Module, nn.Module, dict]:
+    from tqdm import tqdm
+
+    from vidllm.losses.stage2 import Stage2LossWeights
+
+    pt = cfg.teachers.pretrain
+    weights = Stage2LossWeights.from_mapping(cfg.train.loss_weights)
+    torch.manual_seed(cfg.train.seed)
+    encoder, recon = _vggt_modules(cfg)
+    with_points = recon.point_head is not None and weights.point > 0
+    params = [p for p in [*encoder.parameters(), *recon.parameters()] if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=pt.lr, weight_decay=cfg.train.weight_decay, betas=tuple(cfg.train.betas))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(pt.vggt_steps))
+    rng = np.random.default_rng([cfg.train.seed, 17])
+    frames = pt.clip_frames or cfg.model.frames
+    encoder.train(), recon.train()
+    start, last = time.perf_counter(), {}
+    bar = tqdm(range(pt.vggt_steps), desc="mini VGGT", unit="step", disable=not progress)
+    for step in bar:
+        picks = [train[int(i)] for i in rng.integers(0, len(train), pt.batch_size)]
+        ids = [sorted(int(i) for i in rng.choice(len(s.images), size=frames, replace=len(s.images) < frames))
+               for s in picks]
+        batch = _clip_batch(picks, ids)
+        out = _vggt_forward(encoder, recon, batch, with_points)
+        loss, terms = _vggt_loss(out, batch, weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+        opt.step()
+        sched.step()
+        last = {"loss": float(loss.detach()), **terms}
+        rate = (step + 1) * pt.batch_size / (time.perf_counter() - start)
+        bar.set_postfix(loss=f"{last['loss']:.3f}", clips_per_s=f"{rate:.2f}")
+        if (step + 1) % pt.log_every == 0 or step + 1 == pt.vggt_steps:
+            log.info("mini VGGT step %d/%d loss %.4f (%s) %.2f clips/s", step + 1, pt.vggt_steps, last["loss"],
+                     ", ".join(f"{k} {v:.3f}" for k, v in terms.items()), rate)
+    bar.close()
+    return encoder, recon, last
+
+
+def save_vggt(encoder: nn.Module, recon: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from vidllm.models.convert import to_vggt_state_dict
+
+    sd = to_vggt_state_dict({"encoder": encoder, "reconstruction": recon})
+    save_file(sd, str(path), metadata={"format": "pt", "source": "vidllm pretrain-teachers (miniature VGGT)"})
+
+
+# ----------------------------------------------------------------------------- miniature CLIP
+
+
+def _clip_config(cfg: VidLLMConfig):
+    from transformers import CLIPVisionConfig
+
+    t = cfg.teachers  # sized exactly as `init_random_teachers` sizes the random semantic teacher
+    return CLIPVisionConfig(image_size=t.semantic_image_size, intermediate_size=4 * t.random_hidden_size,
+                            hidden_size=t.random_hidden_size, num_hidden_layers=t.random_num_layers,
+                            num_attention_heads=t.random_num_heads, patch_size=t.random_patch_size)
+
+
+def _patch_labels(labels: Tensor, size: int, patch: int, num_classes: int) -> Tensor:
+    """[N, H, W] per-pixel ids (IGNORE allowed) → [N, (size/p)²] majority id per patch of the
+    square-resized frame (IGNORE where no pixel has a label)."""
+    square = F.interpolate(labels[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+    known = square != IGNORE
+    onehot = F.one_hot(torch.where(known, square, 0), num_classes).float() * known[..., None]
+    counts = F.avg_pool2d(onehot.permute(0, 3, 1, 2), patch, patch)  # [N, K, g, g]
+    best = counts.argmax(1).flatten(1)
+    return torch.where(counts.amax(1).flatten(1) > 0, best, torch.full_like(best, IGNORE))
+
+
+def _semantic_set(scenes: list[CorpusScene], size: int, patch: int) -> dict[str, Tensor]:
+    """CLIP inputs (resized and normalised exactly as `semantic_features` does) with patch labels."""
+    from preprocessing.teacher_cache import CLIP_MEAN, CLIP_STD
+
+    images = torch.cat([s.images for s in scenes])
+    frames = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+    pixels = (frames - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    classes = _patch_labels(torch.cat([s.classes for s in scenes]), size, patch, len(class_names()))
+    colors = _patch_labels(torch.cat([s.colors for s in scenes]), size, patch, len(color_names()))
+    furniture = classes < len(class_names()) - 3  # room surfaces have no colour label
+    colors = torch.where(furniture, colors, torch.full_like(colors, IGNORE))
+    return {"pixels": pixels, "classes": classes, "colors": colors}
+
+
+def _accuracy(logits: Tensor, labels: Tensor) -> float:
+    known = labels != IGNORE
+    return float((logits.argmax(-1)[known] == labels[known]).float().mean()) if known.any() else float("nan")
+
+
+@torch.no_grad()
+def _features(model: nn.Module, pixels: Tensor, chunk: int = 64) -> Tensor:
+    model.eval()
+    return torch.cat([model(pixel_values=pixels[i:i + chunk]).last_hidden_state[:, 1:]
+                      for i in range(0, len(pixels), chunk)])
+
+
+def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, steps: int, seed: int) -> float:
+    """Held-out accuracy of a linear classifier on frozen (standardised) patch features."""
+    x, y = train_x.reshape(-1, train_x.shape[-1]), train_y.reshape(-1)
+    keep = y != IGNORE
+    x, y = x[keep], y[keep]
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    torch.manual_seed(seed)
+    probe = nn.Linear(x.shape[-1], int(max(y.max(), test_y.max())) + 1)
+    opt = torch.optim.Adam(probe.parameters(), lr=1e-2)
+    xs = (x - mean) / std
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(probe(xs), y).backward()
+        opt.step()
+    with torch.no_grad():
+        tx = (test_x.reshape(-1, test_x.shape[-1]) - mean) / std
+        return _accuracy(probe(tx), test_y.reshape(-1))
+
+
+def train_clip(cfg: VidLLMConfig, train_set: dict[str, Tensor], progress: bool = True) -> tuple[nn.Module, nn.Module, dict]:
+    """(trained CLIPVisionModel, its random init, the heads and last losses)."""
+    from tqdm import tqdm
+    from transformers import CLIPVisionModel
+
+    pt = cfg.teachers.pretrain
+    # The same seed as `init_random_teachers`' semantic teacher: the control is that very model.
+    torch.manual_seed(cfg.train.seed + 1)
+    model = CLIPVisionModel(_clip_config(cfg))
+    control = copy.deepcopy(model).eval()
+    hidden = model.config.hidden_size
+    heads = nn.ModuleDict({"class": nn.Linear(hidden, len(class_names())), "color": nn.Linear(hidden, len(color_names()))})
+    params = [*model.parameters(), *heads.parameters()]
+    opt = torch.optim.AdamW(params, lr=pt.lr, weight_decay=cfg.train.weight_decay, betas=tuple(cfg.train.betas))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(pt.clip_steps))
+    gen = torch.Generator().manual_seed(cfg.train.seed + 2)
+    batch_size = pt.batch_size * cfg.model.frames
+    n = len(train_set["pixels"])
+    model.train()
+    start, last = time.perf_counter(), {}
+    bar = tqdm(range(pt.clip_steps), desc="mini CLIP", unit="step", disable=not progress)
+    for step in bar:
+        idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
+        pixels, classes, colors = (train_set[k][idx] for k in ("pixels", "classes", "colors"))
+        if torch.rand((), generator=gen) < 0.5:  # horizontal flip, labels with it
+            g = int(math.isqrt(classes.shape[1]))
+            pixels = pixels.flip(-1)
+            classes = classes.view(-1, g, g).flip(-1).reshape(len(idx), -1)
+            colors = colors.view(-1, g, g).flip(-1).reshape(len(idx), -1)
+        tokens = model(pixel_values=pixels).last_hidden_state[:, 1:]
+        loss_class = F.cross_entropy(heads["class"](tokens).flatten(0, 1), classes.reshape(-1), ignore_index=IGNORE)
+        color_known = (colors != IGNORE).any()
+        loss_color = (F.cross_entropy(heads["color"](tokens).flatten(0, 1), colors.reshape(-1), ignore_index=IGNORE)
+                      if color_known else tokens.sum() * 0)
+        loss = loss_class + loss_color
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+        opt.step()
+        sched.step()
+        last = {"loss": float(loss.detach()), "class": float(loss_class.detach()), "color": float(loss_color.detach())}
+        rate = (step + 1) * len(idx) / (time.perf_counter() - start)
+        bar.set_postfix(loss=f"{last['loss']:.3f}", frames_per_s=f"{rate:.1f}")
+        if (step + 1) % pt.log_every == 0 or step + 1 == pt.clip_steps:
+            log.info("mini CLIP step %d/%d loss %.4f (class %.3f, colour %.3f) %.1f frames/s", step + 1,
+                     pt.clip_steps, last["loss"], last["class"], last["color"], rate)
+    bar.close()
+    return model.eval(), control, {"heads": heads.eval(), **last}
+
+
+def save_clip(model: nn.Module, out_dir: Path, cfg: VidLLMConfig) -> None:
+    from preprocessing.teacher_cache import CLIP_MEAN, CLIP_STD
+
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    try:  # the image processor is for users of the directory; `semantic_features` does its own
+        from transformers import CLIPImageProcessor
+
+        side = cfg.teachers.semantic_image_size
+        CLIPImageProcessor(size={"height": side, "width": side}, do_center_crop=False, image_mean=list(CLIP_MEAN),
+                           image_std=list(CLIP_STD), resample=3).save_pretrained(str(out_dir))
+    except Exception as exc:  # noqa: BLE001 — optional extra (e.g. PIL/torchvision missing)
+        log.warning("no image processor config written: %s", exc)
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+def config_parts(cfg: VidLLMConfig) -> dict[str, Any]:
+    """The config values that determine the pretrained teachers (digest input)."""
+    synth = pretrain_synth_config(cfg).model_dump(mode="json")
+    return {
+        "code_version": CODE_VERSION,
+        "pretrain": cfg.teachers.pretrain.model_dump(mode="json"),
+        "synth": synth,
+        "prep": {"short_side": cfg.data.prep.short_side, "patch_multiple": cfg.data.prep.patch_multiple},
+        "model": {k: cfg.model.model_dump(mode="json")[k] for k in ("encoder", "aggregator", "heads", "frames")},
+        "train": {"seed": cfg.train.seed, "weight_decay": cfg.train.weight_decay, "betas": list(cfg.train.betas),
+                  "grad_clip": cfg.train.grad_clip, "loss_weights": cfg.train.loss_weights},
+        "semantic": {k: getattr(cfg.teachers, k) for k in ("semantic_image_size", "random_hidden_size",
+                                                            "random_num_layers", "random_num_heads",
+                                                            "random_patch_size")},
+    }
+
+
+def config_digest(cfg: VidLLMConfig) -> str:
+    return hashlib.sha256(json.dumps(config_parts(cfg), sort_keys=True).encode()).hexdigest()
+
+
+def _paths(out: Path) -> dict[str, Path]:
+    return {"vggt": out / VGGT_NAME, "geometry": out / GEOMETRY_NAME, "semantic": out / SEMANTIC_NAME}
+
+
+def _intact(out: Path) -> bool:
+    paths = _paths(out)
+    return (paths["vggt"].is_file() and (paths["geometry"] / "config.json").is_file()
+            and (paths["semantic"] / "config.json").is_file()
+            and any(paths["geometry"].glob("*.safetensors")) and any(paths["semantic"].glob("*.safetensors")))
+
+
+def read_manifest(out_dir: str | Path) -> dict[str, Any] | None:
+    """The manifest with absolute paths, or None if there is none (or it is unreadable)."""
+    out = Path(out_dir)
+    try:
+        manifest = json.loads((out / MANIFEST_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        return None
+    manifest.update({k: str(p.resolve()) for k, p in _paths(out).items()})
+    return manifest
+
+
+def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", suffix=".tmp", dir=out)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out / MANIFEST_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _commit(tmp: Path, target: Path) -> None:
+    from vidllm.checkpoint import commit_dir
+
+    if tmp.is_dir():
+        commit_dir(tmp, target)
+    else:
+        os.replace(tmp, target)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def pretrain_teachers(cfg: VidLLMConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Train the miniature VGGT and CLIP and write them to `out_dir` (module docstring).
+
+    Returns the manifest: `vggt`, `geometry`, `semantic` (absolute paths), `digest`, `metrics`
+    (vggt_depth_delta1 / _abs_rel on held-out pretraining scenes, the same for the untrained
+    init, clip class / colour head accuracy, linear-probe class accuracy of the trained CLIP and
+    of its random init, chance), `corpus`, `config`, `seconds`, `reused`.
+    """
+    from vidllm.models.convert import export_vggt_dino
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder")
+    digest = config_digest(cfg)
+    existing = read_manifest(out)
+    if existing is not None and existing.get("digest") == digest and _intact(out):
+        log.info("pretrained teachers in %s match the config (digest %s): reused", out, digest[:12])
+        return {**existing, "reused": True}
+
+    pt = cfg.teachers.pretrain
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".pretrain-tmp-", dir=out))
+    seconds: dict[str, float] = {}
+    try:
+        t0 = time.perf_counter()
+        corpus = build_corpus(cfg, work, progress)
+        train, heldout = split_corpus(corpus)
+        seconds["corpus"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.train.seed)
+        init_encoder, init_recon = _vggt_modules(cfg)  # the same init train_vggt starts from
+        init_depth = depth_delta1(init_encoder, init_recon, heldout, cfg.model.frames)
+        del init_encoder, init_recon
+        encoder, recon, vggt_last = train_vggt(cfg, train, progress)
+        depth = depth_delta1(encoder, recon, heldout, cfg.model.frames)
+        save_vggt(encoder, recon, work / VGGT_NAME)
+        export_vggt_dino(work / VGGT_NAME, work / GEOMETRY_NAME, num_heads=cfg.model.encoder.num_heads)
+        seconds["vggt"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        size, patch = cfg.teachers.semantic_image_size, cfg.teachers.random_patch_size
+        if size % patch:
+            raise ConfigError(f"teachers.semantic_image_size ({size}) is not a multiple of teachers.random_patch_size "
+                              f"({patch})")
+        train_set, test_set = _semantic_set(train, size, patch), _semantic_set(heldout, size, patch)
+        clip, control, clip_last = train_clip(cfg, train_set, progress)
+        heads = clip_last.pop("heads")
+        with torch.no_grad():
+            test_tokens = _features(clip, test_set["pixels"])
+            class_acc = _accuracy(heads["class"](test_tokens), test_set["classes"])
+            color_acc = _accuracy(heads["color"](test_tokens), test_set["colors"])
+        probe = {}
+        for name, model in (("trained", clip), ("random_init", control)):
+            probe[name] = linear_probe(_features(model, train_set["pixels"]), train_set["classes"], test_tokens
+                                       if name == "trained" else _features(model, test_set["pixels"]),
+                                       test_set["classes"], pt.probe_steps, cfg.train.seed)
+        known = test_set["classes"][test_set["classes"] != IGNORE]
+        chance = float(torch.bincount(known).max() / max(1, known.numel()))
+        save_clip(clip, work / SEMANTIC_NAME, cfg)
+        seconds["clip"] = time.perf_counter() - t0
+
+        metrics = {
+            "vggt_depth_delta1": depth["delta1"], "vggt_depth_abs_rel": depth["abs_rel"],
+            "vggt_depth_delta1_init": init_depth["delta1"], "vggt_depth_abs_rel_init": init_depth["abs_rel"],
+            "vggt_final_loss": vggt_last.get("loss"),
+            "clip_class_head_accuracy": class_acc, "clip_color_head_accuracy": color_acc,
+            "clip_probe_class_accuracy": probe["trained"],
+            "clip_probe_class_accuracy_random_init": probe["random_init"],
+            "class_chance_accuracy": chance, "clip_final_loss": clip_last.get("loss"),
+        }
+        manifest = {
+            "format": MANIFEST_FORMAT, "version": CODE_VERSION, "digest": digest, "recipe": cfg.recipe,
+            "vggt": VGGT_NAME, "geometry": GEOMETRY_NAME, "semantic": SEMANTIC_NAME,
+            "metrics": metrics,
+            "corpus": {"scenes": len(corpus), "train_scenes": len(train), "heldout_scenes": len(heldout),
+                       "frames_per_scene": pt.frames, "seed": pretrain_synth_config(cfg).seed,
+                       "benchmark_seed": cfg.data.synth.seed, "frame_size": list(corpus[0].images.shape[-2:][::-1]),
+                       "class_names": class_names(), "color_names": color_names()},
+            "config": config_parts(cfg),
+            "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        }
+        # Outputs change only after the old manifest is gone, so a manifest never names stale files.
+        (out / MANIFEST_NAME).unlink(missing_ok=True)
+        for key, target in _paths(out).items():
+            _commit(work / target.name, target)
+        _write_manifest(out, manifest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = read_manifest(out)
+    assert result is not None
+    return {**result, "reused": False}
