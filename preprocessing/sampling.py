@@ -1,6 +1,6 @@
 """Frame sampling and the resize/crop that goes with it (paper §4.1).
 
-Per scene: N frames uniformly over the valid (finite-pose) frames; the shorter side resized
+Per scene: N frames uniformly over the valid (finite, invertible pose) frames; the shorter side resized
 to `short_side`, then a centre crop so that H and W are multiples of the patch size. Depth
 is resampled onto the same output grid with nearest neighbour, and the intrinsics are
 rescaled and shifted so that projecting a 3D point with the new intrinsics lands on the

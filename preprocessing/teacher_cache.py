@@ -16,14 +16,24 @@ Layout under `cache_uri` (a local folder or `s3://` prefix)::
     key = sha256(frame digest, teacher id, weights digest, preprocessing digest, FEATURE_CODE_VERSION)
 
 The frame digest is the sample's content digest from the shard manifest, so new frames get new
-keys and unchanged ones are never recomputed. Each file is written under a temporary name and
-committed atomically (`vidllm.storage.atomic_output`): a key that exists is complete.
+keys and unchanged ones are never recomputed. Each file is written under a temporary name
+(`.<key>.safetensors.<random>.tmp` beside it) and committed atomically
+(`vidllm.storage.atomic_output`); temporary files left by a killed run are removed by the next
+`build_teacher_cache` on a local cache.
+
+Integrity: the metadata holds `payload_sha256`, a digest of the tensors (`payload_digest`).
+Reading a file (`load_teacher_features`, and `build_teacher_cache` for every present key) checks
+that it parses, that the digest matches, and that the tensors are finite; a file that fails is a
+`DataError` at load time, and `build_teacher_cache` logs it and recomputes it (`repaired`).
+Files written before the digest existed are still read (only the finiteness check applies).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +47,8 @@ from vidllm import storage
 from vidllm.config import TeacherConfig
 from vidllm.errors import DataError, VidLLMError
 
+log = logging.getLogger(__name__)
+
 # Bump when the way features are computed changes (preprocessing, layer, dtype handling).
 FEATURE_CODE_VERSION = 1
 TEACHER_ROLES = ("geometry", "semantic")
@@ -47,6 +59,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DIGEST_KEY = "payload_sha256"  # metadata key of the tensors' digest (`payload_digest`)
+# A temporary file younger than this may belong to a build still running: left alone.
+TEMP_GRACE_SECONDS = 300.0
 
 
 @dataclass
@@ -56,10 +71,12 @@ class TeacherCacheSummary:
     forward_passes: int = 0  # teacher forward calls (0 when everything was cached)
     samples: int = 0
     cache_uri: str = ""
+    repaired: int = 0  # present but corrupt (truncated, digest mismatch, non-finite): recomputed (in `computed`)
+    temp_removed: int = 0  # temporary files of killed runs removed
 
     def line(self) -> str:
         return (f"teacher cache {self.cache_uri}: {self.samples} samples, {self.computed} computed, "
-                f"{self.reused} reused, {self.forward_passes} teacher forward passes")
+                f"{self.reused} reused, {self.repaired} repaired, {self.forward_passes} teacher forward passes")
 
 
 @dataclass(frozen=True)
@@ -214,34 +231,97 @@ def semantic_features(model: torch.nn.Module, images: Tensor, size: int, frames_
     return {"patch_tokens": torch.cat(patches).half(), "pooled": torch.cat(pooled).half()}
 
 
+def payload_digest(tensors: dict[str, Tensor]) -> str:
+    """sha256 over the tensors (name, dtype, shape and bytes, by name), independent of the file layout."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
 def write_features(uri: str, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    """Write one feature file atomically, its tensors' digest in the metadata (`DIGEST_KEY`)."""
     from safetensors.torch import save
 
-    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    data = save(tensors, metadata={**metadata, DIGEST_KEY: payload_digest(tensors)})
     with storage.atomic_output(uri) as f:
         f.write(data)
 
 
-def load_teacher_features(cache_uri: str, key: str) -> dict[str, Any]:
-    """One cached feature file → {"patch_tokens": fp16 [S,P,C], ["pooled": fp16 [S,C]], "grid": (h, w), "meta": {...}}."""
+def _parse_features(uri: str, data: bytes) -> dict[str, Any]:
+    """Parse and verify one feature file's bytes; DataError naming `uri` if it is corrupt: unparsable
+    (e.g. truncated), digest mismatch (files without a digest skip that check), non-finite values."""
     from safetensors.torch import load
 
+    try:
+        tensors = load(data)
+        # `load` drops the metadata; it sits in the JSON header (8-byte little-endian length first).
+        header_len = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8:8 + header_len]).get("__metadata__", {}) or {}
+    except Exception as exc:
+        raise DataError(uri, f"corrupt teacher feature file ({exc})") from None
+    if "patch_tokens" not in tensors or "grid" not in meta:
+        raise DataError(uri, "teacher feature file lacks patch_tokens or grid metadata")
+    expected = meta.get(DIGEST_KEY)
+    if expected is not None and payload_digest(tensors) != expected:
+        raise DataError(uri, "corrupt teacher feature file (tensor digest mismatch)")
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise DataError(uri, f"corrupt teacher feature file (non-finite values in '{name}')")
+    try:
+        grid = tuple(int(v) for v in meta["grid"].split("x"))
+    except ValueError:
+        raise DataError(uri, f"corrupt teacher feature file (bad grid {meta['grid']!r})") from None
+    return {**tensors, "grid": grid, "meta": meta}
+
+
+def load_teacher_features(cache_uri: str, key: str) -> dict[str, Any]:
+    """One cached feature file → {"patch_tokens": fp16 [S,P,C], ["pooled": fp16 [S,C]], "grid": (h, w), "meta": {...}}.
+
+    DataError naming the file if it is missing or corrupt (`_parse_features`); rebuild it with
+    `vidllm teachers` (`build_teacher_cache` recomputes corrupt entries)."""
     uri = feature_uri(cache_uri, key)
     try:
         data = storage.read_bytes(uri)
     except FileNotFoundError:
         raise DataError(uri, "teacher features not in the cache: run `vidllm teachers` first") from None
+    return _parse_features(uri, data)
+
+
+def _intact(uri: str) -> bool:
+    """Whether the feature file at `uri` exists and verifies; a corrupt one is logged (warning)."""
     try:
-        tensors = load(data)
-        # `load` drops the metadata; it sits in the JSON header (8-byte little-endian length first).
-        header_len = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8:8 + header_len]).get("__metadata__", {})
-    except Exception as exc:
-        raise DataError(uri, f"corrupt teacher feature file ({exc})") from None
-    if "patch_tokens" not in tensors or "grid" not in meta:
-        raise DataError(uri, "teacher feature file lacks patch_tokens or grid metadata")
-    grid = tuple(int(v) for v in meta["grid"].split("x"))
-    return {**tensors, "grid": grid, "meta": meta}
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        return False
+    try:
+        _parse_features(uri, data)
+    except DataError as exc:
+        log.warning("%s; recomputing it", exc)
+        raise
+    return True
+
+
+def remove_stale_temp_files(cache_uri: str, grace_seconds: float = TEMP_GRACE_SECONDS) -> int:
+    """Delete the temporary files (`.<key>.safetensors.*.tmp`) that killed runs left in a local
+    cache, if older than `grace_seconds` (younger ones may be a running build's). Returns the count."""
+    if storage.is_s3(str(cache_uri)) or not Path(cache_uri).is_dir():
+        return 0
+    removed = 0
+    now = time.time()
+    for tmp in Path(cache_uri).glob(f"*/.*{SUFFIX}.*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime < grace_seconds:
+                continue
+            tmp.unlink()
+        except FileNotFoundError:
+            continue
+        log.warning("%s: removed a temporary file left by an interrupted teacher-cache build", tmp)
+        removed += 1
+    return removed
 
 
 def feature_keys(cache_uri: str, shards_uri: str, teachers: TeacherConfig) -> dict[str, dict[str, str]]:
@@ -253,11 +333,14 @@ def feature_keys(cache_uri: str, shards_uri: str, teachers: TeacherConfig) -> di
 
 
 def build_teacher_cache(shards_uri: str, cache_uri: str, teachers: TeacherConfig,
-                        progress: bool = True) -> TeacherCacheSummary:
+                        progress: bool = True, verify: bool = True) -> TeacherCacheSummary:
     """Compute the missing (sample, teacher) features of a shard dataset; present keys are skipped.
 
-    Teachers are loaded only if something is missing, and a sample's frames are decoded only
-    if one of its keys is missing, so a warm re-run reads the manifest and lists keys only.
+    Present files are read and verified first (`_parse_features`): a corrupt one (truncated,
+    digest mismatch, non-finite) is logged and recomputed (`summary.repaired`). Temporary files
+    of killed runs are removed first (local caches). `verify=False` only checks that keys exist
+    (a warm re-run then lists keys only, reading no file). Teachers are loaded only if something
+    is missing, and a sample's frames are decoded only if one of its keys is missing.
     """
     from tqdm import tqdm
 
@@ -268,9 +351,19 @@ def build_teacher_cache(shards_uri: str, cache_uri: str, teachers: TeacherConfig
         raise DataError(manifest_uri(shards_uri), "no manifest (or an empty one): run `vidllm prepare` first")
     specs = {role: teacher_spec(teachers, role) for role in TEACHER_ROLES}
     summary = TeacherCacheSummary(samples=len(entries), cache_uri=str(cache_uri))
+    summary.temp_removed = remove_stale_temp_files(cache_uri)
     missing: dict[str, list[str]] = {}  # sample key -> roles to compute
     for e in entries:
-        roles = [role for role, spec in specs.items() if not storage.exists(feature_uri(cache_uri, spec.key(e.digest)))]
+        roles = []
+        for role, spec in specs.items():
+            try:
+                uri = feature_uri(cache_uri, spec.key(e.digest))
+                present = _intact(uri) if verify else storage.exists(uri)
+            except DataError:
+                summary.repaired += 1
+                present = False
+            if not present:
+                roles.append(role)
         summary.reused += len(TEACHER_ROLES) - len(roles)
         if roles:
             missing[e.key] = roles
@@ -300,6 +393,10 @@ def build_teacher_cache(shards_uri: str, cache_uri: str, teachers: TeacherConfig
                 if feats["patch_tokens"].shape[1] != grid[0] * grid[1]:
                     raise DataError(f"{shards_uri}:{sample['key']}", f"{role} teacher gave "
                                     f"{feats['patch_tokens'].shape[1]} tokens, expected a {grid[0]}x{grid[1]} grid")
+                if not all(bool(torch.isfinite(v).all()) for v in feats.values()):
+                    # Never cache these: a load would refuse them and every build would recompute them.
+                    raise DataError(f"{shards_uri}:{sample['key']}", f"{role} teacher gave non-finite features "
+                                    f"(fp16 overflow? check the teacher weights and teachers.dtype)")
                 write_features(feature_uri(cache_uri, spec.key(digests[sample["key"]])), feats, {
                     "grid": f"{grid[0]}x{grid[1]}", "teacher_id": spec.teacher_id, "role": role,
                     "sample_key": sample["key"], "frame_digest": digests[sample["key"]],

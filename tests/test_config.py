@@ -35,6 +35,22 @@ def test_bad_value_is_named():
         load_config("tiny", overrides=["model.cta.variant=banana"])
 
 
+@pytest.mark.parametrize("override,key", [
+    ("train.stage2.lr=inf", r"train\.stage2\.lr"),
+    ("train.stage2.lr=.inf", r"train\.stage2\.lr"),
+    ("train.stage1.lr=nan", r"train\.stage1\.lr"),
+    ("train.stage1.steps=true", r"train\.stage1\.steps"),
+    ("train.stage2.batch_size=false", r"train\.stage2\.batch_size"),
+    ("train.stage1.log_every=yes", r"train\.stage1\.log_every"),
+])
+def test_stage_numbers_refuse_inf_nan_and_bools(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config("tiny", overrides=[override])
+    # Ordinary values still load.
+    cfg = load_config("tiny", overrides=["train.stage2.lr=2e-4", "train.stage1.steps=7"])
+    assert (cfg.train.stage2.lr, cfg.train.stage1.steps) == (2e-4, 7)
+
+
 def test_bad_override_syntax_and_recipe(tmp_path):
     with pytest.raises(ConfigError, match="key.path=value"):
         parse_overrides(["model.cta"])

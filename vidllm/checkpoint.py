@@ -131,6 +131,19 @@ def commit_dir(tmp: Path, out_dir: Path) -> None:
         os.replace(tmp, out_dir)
 
 
+def remove_orphaned_dirs(out_dir: str | Path) -> list[Path]:
+    """Delete what a killed `save_pretrained` / `commit_dir` left beside `out_dir`: its temporary
+    (`.<name>.tmp-*`) and swapped-out (`.<name>.old-*`) directories. Returns the removed paths."""
+    out_dir = Path(out_dir)
+    if not out_dir.parent.is_dir():
+        return []
+    prefixes = (f".{out_dir.name}.tmp-", f".{out_dir.name}.old-")
+    removed = [p for p in out_dir.parent.iterdir() if p.is_dir() and p.name.startswith(prefixes)]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
 def read_model_config(model_dir: str | Path) -> dict[str, Any]:
     """The parsed `config.json` of a model directory; DataError if it is missing or malformed."""
     path = Path(model_dir) / CONFIG_NAME

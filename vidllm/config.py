@@ -259,12 +259,13 @@ class ModelConfig(_Section):
 
 
 class StageConfig(_Section):
-    steps: int = Field(1000, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    warmup_steps: int = Field(100, ge=0)
-    batch_size: int = Field(1, ge=1)
-    checkpoint_every: int = Field(500, ge=1)
-    log_every: int = Field(10, ge=1)
+    # strict ints: `steps: true` must not become 1; lr must be finite (inf / nan are refused).
+    steps: int = Field(1000, ge=1, strict=True)
+    lr: float = Field(1e-4, gt=0, allow_inf_nan=False)
+    warmup_steps: int = Field(100, ge=0, strict=True)
+    batch_size: int = Field(1, ge=1, strict=True)
+    checkpoint_every: int = Field(500, ge=1, strict=True)
+    log_every: int = Field(10, ge=1, strict=True)
 
 
 class TrainConfig(_Section):

@@ -59,7 +59,7 @@ def ply_ascii(verts: np.ndarray) -> bytes:
 
 
 def make_raw_scan(root: Path, scene_id="scene0001_00", *, ply=ply_binary, with_axis=True,
-                  n_frames=4, bad_pose_frames=(1,), objects=True) -> Path:
+                  n_frames=4, bad_pose_frames=(1,), objects=True, pose_overrides=None) -> Path:
     scan = root / scene_id
     scan.mkdir(parents=True)
     colors = [smooth_image(CH, CW, i) for i in range(n_frames)]
@@ -67,6 +67,8 @@ def make_raw_scan(root: Path, scene_id="scene0001_00", *, ply=ply_binary, with_a
     poses = np.stack([pose(0.2 * i, 0, 1.4) for i in range(n_frames)])
     for i in bad_pose_frames:
         poses[i] = -np.inf
+    for i, value in (pose_overrides or {}).items():
+        poses[i] = value
     (scan / f"{scene_id}.sens").write_bytes(build_sens(colors, depths, poses, K_COLOR, K_DEPTH))
     info = [f"colorHeight = {CH}", f"colorWidth = {CW}", "sceneType = Bedroom / Hotel"]
     if with_axis:
@@ -109,8 +111,37 @@ def test_raw_scan_folder(tmp_path):
         assert depth.dtype == np.float32
         np.testing.assert_allclose(depth, ramp_depth(DH, DW, 2) / 1000.0, atol=1e-6)
         assert scene.read_color(3).shape == (CH, CW, 3)
-        with pytest.raises(DataError, match="frame 1 has a non-finite camera pose"):
+        with pytest.raises(DataError, match="frame 1 has an invalid camera pose"):
             scene.read_color(1)
+
+
+def test_all_zero_and_singular_poses_are_dropped_like_non_finite_ones(tmp_path):
+    singular = pose(0.1, 0, 1.4)
+    singular[:3, :3] = [[1, 0, 0], [0, 1e-4, 0], [0, 0, 1e-4]]  # |det| = 1e-8 < 1e-6
+    scan = make_raw_scan(tmp_path, n_frames=5, bad_pose_frames=(4,), objects=False,
+                         pose_overrides={1: np.zeros((4, 4)), 2: singular})
+    with load_scene(scan) as scene:
+        assert scene.num_frames == 5 and scene.dropped_frame_ids == [1, 2, 4]
+        np.testing.assert_array_equal(scene.valid_frame_ids, [0, 3])
+        assert scene.camera_to_world.shape == (2, 4, 4)
+        for frame in (1, 2, 4):
+            with pytest.raises(DataError, match=f"frame {frame} has an invalid camera pose"):
+                scene.read_color(frame)
+        assert scene.read_color(3).shape == (CH, CW, 3)
+
+
+def test_valid_pose_mask():
+    from vidllm.data.scannet import valid_pose_mask
+
+    good = pose(1.0, 2.0, 3.0, yaw=0.3)
+    nan = good.copy()
+    nan[0, 3] = np.nan
+    rank2 = good.copy()
+    rank2[:3, 2] = rank2[:3, 0]  # two equal columns: det 0
+    tiny = np.diag([1e-2, 1e-2, 1e-3, 1.0])  # det 1e-7
+    mask = valid_pose_mask(np.stack([good, np.full((4, 4), -np.inf), nan, np.zeros((4, 4)), rank2, tiny,
+                                     np.diag([2.0, 2.0, 2.0, 1.0])]))
+    assert mask.tolist() == [True, False, False, False, False, False, True]
 
 
 def test_ascii_ply_no_axis_alignment_and_sens_file_path(tmp_path):

@@ -28,8 +28,13 @@ TINY_PARAMS = {
     "data": {"synth": {"scenes": 2, "seed": 0}, "prep": {"frames": 4, "short_side": 56}},
     "teachers": {"semantic_image_size": 56},
     "model": {"cta": {"variant": "bridge", "num_bridge_tokens": 4}},
-    "train": {"seed": 0, "distill_lambda": 0.1, "stage1": {"steps": 2, "lr": 0.001},
-              "stage2": {"steps": 2, "lr": 0.001}},
+    "train": {"seed": 0, "distill_lambda": 0.1, "distill_teachers": "both", "distill_sc_tokens": 256,
+              "instructions_per_scene": 8, "max_text_tokens": 128,
+              "task_weights": {"scanqa": 3.0, "scanrefer": 2.0, "multi3drefer": 1.0, "scan2cap": 1.0, "sqa3d": 0.5,
+                               "nr3d": 0.5, "sr3d": 0.5},
+              "loss_weights": {"point": 0.0}, "share_vision_prefix": True, "weight_decay": 0.05,
+              "betas": [0.9, 0.999], "grad_clip": 1.0, "precision": "auto",
+              "stage1": {"steps": 2, "lr": 0.001}, "stage2": {"steps": 2, "lr": 0.001}},
     "eval": {"protocol": "first_camera_gt", "max_new_tokens": 4},
 }
 
@@ -64,6 +69,23 @@ def _check_params_keys_match_repo(params: dict) -> None:
         return out
 
     assert keys(params) == keys(repo_params), "TINY_PARAMS must mirror params.yaml's keys"
+
+
+# Train keys that do not change what a run computes (where and how it runs, how often it logs).
+NOT_RESULT_KEYS = {"compile", "compile_backend", "num_workers", "strategy", "storage_path", "max_failures",
+                   "checkpoints_to_keep", "single_stage"}
+
+
+def test_every_train_key_that_changes_results_is_a_tracked_param():
+    """Editing such a key re-runs the stages that read it: each is in some stage's params (or the
+    whole `train` section is). `single_stage` is refused by this graph (it always has a Stage 1)."""
+    from vidllm.config import TrainConfig
+
+    pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    tracked = {p for stage in pipeline["stages"].values() for p in stage.get("params", []) if isinstance(p, str)}
+    missing = [k for k in TrainConfig.model_fields if k not in NOT_RESULT_KEYS and f"train.{k}" not in tracked
+               and "train" not in tracked]
+    assert not missing, f"dvc.yaml does not track {missing}"
 
 
 @pytest.fixture(scope="module")

@@ -109,3 +109,86 @@ def test_cache_on_s3_and_cli(shards_and_teachers, s3_server, capsys):
     assert (second["computed"], second["reused"], second["forward_passes"]) == (0, 4, 0)
     key = next(iter(feature_keys(cache, str(shards), teachers).values()))["semantic"]
     assert load_teacher_features(cache, key)["patch_tokens"].shape == (4, 16, 32)
+
+
+def _corrupt_three_entries(cache, shards, teachers):
+    """Truncate one entry, flip a payload byte of another, overwrite a third with NaN features."""
+    from preprocessing.teacher_cache import write_features
+
+    keys = [k for roles in feature_keys(str(cache), str(shards), teachers).values() for k in roles.values()]
+    truncated, flipped, nan = (feature_uri(str(cache), k) for k in keys[:3])
+    with open(truncated, "r+b") as f:
+        f.truncate(f.seek(0, 2) // 2)
+    data = bytearray(open(flipped, "rb").read())
+    data[-3] ^= 0x40  # inside the last tensor's bytes (the header is at the start)
+    open(flipped, "wb").write(bytes(data))
+    good = load_teacher_features(str(cache), keys[2])
+    write_features(nan, {"patch_tokens": torch.full_like(good["patch_tokens"], float("nan"))},
+                   {k: v for k, v in good["meta"].items() if k != "payload_sha256"})
+    return keys, (truncated, flipped, nan)
+
+
+def test_corrupt_entries_are_detected_reported_and_recomputed(shards_and_teachers, tmp_path, caplog):
+    shards, teachers = shards_and_teachers
+    cache = tmp_path / "cache"
+    build_teacher_cache(str(shards), str(cache), teachers, progress=False)
+    keys, paths = _corrupt_three_entries(cache, shards, teachers)
+    for key, problem in zip(keys[:3], ("corrupt teacher feature file", "digest mismatch", "non-finite")):
+        with pytest.raises(DataError, match=problem) as info:
+            load_teacher_features(str(cache), key)
+        assert key in str(info.value)
+
+    unchecked = build_teacher_cache(str(shards), str(cache), teachers, progress=False, verify=False)
+    assert (unchecked.repaired, unchecked.computed, unchecked.reused) == (0, 0, 4)  # keys listed only
+    with caplog.at_level("WARNING", logger="preprocessing.teacher_cache"):
+        summary = build_teacher_cache(str(shards), str(cache), teachers, progress=False)
+    assert (summary.repaired, summary.computed, summary.reused) == (3, 3, 1)
+    assert "3 repaired" in summary.line()
+    for path in paths:
+        assert any(str(path) in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    for key in keys:
+        assert torch.isfinite(load_teacher_features(str(cache), key)["patch_tokens"].float()).all()
+    again = build_teacher_cache(str(shards), str(cache), teachers, progress=False)
+    assert (again.repaired, again.computed, again.reused, again.forward_passes) == (0, 0, 4, 0)
+
+
+def test_entries_without_a_digest_stay_readable(shards_and_teachers, tmp_path):
+    from safetensors.torch import save
+
+    shards, teachers = shards_and_teachers
+    cache = tmp_path / "cache"
+    build_teacher_cache(str(shards), str(cache), teachers, progress=False)
+    key = next(iter(feature_keys(str(cache), str(shards), teachers).values()))["semantic"]
+    current = load_teacher_features(str(cache), key)
+    assert "payload_sha256" in current["meta"]
+    tensors = {k: v for k, v in current.items() if k not in ("grid", "meta")}
+    old_meta = {k: v for k, v in current["meta"].items() if k != "payload_sha256"}
+    with open(feature_uri(str(cache), key), "wb") as f:  # what the previous code version wrote
+        f.write(save(tensors, metadata=old_meta))
+    old = load_teacher_features(str(cache), key)
+    assert "payload_sha256" not in old["meta"] and torch.equal(old["pooled"], current["pooled"])
+    summary = build_teacher_cache(str(shards), str(cache), teachers, progress=False)
+    assert (summary.repaired, summary.computed, summary.reused) == (0, 0, 4)
+
+
+def test_temporary_files_of_killed_runs_are_removed(shards_and_teachers, tmp_path):
+    import os
+    import time
+
+    shards, teachers = shards_and_teachers
+    cache = tmp_path / "cache"
+    build_teacher_cache(str(shards), str(cache), teachers, progress=False)
+    key = next(iter(feature_keys(str(cache), str(shards), teachers).values()))["geometry"]
+    final = feature_uri(str(cache), key)
+    folder = os.path.dirname(final)
+    name = os.path.basename(final)
+    stale = os.path.join(folder, f".{name}.k1ll3d.tmp")  # `storage.atomic_output`'s temporary name
+    fresh = os.path.join(folder, f".{name}.runn1n.tmp")  # a build still writing it
+    for path in (stale, fresh):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    summary = build_teacher_cache(str(shards), str(cache), teachers, progress=False)
+    assert summary.temp_removed == 1 and (summary.computed, summary.reused) == (0, 4)
+    assert not os.path.exists(stale) and os.path.exists(fresh) and os.path.exists(final)

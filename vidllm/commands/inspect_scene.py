@@ -98,7 +98,7 @@ def _print_text(summary: dict[str, Any]) -> None:
     print(f"scene        {summary['scene_id']}  ({summary['layout']})")
     print(
         f"frames       {summary['num_frames']} total, {summary['num_valid_frames']} valid, "
-        f"{len(summary['dropped_frame_ids'])} dropped (non-finite pose)"
+        f"{len(summary['dropped_frame_ids'])} dropped (invalid pose)"
     )
     if summary["dropped_frame_ids"]:
         shown = summary["dropped_frame_ids"][:20]

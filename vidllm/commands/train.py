@@ -14,7 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", required=True, metavar="DIR_OR_URI", help="shard dataset (folder or s3:// prefix)")
     parser.add_argument("--run-dir", required=True, metavar="DIR",
                         help="run directory: config.yaml, train_log.csv, checkpoints/, stage1_model/ or model/; "
-                             "re-running with the same directory resumes from the latest checkpoint")
+                             "re-running with the same directory resumes from the latest intact checkpoint "
+                             "(refused if the config changed: see --fresh)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete this stage's checkpoints in --run-dir (and its Ray Train run, if local) and "
+                             "start over, e.g. after changing the config")
     parser.add_argument("--teacher-cache", default=None, metavar="DIR_OR_URI",
                         help="teacher feature cache written by `vidllm teachers` (stage 1, required)")
     parser.add_argument("--init-model", default=None, metavar="DIR",
@@ -45,10 +49,10 @@ def run(args: argparse.Namespace) -> int:
             raise VidLLMError("--teacher-cache is required for stage 1 (build it with `vidllm teachers`)")
         cfg = cfg.model_copy(update={"teachers": resolve_teachers(args, cfg)})
         result = train_stage1(cfg, args.shards, args.teacher_cache, args.run_dir, init_model=args.init_model,
-                              use_ray=args.ray, progress=not args.no_progress)
+                              use_ray=args.ray, progress=not args.no_progress, fresh=args.fresh)
     else:
         result = train_stage2(cfg, args.shards, args.run_dir, init_model=args.init_model, use_ray=args.ray,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, fresh=args.fresh)
     if args.json:
         print(json.dumps({"model_dir": str(result.model_dir), "steps": result.steps,
                           "final_losses": result.final_losses}))

@@ -7,8 +7,9 @@
 - an official export folder (`color/ depth/ pose/ intrinsic/`),
 - a `posed_images/<scene>/` folder.
 
-Frames whose pose is not finite (ScanNet stores lost tracking as all `-inf`) are reported in
-`dropped_frame_ids` and never returned as valid frames.
+Frames whose pose is invalid — not finite (ScanNet stores lost tracking as all `-inf`), all
+zero, or singular (|det| of the rotation block < `MIN_POSE_DET`) — are reported in
+`dropped_frame_ids` and never returned as valid frames (`valid_pose_mask`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,18 @@ from vidllm.errors import DataError
 __all__ = ["ScanNetScene", "SceneObject", "load_scene", "scene_files"]
 
 log = logging.getLogger(__name__)
+
+MIN_POSE_DET = 1e-6  # |det| of a pose's 3x3 block below this = singular (not a camera pose)
+
+
+def valid_pose_mask(poses: np.ndarray) -> np.ndarray:
+    """[N] bool for camera-to-world poses `[N, 4, 4]`: finite, not all zero, and with an
+    invertible rotation block (|det of the 3x3| >= MIN_POSE_DET)."""
+    poses = np.asarray(poses, np.float64).reshape(-1, 4, 4)
+    finite = np.isfinite(poses).reshape(len(poses), -1).all(axis=1)
+    nonzero = (poses != 0).reshape(len(poses), -1).any(axis=1)
+    det = np.abs(np.linalg.det(np.where(finite[:, None, None], poses, 0.0)[:, :3, :3]))
+    return finite & nonzero & (det >= MIN_POSE_DET)
 
 
 class FrameSource(Protocol):
@@ -92,7 +105,7 @@ class SensFrameSource:
 class ScanNetScene:
     scene_id: str
     num_frames: int  # all frames in the source, including dropped ones
-    valid_frame_ids: np.ndarray  # [V] int64, frames with finite poses
+    valid_frame_ids: np.ndarray  # [V] int64, frames with valid poses (`valid_pose_mask`)
     dropped_frame_ids: list[int]
     camera_to_world: np.ndarray  # [V,4,4] float64, scan world (apply axis_alignment for boxes' frame)
     intrinsic_color: np.ndarray  # [4,4]
@@ -116,7 +129,7 @@ class ScanNetScene:
         if frame_id in self._dropped_set:
             raise DataError(
                 self.source_path or self.scene_id,
-                f"frame {frame_id} has a non-finite camera pose and was dropped",
+                f"frame {frame_id} has an invalid camera pose (non-finite, all-zero or singular) and was dropped",
             )
         if frame_id not in self._valid_set:
             raise DataError(self.source_path or self.scene_id, f"no frame {frame_id} in this scene")
@@ -215,11 +228,12 @@ def load_scene(
     source, scene_id, meta_dir = _open_source(path, progress)
     try:
         poses = np.asarray(source.camera_to_world, np.float64)
-        finite = np.isfinite(poses).reshape(len(poses), -1).all(axis=1)
+        finite = valid_pose_mask(poses)
         valid_ids = source.frame_ids[finite]
         dropped = [int(i) for i in source.frame_ids[~finite]]
         if dropped:
-            log.warning("%s: dropped %d frame(s) with non-finite poses", path, len(dropped))
+            log.warning("%s: dropped %d frame(s) with invalid (non-finite, all-zero or singular) poses",
+                        path, len(dropped))
 
         files = scene_files(meta_dir, scene_id)
         axis_alignment = np.eye(4)

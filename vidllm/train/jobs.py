@@ -7,12 +7,19 @@ Run directory (besides `vidllm.eval.run_dir`'s files)::
     RUN_DIR/stage1_model/                  Stage-1 output (encoder + CTA, `vidllm.train.stage1`)
     RUN_DIR/model/                         Stage-2 output: a full model directory (`vidllm predict --model`)
 
-A re-run resumes from the latest checkpoint of that stage (Ray: same run name in storage_path).
+A re-run resumes from the latest intact checkpoint of that stage (Ray: same run name in
+storage_path). Before that (`prepare_run_dir`): temporary directories of killed saves are removed;
+if the stage has local checkpoints, the new config must match RUN_DIR/config.yaml in what shapes
+them (`model`, and `train` without the other stage's section, as the flows' step digests), else
+the run is refused (DataError naming the first differing key); `fresh=True` (`vidllm train
+--fresh`) deletes the stage's checkpoints first instead. config.yaml is written after the check.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +34,11 @@ from vidllm.eval import run_dir as rd
 from vidllm.data.prefetch import Prefetcher
 from vidllm.train.batches import cycle_samples, is_training_scene, stage1_batch, stage2_batch, to_device
 from vidllm.train.loop import (
-    CHECKPOINTS_DIR, StageJob, checkpoint_name, latest_checkpoint, load_checkpoint, prune_checkpoints, run_loop,
-    save_checkpoint, seed_everything,
+    CHECKPOINTS_DIR, StageJob, checkpoint_name, load_latest_intact, prune_checkpoints, remove_orphaned_checkpoint_dirs,
+    run_loop, save_checkpoint, seed_everything, step_checkpoints,
 )
+
+log = logging.getLogger(__name__)
 
 STAGE1_MODEL_DIR = "stage1_model"
 STAGE2_MODEL_DIR = "model"
@@ -170,11 +179,90 @@ def _write_config(cfg: VidLLMConfig, run_dir: Path) -> None:
     atomic_write_text(run_dir / rd.CONFIG_FILE, config_to_yaml(cfg))
 
 
+_UNSET = "<unset>"
+
+
+def _stage_view(tree: dict[str, Any], stage: str) -> dict[str, Any]:
+    """What of a config dump shapes a stage's checkpoints: `model`, and `train` without the other
+    stage's section (what flows/steps.py's stage digests cover)."""
+    other = "stage2" if stage == "stage1" else "stage1"
+    train = {k: v for k, v in (tree.get("train") or {}).items() if k != other}
+    return {"model": tree.get("model"), "train": train}
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in [*old, *(k for k in new if k not in old)]:
+            found = _first_difference(old.get(key, _UNSET), new.get(key, _UNSET), f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+        return None
+    return None if old == new else (path, old, new)
+
+
+def check_resume_config(cfg: VidLLMConfig, run_dir: Path, stage: str) -> None:
+    """DataError (one line: run dir, first differing key) if `cfg` differs from RUN_DIR/config.yaml
+    in what shapes `stage`'s checkpoints (`_stage_view`). No config.yaml: nothing to compare."""
+    import yaml
+    from pydantic import ValidationError
+
+    path = run_dir / rd.CONFIG_FILE
+    if not path.is_file():
+        return
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise DataError(path, f"unreadable saved config ({exc}); pass --fresh to start {stage} over") from None
+    if not isinstance(saved, dict):
+        raise DataError(path, f"saved config is not a mapping; pass --fresh to start {stage} over")
+    try:  # fill defaults of keys added since it was written
+        saved = VidLLMConfig.model_validate(saved).model_dump(mode="json")
+    except ValidationError:
+        pass
+    found = _first_difference(_stage_view(saved, stage), _stage_view(cfg.model_dump(mode="json"), stage))
+    if found is not None:
+        key, old, new = found
+        raise DataError(run_dir, f"cannot resume {stage}: the config differs from its {rd.CONFIG_FILE} at '{key}' "
+                                 f"({old!r} there, {new!r} now); pass --fresh to delete the {stage} checkpoints and "
+                                 f"start over, or use another run directory")
+
+
+def prepare_run_dir(cfg: VidLLMConfig, run_dir: Path, stage: str, model_dir: Path, *, fresh: bool = False,
+                    use_ray: bool = False) -> None:
+    """Before training `stage` in `run_dir`: delete its checkpoints if `fresh`, remove what killed saves
+    left, refuse a resume under a different config (`check_resume_config`), then write config.yaml."""
+    from vidllm.checkpoint import remove_orphaned_dirs
+
+    ckpt_root = run_dir / CHECKPOINTS_DIR / stage
+    if fresh:
+        if ckpt_root.exists():
+            log.info("%s: --fresh, removing the %s checkpoints", ckpt_root, stage)
+            shutil.rmtree(ckpt_root)
+        if use_ray:
+            from vidllm import storage
+            from vidllm.train.ray_launcher import run_name, storage_path
+
+            experiment = storage.join(storage_path(cfg), run_name(run_dir, stage))
+            if storage.is_s3(experiment):
+                log.warning("%s: --fresh does not delete Ray checkpoints on S3; delete that prefix to start over",
+                            experiment)
+            elif Path(experiment).exists():
+                log.info("%s: --fresh, removing the Ray Train run", experiment)
+                shutil.rmtree(experiment)
+    remove_orphaned_checkpoint_dirs(ckpt_root)  # logs what it removes
+    for path in remove_orphaned_dirs(model_dir):
+        log.warning("%s: removed the temporary directory of an interrupted model export", path)
+    if step_checkpoints(ckpt_root):
+        check_resume_config(cfg, run_dir, stage)
+    _write_config(cfg, run_dir)
+
+
 def _train_local(stage: str, setup: StageSetup, cfg: VidLLMConfig, run_dir: Path, model_dir: Path,
                  stop_after: int | None, progress: bool) -> TrainResult:
     ckpt_root = run_dir / CHECKPOINTS_DIR / stage
-    latest = latest_checkpoint(ckpt_root)
-    resume = load_checkpoint(latest) if latest is not None else None
+    latest, resume = load_latest_intact(ckpt_root)
+    if latest is not None:
+        log.info("%s: resuming from %s", stage, latest)
     objective = setup.job.objective
     if resume is not None:
         objective.load_state_dict(resume["model"])
@@ -193,17 +281,18 @@ def _train_local(stage: str, setup: StageSetup, cfg: VidLLMConfig, run_dir: Path
 
 def train_stage1(cfg: VidLLMConfig, shards_uri: str, teacher_cache_uri: str, run_dir: str | Path, *,
                  init_model: str | Path | None = None, use_ray: bool = False, stop_after: int | None = None,
-                 progress: bool = True) -> TrainResult:
+                 progress: bool = True, fresh: bool = False) -> TrainResult:
     """Stage-1 distillation → RUN_DIR/stage1_model (encoder + CTA, loadable as Stage-2 init).
 
-    `stop_after` ends after that many steps without exporting (tests: an interrupted run)."""
+    `stop_after` ends after that many steps without exporting (tests: an interrupted run).
+    `fresh` deletes the stage's checkpoints first (`prepare_run_dir`)."""
     if cfg.train.single_stage:
         from vidllm.config import ConfigError
 
         raise ConfigError("train.single_stage is set (the no-Stage-1 ablation): there is no Stage 1 to run")
     run_dir = Path(run_dir)
-    _write_config(cfg, run_dir)
     model_dir = run_dir / STAGE1_MODEL_DIR
+    prepare_run_dir(cfg, run_dir, "stage1", model_dir, fresh=fresh, use_ray=use_ray)
     if use_ray:
         from vidllm.train.ray_launcher import fit_with_ray
 
@@ -214,13 +303,15 @@ def train_stage1(cfg: VidLLMConfig, shards_uri: str, teacher_cache_uri: str, run
 
 
 def train_stage2(cfg: VidLLMConfig, shards_uri: str, run_dir: str | Path, *, init_model: str | Path | None,
-                 use_ray: bool = False, stop_after: int | None = None, progress: bool = True) -> TrainResult:
+                 use_ray: bool = False, stop_after: int | None = None, progress: bool = True,
+                 fresh: bool = False) -> TrainResult:
     """Stage-2 joint training → RUN_DIR/model (a full model directory with LoRA adapters and tokenizer).
 
-    init_model: RUN_DIR/stage1_model, a `vidllm init` directory, or None (all from the config)."""
+    init_model: RUN_DIR/stage1_model, a `vidllm init` directory, or None (all from the config).
+    `fresh` deletes the stage's checkpoints first (`prepare_run_dir`)."""
     run_dir = Path(run_dir)
-    _write_config(cfg, run_dir)
     model_dir = run_dir / STAGE2_MODEL_DIR
+    prepare_run_dir(cfg, run_dir, "stage2", model_dir, fresh=fresh, use_ray=use_ray)
     if use_ray:
         from vidllm.train.ray_launcher import fit_with_ray
 

@@ -8,8 +8,11 @@
 - Checkpoints every `checkpoint_every` steps (and at the end): a directory with
   model.safetensors (trainable module state), optimizer.safetensors (keyed by parameter name
   whatever the strategy; param groups in its metadata), rng.safetensors and state.json (step,
-  python RNG). Written under a temporary name and renamed into place; resume loads the latest
-  and continues from its step.
+  python RNG, and the sha256 of the other files). Written under a temporary name
+  (`.step-NNNNNNNN.tmp-*`) and renamed into place; resume loads the newest checkpoint that reads
+  and verifies (`load_latest_intact`: a corrupt one is skipped with a warning) and continues from
+  its step. Temporary directories of killed saves are removed at the next start
+  (`remove_orphaned_checkpoint_dirs`).
 
 Determinism: batches are a pure function of the step (data order is fixed, per-step draws are
 seeded by step), and the RNG state is checkpointed, so a resumed run reaches the same weights
@@ -18,7 +21,9 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -39,6 +44,8 @@ from vidllm.config import StageConfig, TrainConfig
 from vidllm.errors import DataError
 from vidllm.eval import run_dir as rd
 
+log = logging.getLogger(__name__)
+
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -46,6 +53,7 @@ RNG_FILE = "rng.safetensors"
 STATE_FILE = "state.json"
 EXTRA_LOG_COLUMNS = ("tokens_per_s", "data_wait_share", "mfu")
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
+_TMP_STEP_DIR = re.compile(r"^\.step-\d{8}\.tmp-")  # save_checkpoint's temporary directories
 
 # Dense bf16 peak of common accelerators, for MFU (override with VIDLLM_PEAK_TFLOPS).
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0,
@@ -265,7 +273,8 @@ def save_checkpoint(out_dir: Path, step: int, model_state: dict[str, Tensor], op
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
         save_file(rng, str(tmp / RNG_FILE))
-        state = {"step": step, "python_rng": _jsonable_random_state(), **(extra or {})}
+        state = {"step": step, "python_rng": _jsonable_random_state(), **(extra or {}),
+                 "sha256": {name: _file_sha256(tmp / name) for name in (MODEL_FILE, OPTIMIZER_FILE, RNG_FILE)}}
         (tmp / STATE_FILE).write_text(json.dumps(state))
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -276,17 +285,31 @@ def save_checkpoint(out_dir: Path, step: int, model_state: dict[str, Tensor], op
     return out_dir
 
 
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _jsonable_random_state() -> list:
     version, internal, gauss = random.getstate()
     return [version, list(internal), gauss]
 
 
 def load_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
-    """{step, model, optimizer, rng, python_rng, ...} from a checkpoint directory; DataError if broken."""
-    from safetensors import safe_open
+    """{step, model, optimizer, rng, python_rng, ...} from a checkpoint directory; DataError if broken
+    (a missing, truncated or unparsable file, or one whose sha256 differs from state.json's)."""
+    from safetensors import SafetensorError, safe_open
 
     try:
         state = json.loads((ckpt_dir / STATE_FILE).read_text())
+        if not isinstance(state, dict) or "step" not in state:
+            raise ValueError(f"{STATE_FILE} has no step")
+        for name, expected in (state.get("sha256") or {}).items():  # older checkpoints have no digests
+            if _file_sha256(ckpt_dir / name) != expected:
+                raise ValueError(f"{name} does not match its sha256 in {STATE_FILE}")
         model = load_file(str(ckpt_dir / MODEL_FILE))
         with safe_open(str(ckpt_dir / MODEL_FILE), "pt") as f:
             tied = json.loads((f.metadata() or {}).get("tied", "{}"))
@@ -296,9 +319,46 @@ def load_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
             opt_meta = f.metadata()["optimizer"]
             opt_tensors = {k: f.get_tensor(k) for k in f.keys()}
         rng = load_file(str(ckpt_dir / RNG_FILE))
-    except (OSError, KeyError, ValueError) as exc:
+        optimizer = _unflatten_optimizer(opt_tensors, opt_meta)
+    except (OSError, KeyError, ValueError, TypeError, SafetensorError) as exc:
         raise DataError(ckpt_dir, f"unreadable training checkpoint ({exc})") from None
-    return {**state, "model": model, "optimizer": _unflatten_optimizer(opt_tensors, opt_meta), "rng": rng}
+    state.pop("sha256", None)
+    return {**state, "model": model, "optimizer": optimizer, "rng": rng}
+
+
+def step_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Every `step-NNNNNNNN` directory (complete or not), newest first."""
+    if not checkpoints_dir.is_dir():
+        return []
+    found = sorted((int(m.group(1)), p) for p in checkpoints_dir.iterdir() if (m := _STEP_DIR.match(p.name)))
+    return [p for _, p in reversed(found)]
+
+
+def load_latest_intact(checkpoints_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """(path, `load_checkpoint` dict) of the newest checkpoint that loads; a corrupt newer one is
+    skipped with a logged warning naming it. (None, None) if there is none; DataError if there are
+    checkpoints but none of them is intact."""
+    candidates = step_checkpoints(checkpoints_dir)
+    for path in candidates:
+        try:
+            return path, load_checkpoint(path)
+        except DataError as exc:
+            log.warning("skipping corrupt checkpoint %s; falling back to an older one", exc)
+    if candidates:
+        raise DataError(checkpoints_dir, f"no intact checkpoint ({len(candidates)} corrupt, see the warnings): "
+                                         "start over with `vidllm train --fresh`")
+    return None, None
+
+
+def remove_orphaned_checkpoint_dirs(checkpoints_dir: Path) -> list[Path]:
+    """Delete the temporary directories (`.step-NNNNNNNN.tmp-*`) of saves that were killed. Returns them."""
+    if not checkpoints_dir.is_dir():
+        return []
+    removed = [p for p in checkpoints_dir.iterdir() if _TMP_STEP_DIR.match(p.name)]
+    for path in removed:
+        log.warning("%s: removing the temporary directory of an interrupted checkpoint save", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
 
 
 def latest_checkpoint(checkpoints_dir: Path) -> Path | None:

@@ -7,7 +7,8 @@
   checkpoints gather the full state on rank 0 (`vidllm.train.loop`), so they stay full
   safetensors that load into a single-process model. Both run on CPU with gloo, which has every
   collective FSDP2 uses (all-gather, reduce-scatter with AVG).
-- `RunConfig(name=<run dir name>-<stage>, storage_path=train.storage_path)` (local or s3://,
+- `RunConfig(name=<run dir name>-<hash of its absolute path>-<stage>, storage_path=train.storage_path)`
+  (`run_name`: two run directories with the same name never share a Ray run; local or s3://,
   the endpoint from the AWS environment); `FailureConfig(max_failures=train.max_failures)`
   restarts from the last reported checkpoint; re-running with the same name resumes.
 - Rank 0 writes RUN_DIR/train_log.csv (RUN_DIR must be shared storage on multi-node clusters)
@@ -17,6 +18,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -34,7 +36,11 @@ def storage_path(cfg: VidLLMConfig) -> str:
 
 
 def run_name(run_dir: Path, stage: str) -> str:
-    return f"{run_dir.name}-{stage}"
+    """The Ray Train run name: `<run dir name>-<8 hex of sha256(absolute run dir)>-<stage>`, unique per
+    absolute run directory (`runs/a/exp` and `runs/b/exp` do not resume each other's checkpoints)."""
+    absolute = os.path.normpath(os.path.abspath(os.fspath(run_dir)))
+    digest = hashlib.sha256(absolute.encode()).hexdigest()[:8]
+    return f"{Path(absolute).name}-{digest}-{stage}"
 
 
 def shard_objective(objective: torch.nn.Module, train_cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
