@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.s3_server import free_ports
+
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 
@@ -39,20 +41,6 @@ def ray_executable() -> str:
     found = str(local) if local.exists() else shutil.which("ray")
     assert found, "the `ray` CLI is not installed next to this python"
     return found
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (held open together while choosing)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:

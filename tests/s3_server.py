@@ -53,8 +53,9 @@ class S3Server:
         )
 
 
-def _free_ports(count: int) -> list[int]:
-    # Hold all sockets open until every port is chosen so none is handed out twice.
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free TCP ports on 127.0.0.1: every socket is held open until all are chosen,
+    so none is handed out twice."""
     socks = []
     try:
         for _ in range(count):
@@ -99,7 +100,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     (root / "logs").mkdir()
     names = ["s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "filer.port", "filer.port.grpc",
              "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "admin.port", "admin.port.grpc"]
-    ports = dict(zip(names, _free_ports(len(names))))
+    ports = dict(zip(names, free_ports(len(names))))
     cmd = [weed, f"-logdir={root / 'logs'}", "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1",
            "-ip.bind=127.0.0.1", f"-s3.config={config}", "-webdav=false", "-admin.ui=false",
            "-master.telemetry=false", *(f"-{k}={v}" for k, v in ports.items())]

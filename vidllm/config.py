@@ -478,7 +478,8 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 # Scenes are split by scene (val scenes are never trained on); ~0.1 s to generate each.
 _LEARNING: dict[str, Any] = _merge(_DEMO, {
     "data": {"synth": {"scenes": 200, "val_fraction": 0.12}},
-    # 8 instructions per scene clip: ~0.3 s a step on 2 cores, so six variants fit in 30 minutes.
+    # 8 instructions per scene clip (demo: 64), to bound a variant's Stage 2: 400 steps took 14-19
+    # minutes on 2 shared cores (benchmarks/RESULTS.md, learning section).
     "train": {"stage2": {"steps": 400, "warmup_steps": 20, "checkpoint_every": 100, "log_every": 20},
               "instructions_per_scene": 8,
               # The mix a step trains on, whatever each benchmark's record count: the scored tasks first.
