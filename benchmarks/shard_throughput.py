@@ -123,7 +123,7 @@ def main() -> None:
         out = str(Path(tmp) / "shards")
         cfg = PrepConfig(frames=args.frames, short_side=args.short_side, shard_max_bytes=int(args.shard_mb * 1e6))
 
-        ray.init(num_cpus=cores, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=cores, include_dashboard=False, logging_level="WARNING")
         try:
             start = time.perf_counter()
             summary = prepare_shards(str(dataset.root), dataset.annotations_dir, out, cfg, progress=False)

@@ -13,7 +13,6 @@ tests may call them directly.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -24,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from vidllm import storage
-from vidllm.config import VidLLMConfig
+from vidllm.checkpoint import has_weights
+from vidllm.config import VidLLMConfig, digest
 from vidllm.errors import DataError, VidLLMError
 from vidllm.eval import run_dir as rd
 
@@ -92,12 +92,6 @@ class StepResult:
 
 def _absolute(uri: str | Path) -> str:
     return str(uri) if storage.is_s3(uri) else str(Path(uri).absolute())
-
-
-def digest(*parts: Any) -> str:
-    """sha256 of JSON-encoded parts (pydantic models as their JSON dump)."""
-    encoded = [p.model_dump(mode="json") if hasattr(p, "model_dump") else p for p in parts]
-    return hashlib.sha256(json.dumps(encoded, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- markers
@@ -266,10 +260,6 @@ def stage2_digest(cfg: VidLLMConfig, upstream: str) -> str:
     return digest("stage-2", cfg.model, _train_section(cfg, "stage1"), upstream)
 
 
-def _has_weights(model_dir: Path) -> bool:
-    return model_dir.is_dir() and any(model_dir.glob("*.safetensors"))
-
-
 def _fresh_or_resume(paths: Paths, step: str, stage: str, step_digest: str, model_dir: Path) -> None:
     """Keep checkpoints only if they were written for this exact digest (resume after an interruption)."""
     started = read_marker(paths.run_dir, step, "started")
@@ -299,7 +289,7 @@ def run_stage1(cfg: VidLLMConfig, paths: Paths, upstream: str, *, use_ray: bool 
                               progress=progress)
         return {"model_dir": str(result.model_dir), "steps": result.steps, "final_losses": result.final_losses}
 
-    return _run_or_skip("stage-1", paths, step_digest, lambda: _has_weights(model_dir), work)
+    return _run_or_skip("stage-1", paths, step_digest, lambda: has_weights(model_dir), work)
 
 
 def run_stage2(cfg: VidLLMConfig, paths: Paths, upstream: str, init_model: str | None, *, use_ray: bool = False,
@@ -318,7 +308,7 @@ def run_stage2(cfg: VidLLMConfig, paths: Paths, upstream: str, init_model: str |
                               progress=progress)
         return {"model_dir": str(result.model_dir), "steps": result.steps, "final_losses": result.final_losses}
 
-    return _run_or_skip("stage-2", paths, step_digest, lambda: _has_weights(model_dir), work)
+    return _run_or_skip("stage-2", paths, step_digest, lambda: has_weights(model_dir), work)
 
 
 def run_evaluate(cfg: VidLLMConfig, paths: Paths, upstream: str, model_dir: str, *, split: str | None,

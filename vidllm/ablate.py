@@ -16,8 +16,6 @@ A variant whose result is present for the same configuration and data is reused,
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import time
@@ -26,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vidllm.config import VidLLMConfig, load_config
+from vidllm.checkpoint import has_weights
+from vidllm.config import VidLLMConfig, digest, load_config
+from vidllm.eval import run_dir as rd
 from vidllm.errors import VidLLMError
 
 log = logging.getLogger(__name__)
@@ -70,14 +70,7 @@ COLUMNS: tuple[tuple[str, str, str, str | None], ...] = (
 
 
 def _digest(*parts: Any) -> str:
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=False))
-    tmp.replace(path)
+    return digest(*parts)[:16]
 
 
 def variant_config(recipe: str, variant: str, overrides: Sequence[str] = (), yaml_path: str | None = None
@@ -152,14 +145,9 @@ def _stage1_key(cfg: VidLLMConfig) -> str:
                    train.distill_sc_tokens, train.seed, cfg.data.synth.model_dump(mode="json"))
 
 
-def _has_weights(model_dir: Path) -> bool:
-    return model_dir.is_dir() and any(model_dir.glob("*.safetensors"))
-
-
 def run_variant(name: str, cfg: VidLLMConfig, work: Path, paths: dict[str, str], *, meteor: bool = False,
                 progress: bool = False) -> dict[str, Any]:
     """Train (Stage 1 unless single-stage, then Stage 2) and evaluate one variant on the val split."""
-    from vidllm.eval import run_dir as rd
     from vidllm.eval.evaluate import evaluate_run
     from vidllm.train import train_stage1, train_stage2
     from vidllm.train.jobs import STAGE1_MODEL_DIR
@@ -168,7 +156,7 @@ def run_variant(name: str, cfg: VidLLMConfig, work: Path, paths: dict[str, str],
     key = _digest(cfg.model_dump(mode="json"), paths)
     result_path = run / "result.json"
     if result_path.is_file():
-        previous = json.loads(result_path.read_text())
+        previous = rd.read_json(result_path)
         if previous.get("digest") == key:
             log.info("ablate: %s reused (same configuration and data)", name)
             return {**previous, "reused": True}
@@ -180,7 +168,7 @@ def run_variant(name: str, cfg: VidLLMConfig, work: Path, paths: dict[str, str],
     if not cfg.train.single_stage:
         stage1_dir = work / "stage1" / _stage1_key(cfg)
         start = time.monotonic()
-        if not _has_weights(stage1_dir / STAGE1_MODEL_DIR):
+        if not has_weights(stage1_dir / STAGE1_MODEL_DIR):
             if stage1_dir.exists():
                 shutil.rmtree(stage1_dir)
             train_stage1(cfg, paths["shards"], paths["cache"], stage1_dir, progress=progress)
@@ -202,7 +190,7 @@ def run_variant(name: str, cfg: VidLLMConfig, work: Path, paths: dict[str, str],
               "steps": {"stage1": 0 if cfg.train.single_stage else cfg.train.stage1.steps,
                         "stage2": cfg.train.stage2.steps},
               "final_losses": trained.final_losses, "seconds": seconds}
-    _write_json(result_path, result)
+    rd.write_json(result_path, result)
     return result
 
 
@@ -234,11 +222,11 @@ def run_ablation(recipe: str, variants: Sequence[str], work_dir: str | Path, *, 
         cfg = cfg.model_copy(update={"teachers": cfg.teachers.model_copy(
             update={"geometry": paths["geometry_teacher"], "semantic": paths["semantic_teacher"]})})
         out["variants"][name] = run_variant(name, cfg, work, paths, meteor=meteor, progress=progress)
-        _write_json(work / ABLATION_FILE, out)
+        rd.write_json(work / ABLATION_FILE, out)
         if on_variant is not None:
             on_variant(name, out["variants"][name])
     out["seconds"] = time.monotonic() - start
-    _write_json(work / ABLATION_FILE, out)
+    rd.write_json(work / ABLATION_FILE, out)
     return out
 
 
@@ -248,7 +236,6 @@ def blind_control(cfg: VidLLMConfig, shards_uri: str, run_dir: str | Path, *, in
     """Beside a trained run: the same Stage 2 (same init, data, seeds, steps) with no vision tokens,
     evaluated the same way; RUN_DIR/ablation.json then holds both rows (full from RUN_DIR/metrics.json).
     Returns that mapping."""
-    from vidllm.eval import run_dir as rd
     from vidllm.eval.evaluate import evaluate_run
     from vidllm.train import train_stage2
 
@@ -272,5 +259,5 @@ def blind_control(cfg: VidLLMConfig, shards_uri: str, run_dir: str | Path, *, in
                   "metrics_file": str(control / "eval" / rd.METRICS_FILE), "proposals": cfg.eval.proposals,
                   "seconds": {"stage2+eval": seconds}},
     }}
-    _write_json(run / ABLATION_FILE, out)
+    rd.write_json(run / ABLATION_FILE, out)
     return out

@@ -277,3 +277,9 @@ def init_model_dir(
     path = save_pretrained(model, out_dir, tokenizer, recipe=cfg.recipe)
     trainable, total = count_parameters(model)
     return InitSummary(path, total, trainable, len(tokenizer), assembly.vggt, assembly.sources)
+
+
+def has_weights(model_dir: str | Path) -> bool:
+    """A model directory holding at least one safetensors weight file."""
+    model_dir = Path(model_dir)
+    return model_dir.is_dir() and any(model_dir.glob("*.safetensors"))

@@ -569,5 +569,14 @@ def load_config(
     return build_config(merged)
 
 
+def digest(*parts: Any) -> str:
+    """sha256 of JSON-encoded parts (pydantic models as their JSON dump): what a reusable output was made from."""
+    import hashlib
+    import json
+
+    encoded = [p.model_dump(mode="json") if hasattr(p, "model_dump") else p for p in parts]
+    return hashlib.sha256(json.dumps(encoded, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def config_to_yaml(cfg: VidLLMConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
