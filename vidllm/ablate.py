@@ -7,6 +7,7 @@ ground-truth depth and poses) bounds what better reconstruction could give.
 
 Layout under `work_dir`:
   data/ (synthetic ScanNet-format scenes), shards/, teacher_cache/, teachers/ — shared by all variants
+  pretrained/ — the miniature VGGT + teachers (`teachers.miniatures`), shared by all variants
   stage1/<digest>/ — one Stage-1 model per distinct Stage-1 configuration (variants share them)
   variants/<name>/ — each variant's run directory (config, checkpoints, model, eval/metrics.json)
   ablation.json — every variant's headline metrics, written atomically after each variant
@@ -126,21 +127,30 @@ def _prepare_data(cfg: VidLLMConfig, work: Path, progress: bool) -> dict[str, st
             raise VidLLMError(f"ablate: {len(summary.failed)} scene(s) failed to prepare: "
                               + "; ".join(f"{k}: {v}" for k, v in summary.failed.items()))
         stamp.write_text(data_digest)
-    teachers = cfg.teachers
+    teachers, vggt = cfg.teachers, cfg.model.init.vggt
+    if teachers.miniatures and (teachers.geometry is None or teachers.semantic is None or vggt is None):
+        from vidllm.pretrain import pretrain_teachers
+
+        log.info("ablate: miniature teachers (trained once, then reused)")
+        made = pretrain_teachers(cfg, work / "pretrained", progress=progress)
+        teachers = teachers.model_copy(update={"geometry": teachers.geometry or made["geometry"],
+                                               "semantic": teachers.semantic or made["semantic"]})
+        vggt = vggt or made["vggt"]
     if teachers.geometry is None or teachers.semantic is None:
-        made = init_random_teachers(teachers, work / "teachers", seed=cfg.train.seed)
-        teachers = teachers.model_copy(update={"geometry": teachers.geometry or made.geometry,
-                                               "semantic": teachers.semantic or made.semantic})
+        made_random = init_random_teachers(teachers, work / "teachers", seed=cfg.train.seed)
+        teachers = teachers.model_copy(update={"geometry": teachers.geometry or made_random.geometry,
+                                               "semantic": teachers.semantic or made_random.semantic})
     build_teacher_cache(str(shards), str(cache), teachers, progress=progress)  # present keys are reused
     return {"data": str(data), "shards": str(shards), "cache": str(cache),
-            "geometry_teacher": str(teachers.geometry), "semantic_teacher": str(teachers.semantic)}
+            "geometry_teacher": str(teachers.geometry), "semantic_teacher": str(teachers.semantic),
+            "vggt": None if vggt is None else str(vggt)}
 
 
 def _stage1_key(cfg: VidLLMConfig) -> str:
     """What a Stage-1 model depends on: the student's encoder + CTA, the teachers, the data, the schedule."""
     train = cfg.train
     return _digest(cfg.model.encoder.model_dump(mode="json"), cfg.model.cta.model_dump(mode="json"),
-                   cfg.model.image_size, cfg.model.frames, cfg.teachers.model_dump(mode="json"),
+                   cfg.model.image_size, cfg.model.frames, cfg.model.init.vggt, cfg.teachers.model_dump(mode="json"),
                    train.stage1.model_dump(mode="json"), train.distill_lambda, train.distill_teachers,
                    train.distill_sc_tokens, train.seed, cfg.data.synth.model_dump(mode="json"))
 
@@ -219,8 +229,11 @@ def run_ablation(recipe: str, variants: Sequence[str], work_dir: str | Path, *, 
     for name in variants:
         log.info("ablate: variant %s (%s)", name, VARIANTS[name].description)
         cfg = configs[name]
-        cfg = cfg.model_copy(update={"teachers": cfg.teachers.model_copy(
-            update={"geometry": paths["geometry_teacher"], "semantic": paths["semantic_teacher"]})})
+        cfg = cfg.model_copy(update={
+            "teachers": cfg.teachers.model_copy(update={"geometry": paths["geometry_teacher"],
+                                                        "semantic": paths["semantic_teacher"]}),
+            "model": cfg.model.model_copy(update={"init": cfg.model.init.model_copy(update={"vggt": paths["vggt"]})}),
+        })
         out["variants"][name] = run_variant(name, cfg, work, paths, meteor=meteor, progress=progress)
         rd.write_json(work / ABLATION_FILE, out)
         if on_variant is not None:

@@ -10,13 +10,19 @@ Layout of a model directory::
                         including the trained embedding / LM-head rows of the Vid-LLM tokens
     tokenizer/          the tokenizer (AutoTokenizer-loadable)
 
+config.json also records `weights_sha256` {relative path: sha256} of every safetensors file
+(Stage-1 directories too); `verify_model_dir` / `vidllm verify` check them, and loading warns
+when a file no longer matches.
+
 The directory is written under a temporary name beside the target and moved into place, so
 a partially written model is never visible. Weights are safetensors only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -37,7 +43,10 @@ from vidllm.lora import apply_lora, count_parameters, has_lora
 from vidllm.models.convert import LoadReport
 from vidllm.tokenizer import SpecialTokenIds, load_tokenizer
 
+log = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1
+DIGESTS_KEY = "weights_sha256"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 ADAPTERS_DIR = "adapters"
@@ -111,12 +120,83 @@ def save_pretrained(
             model.llm.save_pretrained(str(tmp / ADAPTERS_DIR), save_embedding_layers=False)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+        meta[DIGESTS_KEY] = weight_digests(tmp)
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
         commit_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def weight_digests(model_dir: str | Path) -> dict[str, str]:
+    """{path relative to `model_dir`: sha256} of every safetensors file under it."""
+    root = Path(model_dir)
+    return {p.relative_to(root).as_posix(): file_sha256(p) for p in sorted(root.rglob("*.safetensors"))}
+
+
+@dataclass
+class VerifyResult:
+    """`verify_model_dir`'s answer: `ok` when every recorded digest matches and nothing is missing."""
+
+    path: str
+    checked: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    recorded: bool = True  # False: an older directory without digests (nothing to compare against)
+
+    @property
+    def ok(self) -> bool:
+        return self.recorded and not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "ok": self.ok, "recorded": self.recorded, "checked": self.checked,
+                "problems": self.problems}
+
+
+def verify_model_dir(model_dir: str | Path) -> VerifyResult:
+    """Check a model (or Stage-1) directory's safetensors files against the digests its config.json
+    records: a changed, missing or unrecorded weight file is a problem. A missing or unreadable
+    config.json raises DataError."""
+    model_dir = Path(model_dir)
+    path = model_dir / CONFIG_NAME
+    if not path.is_file():
+        raise DataError(model_dir, f"not a model directory (no {CONFIG_NAME})")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"not valid JSON: {exc}") from None
+    result = VerifyResult(str(model_dir))
+    recorded = meta.get(DIGESTS_KEY) if isinstance(meta, dict) else None
+    if not isinstance(recorded, dict) or not recorded:
+        result.recorded = False
+        result.problems.append(f"{CONFIG_NAME} records no weight digests (written before they were recorded)")
+        return result
+    present = {p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*.safetensors")}
+    for name, expected in sorted(recorded.items()):
+        file = model_dir / name
+        if not file.is_file():
+            result.problems.append(f"{name}: missing")
+            continue
+        result.checked.append(name)
+        if file_sha256(file) != expected:
+            result.problems.append(f"{name}: sha256 differs from {CONFIG_NAME} (modified or corrupted)")
+    for name in sorted(present - set(recorded)):
+        result.problems.append(f"{name}: not recorded in {CONFIG_NAME}")
+    return result
+
+
+def warn_if_modified(model_dir: str | Path) -> VerifyResult:
+    """Verify `model_dir` and log one warning per problem (loading goes on: the caller decides)."""
+    result = verify_model_dir(model_dir)
+    if result.recorded:
+        for problem in result.problems:
+            log.warning("%s: %s", model_dir, problem)
+    return result
 
 
 def commit_dir(tmp: Path, out_dir: Path) -> None:
@@ -175,17 +255,21 @@ def load_pretrained(
     merge_lora: bool = False,
     attn_implementation: str | None = None,
     trainable_adapters: bool = True,
+    verify: bool = True,
 ):
     """Load a model directory → (`VidLLM`, tokenizer or None).
 
     LoRA adapters are re-attached (trainable by default), or folded into the LLM weights with
     `merge_lora=True`. `attn_implementation` defaults to the saved config's choice, resolved
-    for this machine (`vidllm.attention_select`).
+    for this machine (`vidllm.attention_select`). `verify` hashes the weight files and logs a
+    warning for each that differs from the digests in config.json.
     """
     from vidllm.models.vidllm import VidLLM  # heavy import kept local
 
     model_dir = Path(model_dir)
     meta = read_model_config(model_dir)
+    if verify:
+        warn_if_modified(model_dir)
     try:
         cfg = ModelConfig.model_validate(meta["model"])
     except Exception as exc:  # pydantic ValidationError: name the file

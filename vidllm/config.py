@@ -362,6 +362,10 @@ class TeacherConfig(_Section):
     random_num_heads: int = Field(4, ge=1)
     random_patch_size: int = Field(14, ge=1)
     pretrain: TeacherPretrainConfig = TeacherPretrainConfig()
+    miniatures: bool = Field(False, description="`vidllm ablate` first trains (or reuses) the miniature teachers "
+                                                "(`vidllm pretrain-teachers`, sized by teachers.pretrain) and uses "
+                                                "them wherever teachers.geometry, teachers.semantic or "
+                                                "model.init.vggt is unset")
 
 
 class EvalConfig(_Section):
@@ -478,13 +482,17 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 # Scenes are split by scene (val scenes are never trained on); ~0.1 s to generate each.
 _LEARNING: dict[str, Any] = _merge(_DEMO, {
     "data": {"synth": {"scenes": 200, "val_fraction": 0.12}},
-    # 8 instructions per scene clip (demo: 64), to bound a variant's Stage 2: 400 steps took 14-19
-    # minutes on 2 shared cores (benchmarks/RESULTS.md, learning section).
-    "train": {"stage2": {"steps": 400, "warmup_steps": 20, "checkpoint_every": 100, "log_every": 20},
-              "instructions_per_scene": 8,
+    # Stage 1 long enough for the encoder to take up the miniature teachers' semantics.
+    "train": {"stage1": {"steps": 150, "checkpoint_every": 50},
+              "stage2": {"steps": 400, "warmup_steps": 20, "checkpoint_every": 100, "log_every": 20},
+              # A scene's instructions share one vision prefix, so each extra text row costs little
+              # beside the clip's vision pass (benchmarks/stage2_step.py).
+              "instructions_per_scene": 32,
               # The mix a step trains on, whatever each benchmark's record count: the scored tasks first.
               "task_weights": {"scanqa": 3.0, "scanrefer": 2.0, "multi3drefer": 1.0, "scan2cap": 1.0,
                                "sqa3d": 0.5, "nr3d": 0.5, "sr3d": 0.5}},
+    # Pretrained parts, in miniature: the paper composes pretrained VGGT, DINOv2 and CLIP.
+    "teachers": {"miniatures": True},
 })
 
 RECIPES: dict[str, dict[str, Any]] = {"paper": {}, "tiny": _TINY, "demo": _DEMO, "learning": _LEARNING}

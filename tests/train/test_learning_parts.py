@@ -152,12 +152,20 @@ def test_task_mix_follows_the_weights_and_every_prompt_names_its_task():
 
 def test_ablate_trains_each_variant_on_the_same_data_and_reuses_results(tmp_path):
     """`vidllm ablate` end to end on the tiny recipe (full + blind): one shared dataset, one
-    Stage-1 model for both (they differ only after Stage 1), held-out metrics per variant, and a
-    second call reuses every variant."""
+    Stage-1 model for both (they differ only after Stage 1), the miniature teachers trained once
+    and composed into both, held-out metrics per variant, and a second call reuses every variant."""
+    import yaml
+
     from vidllm.ablate import COLUMNS, format_table, run_ablation
 
-    args = ["data.synth.scenes=4", "train.stage1.steps=2", "train.stage2.steps=2"]
+    args = ["data.synth.scenes=4", "train.stage1.steps=2", "train.stage2.steps=2", "teachers.miniatures=true",
+            "teachers.pretrain.vggt_steps=2", "teachers.pretrain.clip_steps=2", "teachers.pretrain.probe_steps=2"]
     result = run_ablation("tiny", ["full", "blind"], tmp_path, overrides=args)
+    for name in ("full", "blind"):  # both compose the same miniatures, as real pretrained parts
+        used = yaml.safe_load((tmp_path / "variants" / name / "config.yaml").read_text())
+        assert used["model"]["init"]["vggt"] == str(tmp_path / "pretrained" / "vggt.safetensors")
+        assert used["teachers"]["semantic"] == str(tmp_path / "pretrained" / "semantic")
+        assert used["teachers"]["geometry"] == str(tmp_path / "pretrained" / "geometry")
     saved = json.loads((tmp_path / "ablation.json").read_text())
     assert list(saved["variants"]) == ["full", "blind"] and saved["split"] == "val"
     for name, entry in saved["variants"].items():

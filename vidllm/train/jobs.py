@@ -34,7 +34,7 @@ from vidllm.eval import run_dir as rd
 from vidllm.data.prefetch import Prefetcher
 from vidllm.train.batches import cycle_samples, is_training_scene, stage1_batch, stage2_batch, to_device
 from vidllm.train.loop import (
-    CHECKPOINTS_DIR, StageJob, checkpoint_name, load_latest_intact, prune_checkpoints, remove_orphaned_checkpoint_dirs,
+    CHECKPOINTS_DIR, StageJob, checkpoint_name, checkpoint_problems, load_latest_intact, prune_checkpoints, remove_orphaned_checkpoint_dirs,
     run_loop, save_checkpoint, seed_everything, step_checkpoints,
 )
 
@@ -42,6 +42,40 @@ log = logging.getLogger(__name__)
 
 STAGE1_MODEL_DIR = "stage1_model"
 STAGE2_MODEL_DIR = "model"
+
+
+def verify_artifacts(path: str | Path) -> list[dict[str, Any]]:
+    """Check digests under `path`: a model or Stage-1 directory, a training checkpoint
+    (`step-NNNNNNNN`), or a run directory (its stage1_model/, model/ and every checkpoint).
+    One {path, kind, ok, problems} entry per artifact; DataError if `path` holds none."""
+    from vidllm.checkpoint import CONFIG_NAME, verify_model_dir
+    from vidllm.train.loop import STATE_FILE
+
+    root = Path(path)
+    if not root.exists():
+        raise DataError(root, "does not exist")
+
+    def model_entry(directory: Path) -> dict[str, Any]:
+        result = verify_model_dir(directory)
+        return {"path": str(directory), "kind": "model", "ok": result.ok, "checked": result.checked,
+                "problems": result.problems}
+
+    def checkpoint_entry(directory: Path) -> dict[str, Any]:
+        problems = checkpoint_problems(directory)
+        return {"path": str(directory), "kind": "checkpoint", "ok": not problems, "problems": problems}
+
+    if (root / CONFIG_NAME).is_file():
+        return [model_entry(root)]
+    if (root / STATE_FILE).is_file():
+        return [checkpoint_entry(root)]
+    entries = [model_entry(root / name) for name in (STAGE1_MODEL_DIR, STAGE2_MODEL_DIR)
+               if (root / name / CONFIG_NAME).is_file()]
+    for stage in ("stage1", "stage2"):
+        entries += [checkpoint_entry(ckpt) for ckpt in step_checkpoints(root / CHECKPOINTS_DIR / stage)]
+    if not entries:
+        raise DataError(root, f"no model directory ({CONFIG_NAME}), checkpoint ({STATE_FILE}) or run directory "
+                              f"({STAGE1_MODEL_DIR}/, {STAGE2_MODEL_DIR}/, {CHECKPOINTS_DIR}/) here")
+    return entries
 
 
 @dataclass

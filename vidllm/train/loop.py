@@ -21,7 +21,6 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -40,6 +39,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from vidllm.checkpoint import file_sha256
 from vidllm.config import StageConfig, TrainConfig
 from vidllm.errors import DataError
 from vidllm.eval import run_dir as rd
@@ -274,7 +274,7 @@ def save_checkpoint(out_dir: Path, step: int, model_state: dict[str, Tensor], op
             rng["cuda"] = torch.cuda.get_rng_state()
         save_file(rng, str(tmp / RNG_FILE))
         state = {"step": step, "python_rng": _jsonable_random_state(), **(extra or {}),
-                 "sha256": {name: _file_sha256(tmp / name) for name in (MODEL_FILE, OPTIMIZER_FILE, RNG_FILE)}}
+                 "sha256": {name: file_sha256(tmp / name) for name in (MODEL_FILE, OPTIMIZER_FILE, RNG_FILE)}}
         (tmp / STATE_FILE).write_text(json.dumps(state))
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -283,14 +283,6 @@ def save_checkpoint(out_dir: Path, step: int, model_state: dict[str, Tensor], op
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _jsonable_random_state() -> list:
@@ -308,7 +300,7 @@ def load_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
         if not isinstance(state, dict) or "step" not in state:
             raise ValueError(f"{STATE_FILE} has no step")
         for name, expected in (state.get("sha256") or {}).items():  # older checkpoints have no digests
-            if _file_sha256(ckpt_dir / name) != expected:
+            if file_sha256(ckpt_dir / name) != expected:
                 raise ValueError(f"{name} does not match its sha256 in {STATE_FILE}")
         model = load_file(str(ckpt_dir / MODEL_FILE))
         with safe_open(str(ckpt_dir / MODEL_FILE), "pt") as f:
@@ -324,6 +316,25 @@ def load_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
         raise DataError(ckpt_dir, f"unreadable training checkpoint ({exc})") from None
     state.pop("sha256", None)
     return {**state, "model": model, "optimizer": optimizer, "rng": rng}
+
+
+def checkpoint_problems(ckpt_dir: Path) -> list[str]:
+    """What is wrong with a training checkpoint directory without loading it: a missing or
+    unparsable state.json, a missing file, or one whose sha256 differs from state.json's."""
+    try:
+        state = json.loads((ckpt_dir / STATE_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        return [f"{STATE_FILE}: unreadable ({exc.__class__.__name__})"]
+    digests = state.get("sha256") if isinstance(state, dict) else None
+    if not isinstance(digests, dict):
+        return [f"{STATE_FILE} records no digests (written before they were recorded)"]
+    problems = []
+    for name in (MODEL_FILE, OPTIMIZER_FILE, RNG_FILE):
+        if not (ckpt_dir / name).is_file():
+            problems.append(f"{name}: missing")
+        elif name in digests and file_sha256(ckpt_dir / name) != digests[name]:
+            problems.append(f"{name}: sha256 differs from {STATE_FILE} (modified or corrupted)")
+    return problems
 
 
 def step_checkpoints(checkpoints_dir: Path) -> list[Path]:

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from vidllm.checkpoint import commit_dir
+from vidllm.checkpoint import DIGESTS_KEY, commit_dir, warn_if_modified, weight_digests
 from vidllm.config import ModelConfig, VidLLMConfig
 from vidllm.errors import DataError
 from vidllm.losses.distill import distill_loss, resample_tokens
@@ -90,6 +90,7 @@ def save_stage1_model(student: DistillStudent, cfg: VidLLMConfig, out_dir: str |
         meta = {"format": STAGE1_FORMAT, "format_version": STAGE1_FORMAT_VERSION, "recipe": cfg.recipe,
                 "model": cfg.model.model_dump(mode="json"), "encoder_hf_config": encoder_config,
                 "teacher_dims": [student.proj_geom.out_features, student.proj_lang.out_features]}
+        meta[DIGESTS_KEY] = weight_digests(tmp)
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
         commit_dir(tmp, out_dir)
     except BaseException:
@@ -114,6 +115,8 @@ def load_encoder_and_cta(model: nn.Module, model_dir: str | Path) -> None:
     weights = Path(model_dir) / STUDENT_WEIGHTS
     if not weights.is_file():
         raise DataError(weights, "weights file is missing")
+    if (Path(model_dir) / CONFIG_NAME).is_file():
+        warn_if_modified(model_dir)
     state = load_file(str(weights))
     for prefix in ("encoder.", "cta."):
         part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
