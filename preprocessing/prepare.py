@@ -192,6 +192,10 @@ def build_sample(scene_path: str | Path, cfg: PrepConfig, *, label_map: str | No
     from vidllm.data.scannet import load_scene
 
     with load_scene(scene_path, label_map=label_map) as scene:
+        if len(scene.valid_frame_ids) == 0:
+            raise DataError(scene.source_path or scene_path,
+                            f"no valid frames: all {scene.num_frames} camera poses are invalid (-inf/NaN, "
+                            f"all-zero or singular)")
         frame_ids = sample_frame_ids(scene.valid_frame_ids, cfg.frames)
         plan = plan_resize_crop(scene.color_size, cfg.short_side, cfg.patch_multiple)
         intrinsic = adjust_intrinsics(scene.intrinsic_color, plan)
@@ -258,8 +262,9 @@ def _process_scene_row(row: dict[str, Any], cfg_json: str, label_map: str | None
                                source_digest_hex=row["source_digest"], input_digest_hex=row["input_digest"])
         names = sorted(members)
         return {"scene_id": scene_id, "error": "", "names": names, "blobs": [members[n] for n in names]}
-    except Exception as exc:  # reported per scene in the summary
-        return {"scene_id": scene_id, "error": f"{type(exc).__name__}: {exc}", "names": [], "blobs": []}
+    except Exception as exc:  # reported per scene in the summary; a DataError already names its file
+        error = str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
+        return {"scene_id": scene_id, "error": error, "names": [], "blobs": []}
 
 
 # ----------------------------------------------------------------------------- shard writing

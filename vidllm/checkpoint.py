@@ -199,6 +199,20 @@ def warn_if_modified(model_dir: str | Path) -> VerifyResult:
     return result
 
 
+def load_state_fitting(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path,
+                       strict: bool = True):
+    """`module.load_state_dict(state)`, with a shape (or, if strict, name) mismatch reported as one
+    DataError naming `source` and the first offending tensor instead of torch's multi-line RuntimeError."""
+    try:
+        return module.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        first = next((line for line in lines if line.startswith("size mismatch")), lines[-1] if lines else str(exc))
+        more = sum(line.startswith("size mismatch") for line in lines) - 1
+        raise DataError(source, f"weights do not fit this model (another recipe or config?): {first[:300]}"
+                                + (f" (+{more} more)" if more > 0 else "")) from None
+
+
 def commit_dir(tmp: Path, out_dir: Path) -> None:
     """Move a fully written temporary directory into place; an existing `out_dir` is swapped out
     by rename, so readers see either the old or the new directory, never a mix."""
@@ -290,7 +304,7 @@ def load_pretrained(
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as exc:
         raise DataError(weights_path, f"cannot read safetensors: {exc}") from None
-    result = model.load_state_dict(state, strict=False)
+    result = load_state_fitting(model, state, weights_path, strict=False)
     tied = set(meta.get("tied", {}))
     missing = [k for k in result.missing_keys if k not in tied]
     if missing or result.unexpected_keys:

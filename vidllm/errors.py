@@ -20,3 +20,7 @@ class DataError(VidLLMError, ValueError):
     def __reduce__(self):
         # Picklable with both arguments, so the error survives crossing Ray worker boundaries.
         return (type(self), (self.path, self.problem))
+
+
+class TrainingError(VidLLMError, FloatingPointError):
+    """Training cannot go on (e.g. a non-finite loss); the message names the stage, step and scenes."""

@@ -12,19 +12,79 @@ reader never sees half an object.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from vidllm.errors import VidLLMError
+
 S3_SCHEME = "s3://"
+
+_F = TypeVar("_F", bound=Callable)
+
+
+class StorageError(VidLLMError, OSError):
+    """An S3 request failed for a reason the user can fix (credentials, endpoint, bucket)."""
+
+
+# pyarrow's "AWS Error <CODE>" and botocore's error codes → what to check. Never the secret itself.
+_S3_PROBLEMS = (
+    (("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "INVALID_ACCESS_KEY_ID",
+      "SIGNATURE_DOES_NOT_MATCH", "Forbidden"),
+     "access denied: check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and "
+     "the bucket's permissions"),
+    (("NETWORK_CONNECTION", "EndpointConnectionError", "Could not connect", "CONNECT_ERROR"),
+     "cannot reach the S3 endpoint: check AWS_ENDPOINT_URL"),
+    (("NO_SUCH_BUCKET", "NoSuchBucket"), "the bucket does not exist"),
+    (("NoCredentialsError", "Unable to locate credentials", "MISSING_AUTHENTICATION_TOKEN"),
+     "no S3 credentials found: set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE"),
+)
+_S3_RESOURCE = re.compile(r"key '([^']*)' in bucket '([^']*)'|bucket '([^']*)'")
+
+
+def describe_s3_error(exc: BaseException, uri: str | Path | None = None) -> str | None:
+    """One line for an S3 failure (pyarrow or botocore) the user can act on; None if `exc` is not one."""
+    text = f"{type(exc).__name__}: {exc}"
+    problem = next((what for codes, what in _S3_PROBLEMS if any(code in text for code in codes)), None)
+    if problem is None:
+        if "AWS Error" not in text:
+            return None
+        code = re.search(r"AWS Error (\w+)", text)
+        problem = f"S3 request failed ({code.group(1) if code else 'unknown error'})"
+    where = str(uri) if uri is not None else None
+    if where is None and (m := _S3_RESOURCE.search(text)):
+        where = f"s3://{m.group(2)}/{m.group(1)}" if m.group(2) else f"s3://{m.group(3)}"
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS default"
+    return f"{where or 's3'}: {problem} (endpoint {endpoint})"
+
+
+def _s3_errors(func: _F) -> _F:
+    """Raise StorageError (one line) instead of pyarrow's OSError for S3 failures of `func(uri, ...)`."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except StorageError:
+            raise
+        except OSError as exc:
+            uri = next((a for a in args if is_s3(str(a))), None)
+            message = describe_s3_error(exc, uri) if uri is not None else None
+            if message is None:
+                raise
+            raise StorageError(message) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _current_umask() -> int:
@@ -90,11 +150,13 @@ def resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(text).absolute())
 
 
+@_s3_errors
 def exists(uri: str | Path) -> bool:
     fs, path = resolve(uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+@_s3_errors
 def info(uri: str | Path) -> FileInfo | None:
     fs, path = resolve(uri)
     fi = fs.get_file_info(path)
@@ -103,6 +165,7 @@ def info(uri: str | Path) -> FileInfo | None:
     return FileInfo(str(uri), fi.base_name, fi.size or 0, fi.mtime_ns)
 
 
+@_s3_errors
 def list_files(uri: str | Path, suffix: str = "", recursive: bool = False) -> list[FileInfo]:
     """Files directly under a folder/prefix (sorted by name); empty if it doesn't exist."""
     fs, path = resolve(uri)
@@ -116,6 +179,7 @@ def list_files(uri: str | Path, suffix: str = "", recursive: bool = False) -> li
     return sorted(out, key=lambda f: f.name)
 
 
+@_s3_errors
 def list_dirs(uri: str | Path) -> list[str]:
     """Names of the sub-folders (S3: common prefixes) directly under `uri`, sorted."""
     fs, path = resolve(uri)
@@ -123,12 +187,14 @@ def list_dirs(uri: str | Path) -> list[str]:
     return sorted(fi.base_name for fi in fs.get_file_info(selector) if fi.type == pafs.FileType.Directory)
 
 
+@_s3_errors
 def read_bytes(uri: str | Path) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as stream:
         return stream.read()
 
 
+@_s3_errors
 def open_input(uri: str | Path) -> BinaryIO:
     """A readable binary stream (the caller closes it)."""
     fs, path = resolve(uri)
@@ -164,11 +230,13 @@ def atomic_output(uri: str | Path) -> Iterator[BinaryIO]:
             shutil.copyfileobj(spool, out, length=8 << 20)
 
 
+@_s3_errors
 def write_bytes(uri: str | Path, data: bytes) -> None:
     with atomic_output(uri) as f:
         f.write(data)
 
 
+@_s3_errors
 def delete(uri: str | Path) -> None:
     fs, path = resolve(uri)
     try:
@@ -182,6 +250,7 @@ def make_dirs(uri: str | Path) -> None:
         Path(str(uri)).mkdir(parents=True, exist_ok=True)
 
 
+@_s3_errors
 def download_tree(uri: str | Path, local_dir: str | Path) -> Path:
     """Copy every file under `uri` into `local_dir` (skipping files already there with the same size)."""
     local = Path(local_dir)
@@ -195,6 +264,7 @@ def download_tree(uri: str | Path, local_dir: str | Path) -> Path:
     return local
 
 
+@_s3_errors
 def upload_tree(local_dir: str | Path, uri: str | Path) -> None:
     """Copy a local folder to a local path or S3 prefix (used by tests and tools)."""
     root = Path(local_dir)

@@ -301,3 +301,17 @@ def test_reads_synthetic_writers_output(tmp_path):
         np.testing.assert_allclose(scene.axis_alignment, AXIS_ALIGN)
         np.testing.assert_allclose(scene.objects[0].box, CHAIR_BOX, atol=1e-6)
         np.testing.assert_allclose(scene.objects[1].box, TABLE_BOX, atol=1e-6)
+
+
+def test_a_scene_without_valid_frames_fails_in_prepare_with_one_line_naming_its_file(tmp_path):
+    from preprocessing.prepare import _process_scene_row
+    from vidllm.config import PrepConfig
+
+    scan = make_raw_scan(tmp_path, n_frames=3, bad_pose_frames=(0, 1, 2), objects=False)
+    row = {"scene_id": scan.name, "scene_uri": str(scan), "annotations_json": "[]", "source_digest": "",
+           "input_digest": ""}
+    result = _process_scene_row(row, PrepConfig(frames=2, short_side=28).model_dump_json(), None, str(tmp_path))
+    error = result["error"]
+    assert error == f"{scan}: no valid frames: all 3 camera poses are invalid " \
+                    "(-inf/NaN, all-zero or singular)"
+    assert "\n" not in error and not result["names"]

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vidllm.checkpoint import load_state_fitting
 from vidllm.config import VidLLMConfig, config_to_yaml
 from vidllm.errors import DataError
 from vidllm.eval import run_dir as rd
@@ -299,7 +300,7 @@ def _train_local(stage: str, setup: StageSetup, cfg: VidLLMConfig, run_dir: Path
         log.info("%s: resuming from %s", stage, latest)
     objective = setup.job.objective
     if resume is not None:
-        objective.load_state_dict(resume["model"])
+        load_state_fitting(objective, resume["model"], latest)
 
     def checkpoint_fn(step: int, model_state: dict, optimizer_state: dict, metrics: dict) -> None:
         save_checkpoint(ckpt_root / checkpoint_name(step), step, model_state, optimizer_state,

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from vidllm.checkpoint import file_sha256
 from vidllm.config import StageConfig, TrainConfig
-from vidllm.errors import DataError
+from vidllm.errors import DataError, TrainingError
 from vidllm.eval import run_dir as rd
 
 log = logging.getLogger(__name__)
@@ -508,8 +508,11 @@ def run_loop(
             tokens = float(losses.pop("tokens", torch.zeros(())))
             total = losses["total"]
             if not torch.isfinite(total):
-                raise FloatingPointError(f"{job.stage} step {step}: non-finite loss ({float(total)}) on "
-                                         f"{batch.get('keys')}")
+                bad = [k for k, v in losses.items() if k != "total" and torch.is_tensor(v) and not torch.isfinite(v).all()]
+                raise TrainingError(f"{job.stage} step {step}: non-finite loss ({float(total)}"
+                                    f"{'; from ' + ', '.join(bad) if bad else ''}) on scene(s) "
+                                    f"{', '.join(map(str, batch.get('keys') or ['?']))}: lower the learning rate "
+                                    f"(train.{job.stage}.lr) or check those scenes' data")
             used = _used_on_any_rank(module, total) if _is_fsdp(module) else None
             optimizer.zero_grad(set_to_none=True)
             total.backward()

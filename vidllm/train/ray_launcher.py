@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from vidllm.config import TrainConfig, VidLLMConfig
+from vidllm.checkpoint import load_state_fitting
 from vidllm.errors import VidLLMError
 from vidllm.ray_session import absolute_local, cluster_has_gpus, init_ray
 
@@ -94,7 +95,7 @@ def _worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             resume = load_checkpoint(Path(directory))
-        setup.job.objective.load_state_dict(resume["model"])
+        load_state_fitting(setup.job.objective, resume["model"], f"Ray Train checkpoint {checkpoint.path}")
     device = ray.train.torch.get_device()
     ddp = cfg.train.strategy == "ddp" and world_size > 1
     # prepare_model moves to the device and wraps in DDP; its "fsdp" is the FSDP1 class (and GPU-only).
@@ -154,13 +155,28 @@ def fit_with_ray(stage: str, cfg: VidLLMConfig, shards_uri: str, run_dir: Path, 
         if started:
             ray.shutdown()
     if result.error is not None:
-        raise VidLLMError(f"Ray Train {stage} failed: {result.error}")
+        raise VidLLMError(f"Ray Train {stage} failed: {_one_line(result.error)}")
     if result.checkpoint is None:
         raise VidLLMError(f"Ray Train {stage} finished without a checkpoint")
     with result.checkpoint.as_directory() as directory:
         final = load_checkpoint(Path(directory))
     setup = (stage1_setup(cfg, shards_uri, cache_uri, init_model) if stage == "stage1"
              else stage2_setup(cfg, shards_uri, init_model))
-    setup.job.objective.load_state_dict(final["model"])
+    load_state_fitting(setup.job.objective, final["model"], f"Ray Train checkpoint {result.checkpoint.path}")
     setup.export(setup.job.objective, model_dir)
     return TrainResult(model_dir, int(final["step"]), dict(final.get("final_losses", {})))
+
+
+def _one_line(error: BaseException | str) -> str:
+    """The user-facing cause of a failed Ray Train run: a worker's VidLLMError message if there is
+    one in the chain, else the last line of the (multi-line, traceback-bearing) error text."""
+    seen: set[int] = set()
+    current = error if isinstance(error, BaseException) else None
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, VidLLMError):
+            return str(current)
+        current = current.__cause__ or current.__context__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+

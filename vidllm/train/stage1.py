@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from vidllm.checkpoint import DIGESTS_KEY, commit_dir, warn_if_modified, weight_digests
+from vidllm.checkpoint import DIGESTS_KEY, commit_dir, load_state_fitting, warn_if_modified, weight_digests
 from vidllm.config import ModelConfig, VidLLMConfig
 from vidllm.errors import DataError
 from vidllm.losses.distill import distill_loss, resample_tokens
@@ -153,5 +153,5 @@ def build_student(cfg: VidLLMConfig, geometry_dim: int, semantic_dim: int,
     projections = Path(init_model) / PROJECTION_WEIGHTS
     if meta.get("format") == STAGE1_FORMAT and projections.is_file() and \
             meta.get("teacher_dims") == [geometry_dim, semantic_dim]:
-        student.load_state_dict(load_file(str(projections)), strict=False)
+        load_state_fitting(student, load_file(str(projections)), projections, strict=False)
     return student
