@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tarfile
 import tempfile
 import time
@@ -54,6 +55,8 @@ from vidllm.data.shards import (
 from vidllm.errors import DataError
 from vidllm.ray_session import absolute_local, init_ray
 
+log = logging.getLogger(__name__)
+
 SCENE_DIR_PATTERN = re.compile(r"^scene\d{4}_\d{2}$")
 LABEL_MAP_NAME = "scannetv2-labels.combined.tsv"
 # Test hook: exit abruptly (no cleanup) after this many shards were committed in this run.
@@ -68,6 +71,8 @@ class PrepareSummary:
     ok: list[str] = field(default_factory=list)  # scenes written in this run
     skipped: list[str] = field(default_factory=list)  # already in the manifest with the same inputs
     failed: dict[str, str] = field(default_factory=dict)  # scene id → cause
+    warnings: dict[str, list[str]] = field(default_factory=dict)  # scene id → warnings (written or failed)
+    frames_dropped: int = 0  # source frames with invalid poses, over the scenes read in this run
     shards_written: list[str] = field(default_factory=list)
     frames_written: int = 0
     bytes_written: int = 0
@@ -77,7 +82,8 @@ class PrepareSummary:
         return asdict(self)
 
     def line(self) -> str:
-        return (f"{len(self.ok)} ok, {len(self.skipped)} skipped, {len(self.failed)} failed; "
+        return (f"{len(self.ok)} ok, {len(self.skipped)} skipped, {len(self.failed)} failed, "
+                f"{len(self.warnings)} with warnings; {self.frames_dropped} source frame(s) dropped (invalid poses); "
                 f"{len(self.shards_written)} shard(s), {self.frames_written} frames, "
                 f"{self.bytes_written / 1e6:.1f} MB in {self.seconds:.1f} s → {self.out_uri}")
 
@@ -187,11 +193,15 @@ def encode_depth_png(depth_mm: np.ndarray) -> bytes:
 
 def build_sample(scene_path: str | Path, cfg: PrepConfig, *, label_map: str | None = None,
                  annotations: list[dict[str, Any]] | None = None, source_digest_hex: str = "",
-                 input_digest_hex: str = "") -> dict[str, bytes]:
-    """One scene folder → the members of its clip sample (see vidllm.data.shards)."""
+                 input_digest_hex: str = "", report: dict[str, Any] | None = None) -> dict[str, bytes]:
+    """One scene folder → the members of its clip sample (see vidllm.data.shards). `report`, if
+    given, receives the scene's `warnings` (e.g. no instance annotations) and `dropped_frames`."""
     from vidllm.data.scannet import load_scene
 
     with load_scene(scene_path, label_map=label_map) as scene:
+        if report is not None:
+            report["warnings"] = list(scene.warnings)
+            report["dropped_frames"] = len(scene.dropped_frame_ids)
         if len(scene.valid_frame_ids) == 0:
             raise DataError(scene.source_path or scene_path,
                             f"no valid frames: all {scene.num_frames} camera poses are invalid (-inf/NaN, "
@@ -248,6 +258,7 @@ def _process_scene_row(row: dict[str, Any], cfg_json: str, label_map: str | None
     """Ray Data map function: never raises, so one bad scene cannot fail the whole job."""
     cfg = PrepConfig.model_validate_json(cfg_json)
     scene_id, scene_uri = row["scene_id"], row["scene_uri"]
+    report: dict[str, Any] = {"warnings": [], "dropped_frames": 0}
     try:
         local = scene_uri
         if storage.is_s3(scene_uri):
@@ -259,12 +270,16 @@ def _process_scene_row(row: dict[str, Any], cfg_json: str, label_map: str | None
                 storage.write_bytes(local_label_map, storage.read_bytes(label_map))
         members = build_sample(local, cfg, label_map=local_label_map,
                                annotations=json.loads(row["annotations_json"]),
-                               source_digest_hex=row["source_digest"], input_digest_hex=row["input_digest"])
+                               source_digest_hex=row["source_digest"], input_digest_hex=row["input_digest"],
+                               report=report)
         names = sorted(members)
-        return {"scene_id": scene_id, "error": "", "names": names, "blobs": [members[n] for n in names]}
+        error, blobs = "", [members[n] for n in names]
     except Exception as exc:  # reported per scene in the summary; a DataError already names its file
         error = str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
-        return {"scene_id": scene_id, "error": error, "names": [], "blobs": []}
+        names, blobs = [], []
+    # Warnings as JSON text: a column of lists that are all empty would have no Arrow type.
+    return {"scene_id": scene_id, "error": error, "names": names, "blobs": blobs,
+            "warnings_json": json.dumps(report["warnings"]), "dropped_frames": int(report["dropped_frames"])}
 
 
 # ----------------------------------------------------------------------------- shard writing
@@ -471,9 +486,14 @@ def prepare_shards(scannet_uri: str, annotations_dir: str | Path | None, out_uri
                 inputs = {r["scene_id"]: r for r in todo}
                 for result in _run_scenes(todo, cfg, label_map, str(cache)):
                     scene_id = result["scene_id"]
+                    summary.frames_dropped += int(result.get("dropped_frames", 0))
+                    if warnings := json.loads(result.get("warnings_json") or "[]"):
+                        summary.warnings[scene_id] = warnings
+                        for warning in warnings:
+                            log.warning("prepare: %s: %s", scene_id, warning)
                     if result["error"]:
                         summary.failed[scene_id] = result["error"]
-                        bar.write(f"prepare: {scene_id} failed: {result['error']}")
+                        bar.write(f"prepare: {scene_id} failed: {result['error']}", file=sys.stderr)
                     else:
                         members = dict(zip(result["names"], result["blobs"]))
                         writer.add(scene_id, scene_id, members, cfg.frames, inputs[scene_id]["input_digest"])

@@ -221,3 +221,35 @@ def test_shard_missing_from_storage(synthetic_shards, tmp_path):
     copy, entry, shard = _copy(synthetic_shards, tmp_path)
     shard.unlink()
     assert "missing" in _plain_error(copy) and entry.shard in _plain_error(copy)
+
+
+def test_shards_info_verify_finds_corrupt_samples_duplicate_keys_and_truncated_shards(synthetic_dataset_3, tmp_path,
+                                                                                     capsys):
+    import json
+
+    from tests.shard_fixtures import write_tiny_shards
+    from vidllm.cli import main
+
+    shards = write_tiny_shards(synthetic_dataset_3, tmp_path / "shards")
+    assert main(["shards-info", str(shards), "--verify"]) == 0
+    assert "verify: 3 of 3 samples intact" in capsys.readouterr().out
+
+    entries = read_manifest(str(shards))
+    victim = entries[1]
+    shard = shards / victim.shard
+    data = bytearray(shard.read_bytes())
+    data[victim.offset + 512 + 200] ^= 0xFF  # inside the first member's payload: the tar stays readable
+    shard.write_bytes(bytes(data))
+    write_manifest(str(shards), [*entries, entries[0]])  # the first key listed twice
+    assert main(["shards-info", str(shards), "--verify", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)["verify"]
+    assert not report["ok"] and report["verified_samples"] == 2
+    assert f"{shards / 'manifest.parquet'}: key '{entries[0].key}' listed 2 times" in report["problems"]
+    assert f"{shard}:{victim.key}: content digest differs from the manifest (modified or corrupted)" \
+        in report["problems"]
+
+    write_manifest(str(shards), entries)
+    shard.write_bytes(bytes(data[: len(data) // 2]))
+    assert main(["shards-info", str(shards), "--verify"]) == 1
+    err = capsys.readouterr().err
+    assert f"FAIL {shard}: shard is {len(data) // 2} bytes but the manifest says {len(data)}" in err

@@ -178,3 +178,27 @@ def test_prepare_cli_help_and_bad_input(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "vidllm", "shards-info", str(empty), "--json"],
                           capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 2 and "manifest.parquet" in proc.stderr
+
+
+def test_prepare_json_stays_valid_with_failures_and_counts_warnings_and_dropped_frames(tmp_path):
+    """`prepare --json`: stdout is one JSON object even when a scene fails; a scene without
+    instance annotations is warned about and frames dropped for invalid poses are counted."""
+    from tests.data.test_scannet import make_raw_scan
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    make_raw_scan(scans, "scene0001_00", n_frames=4, bad_pose_frames=(1,), objects=False)  # no segs, 1 bad pose
+    make_raw_scan(scans, "scene0002_00", n_frames=3, bad_pose_frames=(0, 1, 2), objects=False)  # no valid frame
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {k: v for k, v in env.items() if not k.startswith("RAY_")}  # a private local Ray, not the session's
+    proc = subprocess.run([sys.executable, "-m", "vidllm", "prepare", "--scannet", str(scans), "--out",
+                           str(tmp_path / "out"), "--frames", "2", "--short-side", "28", "--json"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)  # nothing else on stdout
+    assert summary["ok"] == ["scene0001_00"] and list(summary["failed"]) == ["scene0002_00"]
+    assert "no valid frames" in summary["failed"]["scene0002_00"]
+    assert summary["frames_dropped"] == 4
+    assert set(summary["warnings"]) == {"scene0001_00", "scene0002_00"}
+    assert any("no instance annotations" in w for w in summary["warnings"]["scene0001_00"])
+    assert "scene0002_00" in proc.stderr and "no valid frames" in proc.stderr

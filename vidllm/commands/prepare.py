@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -54,12 +55,17 @@ def run(args: argparse.Namespace) -> int:
     if args.shard_size_mb is not None:
         overrides.append(f"data.prep.shard_max_bytes={int(args.shard_size_mb * 1e6)}")
     cfg = load_config(args.recipe, args.config, overrides).data.prep
-    summary = prepare_shards(args.scannet, args.annotations, args.out, cfg, label_map=args.label_map,
-                             scene_ids=args.scenes, progress=not args.no_progress)
+    # With --json, stdout carries the JSON object only: anything else printed meanwhile (Ray, workers) goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        summary = prepare_shards(args.scannet, args.annotations, args.out, cfg, label_map=args.label_map,
+                                 scene_ids=args.scenes, progress=not args.no_progress)
     if args.json:
         print(json.dumps(summary.to_dict()))
     else:
         print(f"prepare: {summary.line()}")
+        for scene_id, warnings in summary.warnings.items():
+            for warning in warnings:
+                print(f"  warning {scene_id}: {warning}", file=sys.stderr)
         for scene_id, cause in summary.failed.items():
             print(f"  failed {scene_id}: {cause}", file=sys.stderr)
     return 1 if summary.failed else 0

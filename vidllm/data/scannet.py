@@ -258,6 +258,9 @@ def load_scene(
         elif present:
             missing = [k for k in annotation_keys if files[k] is None]
             warnings.append(f"instance annotations incomplete: missing {', '.join(missing)}; no objects")
+        else:
+            warnings.append("no instance annotations (no segs, aggregation or mesh file): no objects, so the "
+                            "grounding and captioning benchmarks have nothing to score here")
 
         return ScanNetScene(
             scene_id=scene_id,

@@ -426,3 +426,56 @@ def shards_info(dataset_uri: str) -> dict[str, Any]:
         "bytes": int(sum(g[0].shard_bytes for g in groups.values())),
         "config_digest": config_digests[0] if len(config_digests) == 1 else config_digests,
     }
+
+
+def verify_shards(dataset_uri: str, progress: bool = False) -> dict[str, Any]:
+    """Check a dataset against its manifest: no key listed twice, every shard present at its
+    recorded size, and each listed sample present once in its shard, complete, with the recorded
+    content digest. Returns {ok, samples, shards, problems: [one line each], unlisted_shards}."""
+    from tqdm import tqdm
+
+    entries = read_manifest(dataset_uri)
+    if not entries:
+        raise DataError(manifest_uri(dataset_uri), "no manifest found (or it is empty)")
+    problems: list[str] = []
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[e.key] = counts.get(e.key, 0) + 1
+    problems += [f"{manifest_uri(dataset_uri)}: key '{k}' listed {n} times" for k, n in sorted(counts.items()) if n > 1]
+    groups = shard_groups(entries)
+    checked = 0
+    for shard, group in tqdm(groups.items(), desc="verify shards", unit="shard", disable=not progress):
+        uri = storage.join(dataset_uri, shard)
+        try:
+            check_shard_size(uri, group[0].shard_bytes)
+        except DataError as exc:
+            problems.append(str(exc))
+            continue
+        wanted = {e.key: e for e in group}
+        seen: dict[str, int] = {}
+        try:
+            for key, members in iter_tar_samples(uri):
+                seen[key] = seen.get(key, 0) + 1
+                entry = wanted.get(key)
+                if entry is None or seen[key] > 1:
+                    continue
+                where = f"{uri}:{key}"
+                try:
+                    check_members(members, entry.frames, where)
+                except DataError as exc:
+                    problems.append(str(exc))
+                    continue
+                if sample_digest(members) != entry.digest:
+                    problems.append(f"{where}: content digest differs from the manifest (modified or corrupted)")
+                else:
+                    checked += 1
+        except DataError as exc:
+            problems.append(str(exc))
+        problems += [f"{uri}: key '{k}' appears {n} times in the shard" for k, n in sorted(seen.items())
+                     if n > 1 and k in wanted]
+        problems += [f"{uri}: sample '{k}' listed in the manifest is not in the shard" for k in wanted if k not in seen]
+    listed = set(groups)
+    unlisted = sorted(f.name for f in storage.list_files(dataset_uri, suffix=".tar") if f.name not in listed)
+    return {"ok": not problems, "samples": len(entries), "verified_samples": checked, "shards": len(groups),
+            "problems": problems, "unlisted_shards": unlisted}
+
