@@ -58,6 +58,23 @@ def env_without_ray(extra: dict[str, str] | None = None, *, drop_aws: bool = Tru
     return env
 
 
+def files_containing(root: Path, needles: list[str]) -> list[str]:
+    """`path: needle` for every file under `root` (symlinks not followed) that contains a needle."""
+    hits = []
+    raw = [n.encode() for n in needles]
+    for dirpath, _dirs, files in os.walk(root):  # does not follow symlinks (session_latest)
+        for name in files:
+            path = Path(dirpath) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            hits += [f"{path}: {n.decode()}" for n in raw if n in data]
+    return hits
+
+
 @dataclass
 class RayCluster:
     base: Path  # private dir: temp dir, token, `ray start` output
@@ -122,7 +139,8 @@ def kill_processes_mentioning(text: str, timeout: float = 10.0) -> None:
             return
 
 
-def start_cluster(num_cpus: int = 1) -> RayCluster:
+def start_cluster(num_cpus: int = 1, node_env: dict[str, str] | None = None) -> RayCluster:
+    """`node_env`: extra variables of the head's environment, e.g. the cluster's own S3 credentials."""
     base = Path(tempfile.mkdtemp(prefix="vidllm-rc-", dir="/tmp"))  # short: Ray's socket paths have a length limit
     temp_dir = base / "ray"
     token_path = base / "auth_token"
@@ -136,7 +154,7 @@ def start_cluster(num_cpus: int = 1) -> RayCluster:
            "--metrics-export-port", str(metrics), "--node-manager-port", str(node_mgr),
            "--object-manager-port", str(obj_mgr)]
     log = open(base / "ray_start.log", "w")
-    env = env_without_ray({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)})
+    env = env_without_ray({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path), **(node_env or {})})
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     log.close()
     cluster = RayCluster(base=base, temp_dir=temp_dir, port=gcs, token_path=token_path, proc=proc)

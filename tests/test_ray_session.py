@@ -13,27 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.ray_cluster import RayCluster, free_ports, ray_cluster  # noqa: F401  (fixture)
+from tests.ray_cluster import RayCluster, files_containing, free_ports, ray_cluster  # noqa: F401  (fixture)
 from vidllm.errors import VidLLMError
 from vidllm.ray_session import FORWARDED_ENV, absolute_local, forwarded_env
 
 SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-
-
-def _files_containing(root: Path, needles: list[str]) -> list[str]:
-    hits = []
-    raw = [n.encode() for n in needles]
-    for dirpath, _dirs, files in os.walk(root):  # does not follow symlinks (session_latest)
-        for name in files:
-            path = Path(dirpath) / name
-            if path.is_symlink() or not path.is_file():
-                continue
-            try:
-                data = path.read_bytes()
-            except OSError:
-                continue
-            hits += [f"{path}: {n.decode()}" for n in raw if n in data]
-    return hits
 
 
 PROBE = """
@@ -61,7 +45,7 @@ def test_secrets_reach_neither_workers_nor_logs(ray_cluster: RayCluster):
     assert result["endpoint"] == "http://127.0.0.1:9"  # non-secret settings are forwarded
     assert result["secrets"] == []  # credentials are not (and the raylet never had them)
     time.sleep(1.0)  # let the cluster's log writers flush
-    assert _files_containing(ray_cluster.temp_dir, [secret, key_id]) == []
+    assert files_containing(ray_cluster.temp_dir, [secret, key_id]) == []
     assert any(ray_cluster.temp_dir.glob("session_*/logs/*")), "no session logs were scanned"
     for stream in (run.stdout, run.stderr):
         assert secret not in stream and key_id not in stream
