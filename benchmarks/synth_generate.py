@@ -36,11 +36,11 @@ def main() -> None:
     k = intrinsic_matrix(args.width, args.height)
     lo = np.array([f.lo for f in layout.furniture], np.float32)
     hi = np.array([f.hi for f in layout.furniture], np.float32)
-    albedo, checker = _surface_tables(layout)
+    albedo, checker, pattern, dark = _surface_tables(layout)
     start = time.perf_counter()
     for pose in poses:
         hits = cast_view(pose, k, args.width, args.height, np.zeros(3, np.float32), layout.size.astype(np.float32), lo, hi)
-        shade(hits, albedo, checker)
+        shade(hits, albedo, checker, pattern, dark)
     render_s = time.perf_counter() - start
 
     cfg = SynthConfig(scenes=args.scenes, frames=args.frames, width=args.width, height=args.height,

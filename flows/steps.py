@@ -140,7 +140,9 @@ def _run_or_skip(step: str, paths: Paths, step_digest: str, outputs_valid: Calla
 
 
 def synth_digest(cfg: VidLLMConfig) -> str:
-    return digest("synth", cfg.data.synth)
+    from vidllm.data.synthetic import RENDER_VERSION
+
+    return digest("synth", cfg.data.synth, RENDER_VERSION)
 
 
 def run_synth(cfg: VidLLMConfig, paths: Paths, progress: bool = False) -> StepResult:

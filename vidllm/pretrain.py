@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vidllm.config import ConfigError, VidLLMConfig
+from vidllm.data.synthetic import RENDER_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -431,6 +432,7 @@ def config_parts(cfg: VidLLMConfig) -> dict[str, Any]:
     synth = pretrain_synth_config(cfg).model_dump(mode="json")
     return {
         "code_version": CODE_VERSION,
+        "render_version": RENDER_VERSION,
         "pretrain": cfg.teachers.pretrain.model_dump(mode="json"),
         "synth": synth,
         "prep": {"short_side": cfg.data.prep.short_side, "patch_multiple": cfg.data.prep.patch_multiple},

@@ -117,12 +117,20 @@ def cast_view(
     )
 
 
-def shade(hits: RayHits, albedo: np.ndarray, checker_size: np.ndarray) -> np.ndarray:
-    """Lambertian-ish shading with a faint checker so colours stay nameable and views have texture.
+PATTERN_CHECKER, PATTERN_BANDS, PATTERN_STRIPES = 0, 1, 2
+
+
+def shade(hits: RayHits, albedo: np.ndarray, checker_size: np.ndarray, pattern: np.ndarray | None = None,
+          dark: np.ndarray | None = None) -> np.ndarray:
+    """Lambertian-ish shading with a surface pattern so colours stay nameable and views have texture.
 
     Args:
         albedo: [num_surfaces,3] float RGB in 0..1 per surface id.
-        checker_size: [num_surfaces] checker period in metres per surface id.
+        checker_size: [num_surfaces] pattern period in metres per surface id.
+        pattern: [num_surfaces] PATTERN_CHECKER (cells in the face plane), PATTERN_BANDS (horizontal
+            bands: cells along height), PATTERN_STRIPES (vertical stripes: cells along the horizontal
+            in-plane axes); None = checker everywhere.
+        dark: [num_surfaces] brightness of the dark cells (1 = no pattern); None = 0.9 everywhere.
     Returns uint8 [H,W,3].
     """
     light = np.array([0.35, 0.55, 0.76], dtype=np.float32)
@@ -133,7 +141,13 @@ def shade(hits: RayHits, albedo: np.ndarray, checker_size: np.ndarray) -> np.nda
     # In-plane axes only: along the normal the hit coordinate sits on the plane and rounding
     # noise would flip the cell parity pixel by pixel.
     in_plane = hits.normal == 0
+    if pattern is not None:
+        kind = pattern[hits.surface][..., None]
+        vertical = np.array([False, False, True])
+        in_plane = np.where(kind == PATTERN_BANDS, in_plane & vertical,
+                            np.where(kind == PATTERN_STRIPES, in_plane & ~vertical, in_plane))
     cells = (np.floor(hits.point / period).astype(np.int64) * in_plane).sum(axis=-1)
-    checker = np.where(cells % 2 == 0, 1.0, 0.9).astype(np.float32)
+    dark_value = np.float32(0.9) if dark is None else dark[hits.surface].astype(np.float32)
+    checker = np.where(cells % 2 == 0, np.float32(1.0), dark_value).astype(np.float32)
     rgb = albedo[hits.surface] * ((0.62 + 0.38 * lambert) * checker)[..., None]
     return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)

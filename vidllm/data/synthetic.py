@@ -38,6 +38,9 @@ from vidllm.data.synthetic_questions import generate_instructions
 
 # A furniture piece counts as visible if, in at least one clip frame, it covers this share of the image
 # inside the border below (which `prepare`'s crop to multiples of 14 may cut away).
+# Bump when the rendered pixels change for the same config: cached data and pretrained
+# teachers made from the old renders are then rebuilt (their digests include it).
+RENDER_VERSION = 2
 MIN_VISIBLE_FRACTION = 0.002
 CROP_BORDER_FRACTION = 0.05
 ANNOTATION_TASKS = ("scanqa", "sqa3d", "scanrefer", "multi3drefer", "nr3d", "sr3d")
@@ -98,13 +101,18 @@ def intrinsic_matrix(width: int, height: int) -> np.ndarray:
     return k
 
 
-def _surface_tables(layout: RoomLayout) -> tuple[np.ndarray, np.ndarray]:
-    """Albedo [S,3] and checker period [S] per surface id (furniture first, then ROOM_FACES)."""
+def _surface_tables(layout: RoomLayout) -> tuple[np.ndarray, ...]:
+    """Albedo [S,3], pattern period [S], pattern kind [S] and dark-cell brightness [S] per surface id
+    (furniture first, then ROOM_FACES); furniture carries its class's pattern (CLASS_PATTERNS)."""
     room_rgb = {"floor": room_layout.FLOOR_RGB, "ceiling": room_layout.CEILING_RGB}
     albedo = [COLORS[f.color_name] for f in layout.furniture]
     albedo += [room_rgb.get(face, room_layout.WALL_RGB) for face in ROOM_FACES]
-    checker = [0.15] * len(layout.furniture) + [0.5] * len(ROOM_FACES)
-    return np.asarray(albedo, dtype=np.float32), np.asarray(checker, dtype=np.float32)
+    patterns = [room_layout.CLASS_PATTERNS[f.label] for f in layout.furniture]
+    period = [p for p, _ in patterns] + [0.5] * len(ROOM_FACES)
+    kind = [k for _, k in patterns] + [0] * len(ROOM_FACES)
+    dark = [room_layout.CLASS_PATTERN_DARK] * len(layout.furniture) + [0.9] * len(ROOM_FACES)
+    return (np.asarray(albedo, dtype=np.float32), np.asarray(period, dtype=np.float32),
+            np.asarray(kind, dtype=np.int64), np.asarray(dark, dtype=np.float32))
 
 
 def clip_frame_ids(valid_frame_ids: list[int], clip_frames: int | None) -> list[int]:
@@ -123,13 +131,13 @@ def _render(layout: RoomLayout, camera_to_room: np.ndarray, k_color: np.ndarray,
     boxes_lo = np.array([f.lo for f in layout.furniture], dtype=np.float32).reshape(-1, 3)
     boxes_hi = np.array([f.hi for f in layout.furniture], dtype=np.float32).reshape(-1, 3)
     room_lo, room_hi = np.zeros(3, dtype=np.float32), layout.size.astype(np.float32)
-    albedo, checker = _surface_tables(layout)
+    albedo, checker, pattern, dark = _surface_tables(layout)
     same_grid = color_size == depth_size and np.allclose(k_color, k_depth)
     colors, depths, visible = [], [], []
     border_x, border_y = (math.ceil(CROP_BORDER_FRACTION * side) for side in color_size)
     for pose in camera_to_room:
         hits = cast_view(pose, k_color, *color_size, room_lo, room_hi, boxes_lo, boxes_hi)
-        colors.append(shade(hits, albedo, checker))
+        colors.append(shade(hits, albedo, checker, pattern, dark))
         inner = hits.surface[border_y:color_size[1] - border_y, border_x:color_size[0] - border_x]
         counts = np.bincount(inner.ravel(), minlength=len(layout.furniture) + len(ROOM_FACES))
         visible.append(counts[: len(layout.furniture)] / hits.surface.size)
