@@ -21,11 +21,16 @@ import sys
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.states import Completed
 
 from flows import steps
+from vidllm import storage
 from vidllm.config import VidLLMConfig, load_config
+from vidllm.errors import VidLLMError
+from vidllm.eval import run_dir as rd
 from vidllm.eval.evaluate import EVAL_BENCHMARKS
+from vidllm.train.loop import CHECKPOINTS_DIR
 
 
 def _task_runner():
@@ -42,56 +47,121 @@ def _task_runner():
     return RayTaskRunner(address=address, init_kwargs={"runtime_env": {"env_vars": forwarded_env()}})
 
 
-# Our own digests decide what re-runs, so Prefect's result cache is off for every task.
-_task = dict(cache_policy=NO_CACHE, persist_result=False)
+def _result_key(context, parameters) -> str:
+    """One result record per task run, never read back as a cache: our own digests decide what re-runs."""
+    return f"{context.task.name}-{context.task_run.id}"
 
 
-@task(name="synth", **_task)
-def synth_task(cfg: VidLLMConfig, paths: steps.Paths) -> dict[str, Any]:
-    return steps.run_synth(cfg, paths).to_dict()
+# Results are persisted as JSON (PREFECT_LOCAL_STORAGE_PATH, default PREFECT_HOME/storage) and the API's
+# task-run states point at them. Prefect's cache is never read (refresh_cache): the steps' digests decide.
+_task = dict(cache_key_fn=_result_key, refresh_cache=True, persist_result=True, result_serializer="json")
 
 
-@task(name="prepare", **_task)
-def prepare_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str | None) -> dict[str, Any]:
-    return steps.run_prepare(cfg, paths, upstream).to_dict()
+def _transient(task, task_run, state) -> bool:
+    """Retry what a retry can fix (network, S3, a full disk freed meanwhile), not a VidLLMError (bad input,
+    wrong credentials), which would fail the same way again."""
+    try:
+        state.result(raise_on_failure=True)
+    except VidLLMError:
+        return False
+    except BaseException:
+        return True
+    return False
 
 
-@task(name="teachers", **_task)
-def teachers_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str) -> dict[str, Any]:
-    return steps.run_teachers(cfg, paths, upstream).to_dict()
+# I/O tasks (they read and write datasets, shards, the teacher cache, the report; local or S3) retry
+# transient failures. Their timeout is the flow's `io_timeout_s`, applied per call.
+_io_task = dict(_task, retries=2, retry_delay_seconds=[10, 60], retry_jitter_factor=0.5,
+                retry_condition_fn=_transient)
+
+
+def _state(result: steps.StepResult):
+    """The task's return: a skipped step ends in a named `Skipped` state (type COMPLETED) with its result."""
+    data = result.to_dict()
+    if result.status == "skipped":
+        return Completed(name="Skipped", message=f"outputs valid (digest {result.digest[:12]})", data=data)
+    return data
+
+
+@task(name="synth", **_io_task)
+def synth_task(cfg: VidLLMConfig, paths: steps.Paths):
+    return _state(steps.run_synth(cfg, paths))
+
+
+@task(name="prepare", **_io_task)
+def prepare_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str | None):
+    return _state(steps.run_prepare(cfg, paths, upstream))
+
+
+@task(name="teachers", **_io_task)
+def teachers_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str):
+    return _state(steps.run_teachers(cfg, paths, upstream))
 
 
 @task(name="stage-1", **_task)
-def stage1_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str, use_ray: bool) -> dict[str, Any]:
-    return steps.run_stage1(cfg, paths, upstream, use_ray=use_ray).to_dict()
+def stage1_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str, use_ray: bool):
+    return _state(steps.run_stage1(cfg, paths, upstream, use_ray=use_ray))
 
 
 @task(name="stage-2", **_task)
-def stage2_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str, init_model: str | None,
-                use_ray: bool) -> dict[str, Any]:
-    return steps.run_stage2(cfg, paths, upstream, init_model, use_ray=use_ray).to_dict()
+def stage2_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str, init_model: str | None, use_ray: bool):
+    return _state(steps.run_stage2(cfg, paths, upstream, init_model, use_ray=use_ray))
 
 
 @task(name="evaluate", **_task)
 def evaluate_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str, model_dir: str, split: str | None,
-                  benchmarks: list[str], meteor: bool) -> dict[str, Any]:
-    return steps.run_evaluate(cfg, paths, upstream, model_dir, split=split, benchmarks=benchmarks,
-                              meteor=meteor).to_dict()
+                  benchmarks: list[str], meteor: bool):
+    return _state(steps.run_evaluate(cfg, paths, upstream, model_dir, split=split, benchmarks=benchmarks,
+                                     meteor=meteor))
 
 
 @task(name="control", **_task)
 def control_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str, init_model: str | None, split: str | None,
-                 benchmarks: list[str], meteor: bool) -> dict[str, Any]:
-    return steps.run_control(cfg, paths, upstream, init_model, split=split, benchmarks=benchmarks,
-                             meteor=meteor).to_dict()
+                 benchmarks: list[str], meteor: bool):
+    return _state(steps.run_control(cfg, paths, upstream, init_model, split=split, benchmarks=benchmarks,
+                                    meteor=meteor))
 
 
-@task(name="report", **_task)
-def report_task(paths: steps.Paths, upstream: str) -> dict[str, Any]:
-    return steps.run_report(paths, upstream).to_dict()
+@task(name="report", **_io_task)
+def report_task(paths: steps.Paths, upstream: str):
+    return _state(steps.run_report(paths, upstream))
 
 
-@flow(name="train-full", task_runner=_task_runner(), log_prints=True, persist_result=False)
+def _run(task_fn, *args, timeout_s: float | None = None) -> dict[str, Any]:
+    """Run one task and return its result. In-process tasks are called in the flow's thread, where Prefect
+    can interrupt them at their timeout; on Ray (RAY_ADDRESS) they are submitted to the RayTaskRunner."""
+    if timeout_s is not None:
+        task_fn = task_fn.with_options(timeout_seconds=timeout_s)
+    if os.environ.get("RAY_ADDRESS"):
+        return task_fn.submit(*args).result()
+    return task_fn(*args)
+
+
+def _publish_artifacts(paths: steps.Paths, storage_path: str) -> None:
+    """What the Prefect UI shows for a run: the metrics table, the report, links to models and checkpoints."""
+    metrics_path = paths.run_dir / rd.METRICS_FILE
+    if metrics_path.is_file():
+        rows = [{"benchmark": bench, "metric": name, "value": value}
+                for bench, scored in sorted(rd.read_json(metrics_path).items()) if isinstance(scored, dict)
+                for name, value in sorted((scored.get("metrics") or {}).items())
+                if isinstance(value, (int, float)) and not isinstance(value, bool)]
+        create_table_artifact(key="vidllm-metrics", table=rows,
+                              description=f"Scores of {paths.run_dir} ({metrics_path.name}; fractions and metres)")
+    report_md = paths.run_dir / rd.REPORT_MD
+    if report_md.is_file():
+        create_markdown_artifact(key="vidllm-report", markdown=report_md.read_text(),
+                                 description=f"{report_md} (figures in report.html)")
+    links = {"vidllm-model": paths.run_dir / "model", "vidllm-stage1-model": paths.run_dir / "stage1_model",
+             "vidllm-checkpoints": paths.run_dir / CHECKPOINTS_DIR,
+             "vidllm-report-html": paths.run_dir / rd.REPORT_HTML}
+    for key, path in links.items():
+        if path.exists():
+            create_link_artifact(key=key, link=path.as_uri(), link_text=str(path))
+    if storage.is_s3(storage_path):  # Ray Train checkpoints on S3
+        create_link_artifact(key="vidllm-ray-checkpoints", link=storage_path, link_text=storage_path)
+
+
+@flow(name="train-full", task_runner=_task_runner(), log_prints=True, persist_result=True, result_serializer="json")
 def train_full(
     recipe: str = "demo",
     config_path: str | None = None,
@@ -109,6 +179,7 @@ def train_full(
     benchmarks: list[str] | None = None,
     meteor: bool = True,
     use_ray_train: bool = False,
+    io_timeout_s: float | None = 6 * 3600,
 ) -> dict[str, Any]:
     """Train and evaluate Vid-LLM end to end; returns {step: result} and writes RUN_DIR/flow_summary.json.
 
@@ -120,6 +191,11 @@ def train_full(
     shards_uri / cache_uri / run_dir: override the defaults under work_dir (shards and cache may be s3://).
     split / benchmarks / meteor: what `evaluate` predicts and scores ("all" = every split).
     use_ray_train: run both training stages as Ray Train jobs (train.num_workers workers).
+    io_timeout_s: timeout of each I/O task (synth, prepare, teachers, report); None = none. Those tasks
+        also retry transient failures twice.
+
+    One run at a time per work directory: a second one fails at once naming the holder (an flock the
+    kernel releases when the holder exits).
     """
     logger = get_run_logger()
     cfg = load_config(recipe, config_path, overrides, params)
@@ -130,42 +206,44 @@ def train_full(
     logger.info("train-full: recipe %s, run dir %s, shards %s, teacher cache %s", cfg.recipe, paths.run_dir,
                 paths.shards_uri, paths.cache_uri)
 
-    results: dict[str, dict[str, Any]] = {}
+    with steps.work_dir_lock(paths):
+        results: dict[str, dict[str, Any]] = {}
 
-    def record(result: dict[str, Any]) -> dict[str, Any]:
-        results[result["step"]] = result
-        logger.info("%-9s %-7s %.1f s", result["step"], result["status"], result["seconds"])
-        return result
+        def record(result: dict[str, Any]) -> dict[str, Any]:
+            results[result["step"]] = result
+            logger.info("%-9s %-7s %.1f s", result["step"], result["status"], result["seconds"])
+            return result
 
-    synth_digest = None
-    if paths.synthetic:
-        synth_digest = record(synth_task.submit(cfg, paths).result())["digest"]
-    prepared = record(prepare_task.submit(cfg, paths, synth_digest).result())
-    if cfg.train.single_stage:  # the no-Stage-1 ablation: no teachers, Stage 2 from the config's sources
-        logger.info("train.single_stage: skipping teachers and stage 1")
-        stage2 = record(stage2_task.submit(cfg, paths, prepared["digest"], None, use_ray_train).result())
-    else:
-        cfg = steps.resolve_teachers(cfg, paths)
-        cached = record(teachers_task.submit(cfg, paths, prepared["digest"]).result())
-        stage1 = record(stage1_task.submit(cfg, paths, cached["digest"], use_ray_train).result())
-        stage2 = record(stage2_task.submit(cfg, paths, stage1["digest"], stage1["outputs"]["model_dir"],
-                                           use_ray_train).result())
-    evaluated = record(evaluate_task.submit(cfg, paths, stage2["digest"], stage2["outputs"]["model_dir"],
-                                            None if split == "all" else split,
-                                            list(benchmarks or EVAL_BENCHMARKS), meteor).result())
-    upstream = evaluated["digest"]
-    if cfg.eval.blind_control:  # the control every learning claim is measured against
-        init = None if cfg.train.single_stage else stage1["outputs"]["model_dir"]
-        upstream = record(control_task.submit(cfg, paths, upstream, init, None if split == "all" else split,
-                                              list(benchmarks or EVAL_BENCHMARKS), meteor).result())["digest"]
-    record(report_task.submit(paths, upstream).result())
-    summary_path = steps.write_summary(paths, list(results.values()))
-    logger.info("train-full done: metrics %s, report %s, summary %s", evaluated["outputs"].get("metrics"),
-                results["report"]["outputs"].get("markdown"), summary_path)
+        synth_digest = None
+        if paths.synthetic:
+            synth_digest = record(_run(synth_task, cfg, paths, timeout_s=io_timeout_s))["digest"]
+        prepared = record(_run(prepare_task, cfg, paths, synth_digest, timeout_s=io_timeout_s))
+        if cfg.train.single_stage:  # the no-Stage-1 ablation: no teachers, Stage 2 from the config's sources
+            logger.info("train.single_stage: skipping teachers and stage 1")
+            stage2 = record(_run(stage2_task, cfg, paths, prepared["digest"], None, use_ray_train))
+        else:
+            cfg = steps.resolve_teachers(cfg, paths)
+            cached = record(_run(teachers_task, cfg, paths, prepared["digest"], timeout_s=io_timeout_s))
+            stage1 = record(_run(stage1_task, cfg, paths, cached["digest"], use_ray_train))
+            stage2 = record(_run(stage2_task, cfg, paths, stage1["digest"], stage1["outputs"]["model_dir"],
+                                    use_ray_train))
+        evaluated = record(_run(evaluate_task, cfg, paths, stage2["digest"], stage2["outputs"]["model_dir"],
+                                     None if split == "all" else split, list(benchmarks or EVAL_BENCHMARKS), meteor))
+        upstream = evaluated["digest"]
+        if cfg.eval.blind_control:  # the control every learning claim is measured against
+            init = None if cfg.train.single_stage else stage1["outputs"]["model_dir"]
+            upstream = record(_run(control_task, cfg, paths, upstream, init, None if split == "all" else split,
+                                       list(benchmarks or EVAL_BENCHMARKS), meteor))["digest"]
+        record(_run(report_task, paths, upstream, timeout_s=io_timeout_s))
+        summary_path = steps.write_summary(paths, list(results.values()))
+        _publish_artifacts(paths, cfg.train.storage_path)
+        logger.info("train-full done: metrics %s, report %s, summary %s", evaluated["outputs"].get("metrics"),
+                    results["report"]["outputs"].get("markdown"), summary_path)
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m flows.train_full` (also what infra/kuberay-rayjob.yaml runs)."""
     parser = argparse.ArgumentParser(prog="python -m flows.train_full", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="demo", help="config recipe: tiny, demo or paper (default: demo)")
@@ -186,12 +264,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="val", help="evaluation split, or 'all' (default: val)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR in the scores (no Java start)")
     parser.add_argument("--ray-train", action="store_true", help="train with Ray Train (default: single process)")
-    args = parser.parse_args(argv)
-    results = train_full(recipe=args.recipe, config_path=args.config, overrides=args.overrides,
-                         work_dir=args.work_dir, data_uri=args.data, annotations_uri=args.annotations,
-                         label_map=args.label_map, shards_uri=args.shards, cache_uri=args.cache, run_dir=args.run_dir,
-                         synth_scenes=args.synth_scenes, split=args.split, meteor=not args.no_meteor,
-                         use_ray_train=args.ray_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        # Locked here as well as in the flow, so a busy work dir is one line, not Prefect's failure traceback.
+        with steps.work_dir_lock(steps.Paths.resolve(args.work_dir, run_dir=args.run_dir)):
+            results = train_full(recipe=args.recipe, config_path=args.config, overrides=args.overrides,
+                                 work_dir=args.work_dir, data_uri=args.data, annotations_uri=args.annotations,
+                                 label_map=args.label_map, shards_uri=args.shards, cache_uri=args.cache,
+                                 run_dir=args.run_dir, synth_scenes=args.synth_scenes, split=args.split,
+                                 meteor=not args.no_meteor, use_ray_train=args.ray_train)
+    except VidLLMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps({step: r["status"] for step, r in results.items()}))
     return 0
 

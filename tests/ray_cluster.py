@@ -82,6 +82,7 @@ class RayCluster:
     port: int  # GCS port
     token_path: Path
     proc: subprocess.Popen
+    agent_port: int = 0  # --dashboard-agent-listen-port: the node's HTTP health endpoint (/api/healthz)
 
     @property
     def address(self) -> str:
@@ -157,7 +158,7 @@ def start_cluster(num_cpus: int = 1, node_env: dict[str, str] | None = None) -> 
     env = env_without_ray({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path), **(node_env or {})})
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     log.close()
-    cluster = RayCluster(base=base, temp_dir=temp_dir, port=gcs, token_path=token_path, proc=proc)
+    cluster = RayCluster(base=base, temp_dir=temp_dir, port=gcs, token_path=token_path, proc=proc, agent_port=agent)
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
         while True:

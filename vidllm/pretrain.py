@@ -548,7 +548,15 @@ def pretrain_teachers(cfg: VidLLMConfig, out_dir: str | Path, progress: bool = T
         heads = clip_last.pop("heads")
         with torch.no_grad():
             test_tokens = _features(clip, test_set["pixels"])
-            class_acc = _accuracy(heads["class"](test_tokens), test_set["classes"])
+            class_logits = heads["class"](test_tokens)
+            class_acc = _accuracy(class_logits, test_set["classes"])
+            # Furniture patches only: walls and floor are most patches and easy; the classes the
+            # questions ask about are the furniture ones.
+            furniture = test_set["classes"] < len(class_names()) - 3
+            furniture_labels = torch.where(furniture, test_set["classes"], torch.full_like(test_set["classes"], IGNORE))
+            furniture_acc = _accuracy(class_logits, furniture_labels)
+            known_furniture = furniture_labels[furniture_labels != IGNORE]
+            furniture_chance = float(torch.bincount(known_furniture).max() / max(1, known_furniture.numel()))
             color_acc = _accuracy(heads["color"](test_tokens), test_set["colors"])
         probe = {}
         for name, model in (("trained", clip), ("random_init", control)):
@@ -565,6 +573,7 @@ def pretrain_teachers(cfg: VidLLMConfig, out_dir: str | Path, progress: bool = T
             "vggt_depth_delta1_init": init_depth["delta1"], "vggt_depth_abs_rel_init": init_depth["abs_rel"],
             "vggt_final_loss": vggt_last.get("loss"),
             "clip_class_head_accuracy": class_acc, "clip_color_head_accuracy": color_acc,
+            "clip_furniture_class_accuracy": furniture_acc, "furniture_class_chance_accuracy": furniture_chance,
             "clip_probe_class_accuracy": probe["trained"],
             "clip_probe_class_accuracy_random_init": probe["random_init"],
             "class_chance_accuracy": chance, "clip_final_loss": clip_last.get("loss"),

@@ -55,6 +55,15 @@ def _run(repo: Path, *cmd: str, timeout: float = 300) -> str:
     return proc.stdout + proc.stderr
 
 
+def _run_json(repo: Path, *cmd: str):
+    """A dvc command's --json output (stdout only: dvc writes warnings to stderr)."""
+    exe = str(BIN / "dvc") if cmd[0] == "dvc" else cmd[0]
+    proc = subprocess.run([exe, *cmd[1:]], cwd=repo, env=_env(), capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout)
+
+
 def _ran(output: str) -> list[str]:
     return [s for s in STAGES if f"Running stage '{s}'" in output]
 
@@ -155,3 +164,46 @@ def test_push_then_pull_from_s3_remote(dvc_repo: Path, s3_server):
     assert sorted(p.relative_to(dvc_repo) for p in (dvc_repo / "runs/dvc/model").rglob("*") if p.is_file()) == model_files
     assert (dvc_repo / "data/shards/manifest.parquet").is_file()
     assert json.loads(_run(dvc_repo, "dvc", "status", "--json")) == {}
+
+
+def test_a_fresh_clone_shows_metrics_and_pulls_the_raw_data_and_models_from_s3(dvc_repo: Path, s3_server,
+                                                                             tmp_path):
+    """The documented team workflow: the raw dataset tracked with `dvc add` (data.dvc-style), the
+    pipeline's outputs pushed to the S3 remote, then a fresh `git clone` shows metrics, plots and
+    report from git alone and `dvc pull` brings back the raw data and the models, with nothing to re-run."""
+    raw = dvc_repo / "raw" / "scannet"
+    shutil.copytree(dvc_repo / "data/synthetic/scans", raw / "scans")  # stands in for a real ScanNet download
+    _run(dvc_repo, "dvc", "add", "raw/scannet")
+    assert (dvc_repo / "raw/scannet.dvc").is_file()
+    prefix = "dvc-fresh"
+    _run(dvc_repo, "dvc", "remote", "add", "-f", "-d", "fresh", s3_server.uri(prefix))
+    _run(dvc_repo, "dvc", "remote", "modify", "fresh", "endpointurl", s3_server.endpoint_url)
+    _run(dvc_repo, "dvc", "remote", "modify", "fresh", "region", s3_server.region)
+    for key, value in (("access_key_id", s3_server.access_key), ("secret_access_key", s3_server.secret_key)):
+        _run(dvc_repo, "dvc", "remote", "modify", "--local", "fresh", key, value)
+    _run(dvc_repo, "dvc", "push", "-r", "fresh")
+    _run(dvc_repo, "git", "add", "-A")
+    _run(dvc_repo, "git", "commit", "-q", "-m", "pipeline run")
+    tracked = _run(dvc_repo, "git", "ls-files")
+    assert s3_server.secret_key not in tracked and ".dvc/config.local" not in tracked
+    for committed in ("dvc.lock", "raw/scannet.dvc", "runs/dvc/metrics.json", "runs/dvc/report.md",
+                      "runs/dvc/train_log.csv"):
+        assert committed in tracked.split(), committed
+
+    clone = tmp_path / "clone"
+    _run(tmp_path, "git", "clone", "-q", str(dvc_repo), str(clone))
+    metrics = _run_json(clone, "dvc", "metrics", "show", "--json")  # from git, before any pull
+    shown = json.dumps(metrics)
+    assert "scanqa" in shown and "recon" in shown
+    plots = _run_json(clone, "dvc", "plots", "show", "--json")
+    assert "runs/dvc/train_log.csv" in plots.get("data", {}), list(plots)
+    assert not plots.get("errors"), plots["errors"]
+    assert (clone / "runs/dvc/report.md").read_text() == (dvc_repo / "runs/dvc/report.md").read_text()
+    assert not (clone / "runs/dvc/model").exists() and not (clone / "raw/scannet/scans").exists()
+    for key, value in (("access_key_id", s3_server.access_key), ("secret_access_key", s3_server.secret_key)):
+        _run(clone, "dvc", "remote", "modify", "--local", "fresh", key, value)
+    _run(clone, "dvc", "pull")
+    assert sorted(p.relative_to(raw) for p in raw.rglob("*") if p.is_file()) == \
+        sorted(p.relative_to(clone / "raw/scannet") for p in (clone / "raw/scannet").rglob("*") if p.is_file())
+    assert (clone / "runs/dvc/model/model.safetensors").is_file()
+    assert _run_json(clone, "dvc", "status", "--json") == {}  # nothing to re-run in the clone

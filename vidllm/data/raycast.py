@@ -117,7 +117,34 @@ def cast_view(
     )
 
 
-PATTERN_CHECKER, PATTERN_BANDS, PATTERN_STRIPES = 0, 1, 2
+# Surface pattern kinds, functions of the face's in-plane coordinates (u horizontal, v up; on a
+# horizontal face u = x, v = y) in units of the period: every class has its own kind at one
+# common period, so the cue survives distance (which rescales a period but not a kind).
+PATTERN_CHECKER, PATTERN_BANDS, PATTERN_STRIPES, PATTERN_DIAGONAL, PATTERN_ANTIDIAGONAL, PATTERN_PLAIN, \
+    PATTERN_GRID, PATTERN_DOTS, PATTERN_WIDE_BANDS, PATTERN_WIDE_STRIPES, PATTERN_LINES = range(11)
+
+
+def _pattern_dark(kind: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """True where a pattern of `kind` (per pixel) is dark at in-plane coordinates (u, v) / period."""
+    fu, fv = u - np.floor(u), v - np.floor(v)
+    iu, iv = np.floor(u).astype(np.int64), np.floor(v).astype(np.int64)
+    cases = {
+        PATTERN_CHECKER: (iu + iv) % 2 == 1,
+        PATTERN_BANDS: iv % 2 == 1,
+        PATTERN_STRIPES: iu % 2 == 1,
+        PATTERN_DIAGONAL: np.floor(u + v).astype(np.int64) % 2 == 1,
+        PATTERN_ANTIDIAGONAL: np.floor(u - v).astype(np.int64) % 2 == 1,
+        PATTERN_PLAIN: np.zeros_like(fu, dtype=bool),
+        PATTERN_GRID: (fu < 0.25) | (fv < 0.25),
+        PATTERN_DOTS: (np.abs(fu - 0.5) < 0.25) & (np.abs(fv - 0.5) < 0.25),
+        PATTERN_WIDE_BANDS: np.floor(v / 2.5).astype(np.int64) % 2 == 1,
+        PATTERN_WIDE_STRIPES: np.floor(u / 2.5).astype(np.int64) % 2 == 1,
+        PATTERN_LINES: fv < 0.2,
+    }
+    out = np.zeros_like(fu, dtype=bool)
+    for k, dark in cases.items():
+        out |= (kind == k) & dark
+    return out
 
 
 def shade(hits: RayHits, albedo: np.ndarray, checker_size: np.ndarray, pattern: np.ndarray | None = None,
@@ -127,9 +154,7 @@ def shade(hits: RayHits, albedo: np.ndarray, checker_size: np.ndarray, pattern: 
     Args:
         albedo: [num_surfaces,3] float RGB in 0..1 per surface id.
         checker_size: [num_surfaces] pattern period in metres per surface id.
-        pattern: [num_surfaces] PATTERN_CHECKER (cells in the face plane), PATTERN_BANDS (horizontal
-            bands: cells along height), PATTERN_STRIPES (vertical stripes: cells along the horizontal
-            in-plane axes); None = checker everywhere.
+        pattern: [num_surfaces] pattern kind (PATTERN_*) per surface id; None = checker everywhere.
         dark: [num_surfaces] brightness of the dark cells (1 = no pattern); None = 0.9 everywhere.
     Returns uint8 [H,W,3].
     """
@@ -137,17 +162,21 @@ def shade(hits: RayHits, albedo: np.ndarray, checker_size: np.ndarray, pattern: 
     light /= np.linalg.norm(light)
     # Abs so every face gets a distinct but never black shade (indoor light comes from everywhere).
     lambert = np.abs(hits.normal @ light)
-    period = checker_size[hits.surface][..., None]
-    # In-plane axes only: along the normal the hit coordinate sits on the plane and rounding
-    # noise would flip the cell parity pixel by pixel.
-    in_plane = hits.normal == 0
-    if pattern is not None:
-        kind = pattern[hits.surface][..., None]
-        vertical = np.array([False, False, True])
-        in_plane = np.where(kind == PATTERN_BANDS, in_plane & vertical,
-                            np.where(kind == PATTERN_STRIPES, in_plane & ~vertical, in_plane))
-    cells = (np.floor(hits.point / period).astype(np.int64) * in_plane).sum(axis=-1)
+    period = checker_size[hits.surface]
+    if pattern is None:
+        # In-plane axes only: along the normal the hit coordinate sits on the plane and rounding
+        # noise would flip the cell parity pixel by pixel.
+        in_plane = hits.normal == 0
+        cells = (np.floor(hits.point / period[..., None]).astype(np.int64) * in_plane).sum(axis=-1)
+        is_dark = cells % 2 == 1
+    else:
+        point = hits.point / period[..., None]
+        along_x = np.abs(hits.normal[..., 0]) > 0.5
+        horizontal = np.abs(hits.normal[..., 2]) > 0.5
+        u = np.where(along_x, point[..., 1], point[..., 0])  # the horizontal in-plane axis
+        v = np.where(horizontal, point[..., 1], point[..., 2])  # up (or y on a top face)
+        is_dark = _pattern_dark(pattern[hits.surface], u, v)
     dark_value = np.float32(0.9) if dark is None else dark[hits.surface].astype(np.float32)
-    checker = np.where(cells % 2 == 0, np.float32(1.0), dark_value).astype(np.float32)
+    checker = np.where(is_dark, dark_value, np.float32(1.0)).astype(np.float32)
     rgb = albedo[hits.surface] * ((0.62 + 0.38 * lambert) * checker)[..., None]
     return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)

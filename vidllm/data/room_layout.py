@@ -25,13 +25,14 @@ CATEGORIES: dict[str, tuple[int, str, str, tuple[float, float, float], float]] =
     "trash can": (39, "otherprop", "trash cans", (0.35, 0.35, 0.5), 1.0),
     "refrigerator": (24, "refridgerator", "refrigerators", (0.8, 0.75, 1.8), 0.5),
 }
-# Each class has its own surface pattern (period in metres, kind: 0 checker, 1 horizontal bands,
-# 2 vertical stripes), as real objects of a class share an appearance: without it a class showed
-# only as a box size, which no image patch can see. Colour names stay recoverable (hue unchanged).
-CLASS_PATTERNS: dict[str, tuple[float, int]] = {
-    "chair": (0.08, 0), "table": (0.16, 0), "cabinet": (0.32, 0), "bed": (0.08, 1), "sofa": (0.16, 1),
-    "bookshelf": (0.32, 1), "desk": (0.08, 2), "nightstand": (0.16, 2), "box": (0.32, 2),
-    "trash can": (0.64, 0), "refrigerator": (0.64, 1),
+# Each class has its own surface pattern kind (vidllm.data.raycast.PATTERN_*) at one period, as real
+# objects of a class share an appearance: without it a class showed only as a box size, which no
+# image patch can see. One period for all classes, so distance (which rescales a period) does not
+# turn one class's pattern into another's. Colour names stay recoverable (the hue is unchanged).
+CLASS_PATTERN_PERIOD = 0.12  # metres
+CLASS_PATTERNS: dict[str, int] = {
+    "chair": 0, "table": 1, "cabinet": 2, "bed": 3, "sofa": 4, "bookshelf": 5, "desk": 6, "nightstand": 7,
+    "box": 8, "trash can": 9, "refrigerator": 10,
 }
 CLASS_PATTERN_DARK = 0.78  # dark-cell brightness on furniture (room surfaces keep a faint 0.9)
 # Room surfaces: raw category -> (nyu40 id, nyu40 class); only used for the label map.

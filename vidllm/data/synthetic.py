@@ -40,7 +40,7 @@ from vidllm.data.synthetic_questions import generate_instructions
 # inside the border below (which `prepare`'s crop to multiples of 14 may cut away).
 # Bump when the rendered pixels change for the same config: cached data and pretrained
 # teachers made from the old renders are then rebuilt (their digests include it).
-RENDER_VERSION = 2
+RENDER_VERSION = 3
 MIN_VISIBLE_FRACTION = 0.002
 CROP_BORDER_FRACTION = 0.05
 ANNOTATION_TASKS = ("scanqa", "sqa3d", "scanrefer", "multi3drefer", "nr3d", "sr3d")
@@ -107,9 +107,8 @@ def _surface_tables(layout: RoomLayout) -> tuple[np.ndarray, ...]:
     room_rgb = {"floor": room_layout.FLOOR_RGB, "ceiling": room_layout.CEILING_RGB}
     albedo = [COLORS[f.color_name] for f in layout.furniture]
     albedo += [room_rgb.get(face, room_layout.WALL_RGB) for face in ROOM_FACES]
-    patterns = [room_layout.CLASS_PATTERNS[f.label] for f in layout.furniture]
-    period = [p for p, _ in patterns] + [0.5] * len(ROOM_FACES)
-    kind = [k for _, k in patterns] + [0] * len(ROOM_FACES)
+    period = [room_layout.CLASS_PATTERN_PERIOD] * len(layout.furniture) + [0.5] * len(ROOM_FACES)
+    kind = [room_layout.CLASS_PATTERNS[f.label] for f in layout.furniture] + [0] * len(ROOM_FACES)
     dark = [room_layout.CLASS_PATTERN_DARK] * len(layout.furniture) + [0.9] * len(ROOM_FACES)
     return (np.asarray(albedo, dtype=np.float32), np.asarray(period, dtype=np.float32),
             np.asarray(kind, dtype=np.int64), np.asarray(dark, dtype=np.float32))
