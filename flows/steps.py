@@ -13,11 +13,15 @@ tests may call them directly.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import shutil
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,14 @@ log = logging.getLogger(__name__)
 STEPS = ("synth", "prepare", "teachers", "stage-1", "stage-2", "evaluate", "report")
 STEPS_DIR = "steps"
 SUMMARY_FILE = "flow_summary.json"
+LOCK_FILE = ".train-full.lock"
+
+
+_HELD_LOCKS: set[Path] = set()  # lock files this process holds (the CLI locks before the flow re-enters)
+
+
+class WorkDirBusy(VidLLMError):
+    """Another train-full run holds the work (or run) directory."""
 
 
 @dataclass
@@ -92,6 +104,46 @@ class StepResult:
 
 def _absolute(uri: str | Path) -> str:
     return str(uri) if storage.is_s3(uri) else str(Path(uri).absolute())
+
+
+# ----------------------------------------------------------------------------- lock
+
+
+@contextmanager
+def work_dir_lock(paths: Paths) -> Iterator[list[Path]]:
+    """Hold an exclusive lock on the work directory (and the run directory when it lies outside) for a run.
+
+    Two runs on one directory would interleave markers, checkpoints and shards. The lock is an
+    flock on WORK_DIR/.train-full.lock: the kernel drops it when the holder exits, even on SIGKILL,
+    so a crashed run never leaves a stale lock. Raises WorkDirBusy naming the holder. Re-entrant within
+    one process.
+    """
+    dirs = [paths.work_dir]
+    if not paths.run_dir.is_relative_to(paths.work_dir):
+        dirs.append(paths.run_dir)
+    with ExitStack() as stack:
+        held = []
+        for directory in dirs:
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / LOCK_FILE
+            if path in _HELD_LOCKS:
+                continue
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            stack.callback(os.close, fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+                raise WorkDirBusy(f"{directory}: in use by another train-full run ({holder}); wait for it to "
+                                  f"finish or use another --work-dir / --run-dir") from None
+            stack.callback(fcntl.flock, fd, fcntl.LOCK_UN)
+            _HELD_LOCKS.add(path)
+            stack.callback(_HELD_LOCKS.discard, path)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                          f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode(), 0)
+            held.append(path)
+        yield held
 
 
 # ----------------------------------------------------------------------------- markers

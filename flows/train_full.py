@@ -134,7 +134,7 @@ def _run(task_fn, *args, timeout_s: float | None = None) -> dict[str, Any]:
         task_fn = task_fn.with_options(timeout_seconds=timeout_s)
     if os.environ.get("RAY_ADDRESS"):
         return task_fn.submit(*args).result()
-    return task_fn(*args)
+    return task_fn(*args, return_state=True).result()  # a task that returns a State would hand back the State
 
 
 def _publish_artifacts(paths: steps.Paths, storage_path: str) -> None:
