@@ -34,7 +34,7 @@ from vidllm.eval import run_dir as rd
 
 log = logging.getLogger(__name__)
 
-STEPS = ("synth", "prepare", "teachers", "stage-1", "stage-2", "evaluate", "report")
+STEPS = ("synth", "prepare", "pretrain", "teachers", "stage-1", "stage-2", "evaluate", "report")
 STEPS_DIR = "steps"
 SUMMARY_FILE = "flow_summary.json"
 LOCK_FILE = ".train-full.lock"
@@ -256,17 +256,24 @@ def run_prepare(cfg: VidLLMConfig, paths: Paths, upstream: str | None, progress:
 
 
 def resolve_teachers(cfg: VidLLMConfig, paths: Paths) -> VidLLMConfig:
-    """cfg with teacher directories set; random teachers (tiny/demo, no downloads) when none are configured."""
-    teachers = cfg.teachers
-    if teachers.geometry is None or teachers.semantic is None:
-        from preprocessing.teacher_cache import init_random_teachers
+    """cfg with unset teachers filled (`vidllm.pretrain.fill_teachers`: the miniatures with
+    teachers.miniatures, else random-init ones) from WORK_DIR/teachers."""
+    from vidllm.pretrain import fill_teachers
 
-        log.warning("teachers.geometry/semantic not set: using random-init teachers in %s (fine for the tiny/demo "
-                    "recipes; set real teacher directories for the paper recipe)", paths.teachers_dir)
-        random_teachers = init_random_teachers(teachers, paths.teachers_dir, seed=cfg.train.seed)
-        teachers = teachers.model_copy(update={"geometry": teachers.geometry or random_teachers.geometry,
-                                               "semantic": teachers.semantic or random_teachers.semantic})
-    return cfg.model_copy(update={"teachers": teachers})
+    return fill_teachers(cfg, paths.teachers_dir)
+
+
+def run_pretrain(cfg: VidLLMConfig, paths: Paths, progress: bool = False) -> StepResult:
+    """`vidllm.pretrain.pretrain_teachers` → WORK_DIR/teachers/miniature (teachers.miniatures only).
+
+    Its own manifest digest decides: present miniatures of the same config are reused, not retrained."""
+    from vidllm.pretrain import MINIATURE_DIR, config_digest, pretrain_teachers
+
+    start = time.monotonic()
+    made = pretrain_teachers(cfg, paths.teachers_dir / MINIATURE_DIR, progress=progress)
+    outputs = {k: made[k] for k in ("vggt", "geometry", "semantic")} | {"metrics": made.get("metrics", {})}
+    return StepResult("pretrain", "skipped" if made["reused"] else "ran", config_digest(cfg),
+                      time.monotonic() - start, outputs)
 
 
 def teachers_digest(cfg: VidLLMConfig, upstream: str) -> str:

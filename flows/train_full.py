@@ -1,4 +1,4 @@
-"""Prefect flow `train-full`: (synth →) prepare → teachers → stage-1 → stage-2 → evaluate → report.
+"""Prefect flow `train-full`: (synth →) prepare → (pretrain →) teachers → stage-1 → stage-2 → evaluate → report.
 
 A thin shell: every task calls one function of `flows.steps`, which calls one library function
 and skips when its outputs are already valid (see flows/steps.py). Run it
@@ -91,6 +91,11 @@ def synth_task(cfg: VidLLMConfig, paths: steps.Paths):
 @task(name="prepare", **_io_task)
 def prepare_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str | None):
     return _state(steps.run_prepare(cfg, paths, upstream))
+
+
+@task(name="pretrain", **_task)
+def pretrain_task(cfg: VidLLMConfig, paths: steps.Paths):
+    return _state(steps.run_pretrain(cfg, paths))
 
 
 @task(name="teachers", **_io_task)
@@ -222,6 +227,8 @@ def train_full(
             logger.info("train.single_stage: skipping teachers and stage 1")
             stage2 = record(_run(stage2_task, cfg, paths, prepared["digest"], None, use_ray_train))
         else:
+            if cfg.teachers.miniatures:  # the miniature foundation models, trained once then reused
+                record(_run(pretrain_task, cfg, paths))
             cfg = steps.resolve_teachers(cfg, paths)
             cached = record(_run(teachers_task, cfg, paths, prepared["digest"], timeout_s=io_timeout_s))
             stage1 = record(_run(stage1_task, cfg, paths, cached["digest"], use_ray_train))

@@ -138,3 +138,41 @@ def test_cli_reports_and_rejects_bad_overrides_in_one_line(pretrained, tmp_path,
         assert code == 2 and err.startswith("vidllm pretrain-teachers: error:") and "Traceback" not in err
         assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_fill_teachers_is_one_rule_miniatures_then_random_never_replacing_set_paths(tiny_cfg, pretrained, tmp_path):
+    """The fallback the flow, `--init-random DIR` and `vidllm ablate` share (vidllm.pretrain.fill_teachers)."""
+    import shutil
+
+    from vidllm.pretrain import MINIATURE_DIR, fill_teachers
+
+    out, manifest = pretrained
+    # Miniatures present in DIR/miniature for this config: reused, and they fill all three parts.
+    shutil.copytree(out, tmp_path / MINIATURE_DIR)
+    mini_cfg = tiny_cfg.model_copy(update={"teachers": tiny_cfg.teachers.model_copy(update={"miniatures": True})})
+    filled = fill_teachers(mini_cfg, tmp_path)
+    mini = tmp_path / MINIATURE_DIR
+    assert Path(filled.teachers.geometry) == (mini / "geometry").resolve()
+    assert Path(filled.teachers.semantic) == (mini / "semantic").resolve()
+    assert Path(filled.model.init.vggt) == (mini / "vggt.safetensors").resolve()
+    assert not (tmp_path / "geometry").exists()  # no random teacher written beside them
+
+    # Without miniatures: random-init teachers in DIR itself, model.init.vggt untouched.
+    plain = fill_teachers(tiny_cfg, tmp_path)
+    assert Path(plain.teachers.geometry) == tmp_path / "geometry" and Path(plain.teachers.semantic) == tmp_path / "semantic"
+    assert plain.model.init.vggt is None
+    # A set path is kept; only the unset role is filled.
+    mine = tiny_cfg.model_copy(update={"teachers": tiny_cfg.teachers.model_copy(update={"semantic": manifest["semantic"]})})
+    kept = fill_teachers(mine, tmp_path)
+    assert kept.teachers.semantic == manifest["semantic"] and Path(kept.teachers.geometry) == tmp_path / "geometry"
+
+
+def test_class_balance_weights_classes_inversely_and_keeps_the_mean_weight(tiny_cfg):
+    from vidllm.pretrain import IGNORE, _class_weights
+
+    classes = torch.tensor([[0, 0, 0, 0, 0, 0, 1, 1, 2, IGNORE]])
+    assert _class_weights(classes, 4, 0.0) is None
+    weight = _class_weights(classes, 4, 1.0)
+    counts = torch.tensor([6.0, 2.0, 1.0, 0.0])
+    assert torch.allclose(weight[:3] * counts[:3], torch.full((3,), float(weight[0] * 6)))  # each class weighs alike
+    assert weight[3] == 0 and torch.isclose((weight * counts).sum() / counts.sum(), torch.tensor(1.0))

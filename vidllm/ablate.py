@@ -6,8 +6,9 @@ no vision tokens) answers from language priors alone, and `gt_geometry` (3D patc
 ground-truth depth and poses) bounds what better reconstruction could give.
 
 Layout under `work_dir`:
-  data/ (synthetic ScanNet-format scenes), shards/, teacher_cache/, teachers/ — shared by all variants
-  pretrained/ — the miniature VGGT + teachers (`teachers.miniatures`), shared by all variants
+  data/ (synthetic ScanNet-format scenes), shards/, teacher_cache/ — shared by all variants
+  teachers/ — random-init teachers, or with `teachers.miniatures` teachers/miniature/: the miniature
+    VGGT + teachers (`vidllm.pretrain.fill_teachers`, the flow's rule), shared by all variants
   stage1/<digest>/ — one Stage-1 model per distinct Stage-1 configuration (variants share them)
   variants/<name>/ — each variant's run directory (config, checkpoints, model, eval/metrics.json)
   ablation.json — every variant's headline metrics, written atomically after each variant
@@ -108,7 +109,8 @@ def format_table(result: dict[str, Any]) -> str:
 def _prepare_data(cfg: VidLLMConfig, work: Path, progress: bool) -> dict[str, str]:
     """Synthetic scenes → shards → teacher features, shared by every variant (reused when present)."""
     from preprocessing.prepare import prepare_shards
-    from preprocessing.teacher_cache import build_teacher_cache, init_random_teachers
+    from preprocessing.teacher_cache import build_teacher_cache
+    from vidllm.pretrain import fill_teachers
     from vidllm.data.shards import read_manifest
     from vidllm.data.synthetic import generate_dataset
 
@@ -130,19 +132,10 @@ def _prepare_data(cfg: VidLLMConfig, work: Path, progress: bool) -> dict[str, st
             raise VidLLMError(f"ablate: {len(summary.failed)} scene(s) failed to prepare: "
                               + "; ".join(f"{k}: {v}" for k, v in summary.failed.items()))
         stamp.write_text(data_digest)
-    teachers, vggt = cfg.teachers, cfg.model.init.vggt
-    if teachers.miniatures and (teachers.geometry is None or teachers.semantic is None or vggt is None):
-        from vidllm.pretrain import pretrain_teachers
-
+    if cfg.teachers.miniatures:
         log.info("ablate: miniature teachers (trained once, then reused)")
-        made = pretrain_teachers(cfg, work / "pretrained", progress=progress)
-        teachers = teachers.model_copy(update={"geometry": teachers.geometry or made["geometry"],
-                                               "semantic": teachers.semantic or made["semantic"]})
-        vggt = vggt or made["vggt"]
-    if teachers.geometry is None or teachers.semantic is None:
-        made_random = init_random_teachers(teachers, work / "teachers", seed=cfg.train.seed)
-        teachers = teachers.model_copy(update={"geometry": teachers.geometry or made_random.geometry,
-                                               "semantic": teachers.semantic or made_random.semantic})
+    filled = fill_teachers(cfg, work / "teachers", progress=progress)
+    teachers, vggt = filled.teachers, filled.model.init.vggt
     build_teacher_cache(str(shards), str(cache), teachers, progress=progress)  # present keys are reused
     return {"data": str(data), "shards": str(shards), "cache": str(cache),
             "geometry_teacher": str(teachers.geometry), "semantic_teacher": str(teachers.semantic),

@@ -341,6 +341,9 @@ class TeacherPretrainConfig(_Section):
     clip_frames: int | None = Field(None, ge=2, description="frames per VGGT training clip; None = model.frames")
     seed_offset: int = Field(1_000_003, ge=1, description="added to data.synth.seed for the pretraining scenes")
     probe_steps: int = Field(200, ge=1, description="steps of the linear probes (trained CLIP vs random-init control)")
+    class_balance: float = Field(0.0, ge=0, le=1, description=(
+        "CLIP class-loss weights ∝ class frequency^-x over the training patches (0 = plain cross-entropy, "
+        "1 = every class weighs as much); walls and floor are most patches"))
     log_every: int = Field(50, ge=1)
 
 

@@ -360,6 +360,15 @@ def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
         return _accuracy(probe(tx), test_y.reshape(-1))
 
 
+def _class_weights(classes: Tensor, num_classes: int, power: float) -> Tensor | None:
+    """Per-class loss weights ∝ frequency^-power, scaled so a labelled patch weighs 1 on average."""
+    if power == 0:
+        return None
+    counts = torch.bincount(classes[classes != IGNORE], minlength=num_classes).float()
+    weight = torch.where(counts > 0, counts.clamp_min(1) ** -power, torch.zeros_like(counts))
+    return weight * counts.sum() / (weight * counts).sum().clamp_min(1e-12)
+
+
 def train_clip(cfg: VidLLMConfig, train_set: dict[str, Tensor], progress: bool = True) -> tuple[nn.Module, nn.Module, dict]:
     """(trained CLIPVisionModel, its random init, the heads and last losses)."""
     from tqdm import tqdm
@@ -378,6 +387,7 @@ def train_clip(cfg: VidLLMConfig, train_set: dict[str, Tensor], progress: bool =
     gen = torch.Generator().manual_seed(cfg.train.seed + 2)
     batch_size = pt.batch_size * cfg.model.frames
     n = len(train_set["pixels"])
+    class_weight = _class_weights(train_set["classes"], len(class_names()), pt.class_balance)
     model.train()
     start, last = time.perf_counter(), {}
     bar = tqdm(range(pt.clip_steps), desc="mini CLIP", unit="step", disable=not progress)
@@ -390,7 +400,8 @@ def train_clip(cfg: VidLLMConfig, train_set: dict[str, Tensor], progress: bool =
             classes = classes.view(-1, g, g).flip(-1).reshape(len(idx), -1)
             colors = colors.view(-1, g, g).flip(-1).reshape(len(idx), -1)
         tokens = model(pixel_values=pixels).last_hidden_state[:, 1:]
-        loss_class = F.cross_entropy(heads["class"](tokens).flatten(0, 1), classes.reshape(-1), ignore_index=IGNORE)
+        loss_class = F.cross_entropy(heads["class"](tokens).flatten(0, 1), classes.reshape(-1), weight=class_weight,
+                                     ignore_index=IGNORE)
         color_known = (colors != IGNORE).any()
         loss_color = (F.cross_entropy(heads["color"](tokens).flatten(0, 1), colors.reshape(-1), ignore_index=IGNORE)
                       if color_known else tokens.sum() * 0)
@@ -599,3 +610,34 @@ def pretrain_teachers(cfg: VidLLMConfig, out_dir: str | Path, progress: bool = T
     result = read_manifest(out)
     assert result is not None
     return {**result, "reused": False}
+
+
+MINIATURE_DIR = "miniature"  # under a teachers folder: the miniatures beside the random teachers, never mixed
+
+
+def fill_teachers(cfg: VidLLMConfig, out_dir: str | Path, progress: bool = False) -> VidLLMConfig:
+    """cfg with every unset teacher filled from `out_dir`: the one fallback rule of the flow, the CLI
+    (`--init-random DIR`) and `vidllm ablate`.
+
+    With `teachers.miniatures`, the miniature pretrained teachers (trained once into
+    out_dir/miniature by `pretrain_teachers`, reused while their config digest holds) fill
+    teachers.geometry, teachers.semantic and model.init.vggt. Whatever is still unset gets a
+    random-init teacher (out_dir/geometry, out_dir/semantic; tiny/demo runs, no downloads).
+    Paths already set are never replaced.
+    """
+    from preprocessing.teacher_cache import init_random_teachers
+
+    teachers, vggt = cfg.teachers, cfg.model.init.vggt
+    if teachers.miniatures and (teachers.geometry is None or teachers.semantic is None or vggt is None):
+        made = pretrain_teachers(cfg, Path(out_dir) / MINIATURE_DIR, progress=progress)
+        teachers = teachers.model_copy(update={"geometry": teachers.geometry or made["geometry"],
+                                               "semantic": teachers.semantic or made["semantic"]})
+        vggt = vggt or made["vggt"]
+    if teachers.geometry is None or teachers.semantic is None:
+        log.warning("teachers.geometry/semantic not set: using random-init teachers in %s (fine for the tiny/demo "
+                    "recipes; set real teacher directories, or teachers.miniatures=true, otherwise)", out_dir)
+        made_random = init_random_teachers(teachers, out_dir, seed=cfg.train.seed)
+        teachers = teachers.model_copy(update={"geometry": teachers.geometry or made_random.geometry,
+                                               "semantic": teachers.semantic or made_random.semantic})
+    init = cfg.model.init.model_copy(update={"vggt": vggt})
+    return cfg.model_copy(update={"teachers": teachers, "model": cfg.model.model_copy(update={"init": init})})

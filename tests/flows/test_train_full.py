@@ -191,3 +191,26 @@ def test_a_second_run_on_a_busy_work_dir_stops_with_one_line(prefect_server: Pre
     # Released with its holder: the lock can be taken again (a killed holder releases it the same way).
     with steps.work_dir_lock(steps.Paths.resolve(work_dir)) as held:
         assert held == [work_dir / steps.LOCK_FILE]
+
+
+def test_miniature_teachers_are_a_step_trained_once_then_reused(prefect_server: PrefectServer, tmp_path: Path):
+    """`teachers.miniatures=true`: the flow first trains the miniature VGGT + CLIP (`pretrain`), and the
+    teacher cache and Stage 1 load them as real weights; a second run reuses them."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.train_full import train_full
+
+    work_dir = tmp_path / "work"
+    kwargs = dict(recipe="tiny", work_dir=str(work_dir), overrides=["teachers.miniatures=true"],
+                  benchmarks=["scanqa"], meteor=False)
+    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+        first = train_full(**kwargs)
+        assert list(first)[:4] == ["synth", "prepare", "pretrain", "teachers"]
+        assert first["pretrain"]["status"] == "ran"
+        mini = work_dir / "teachers" / "miniature"
+        assert Path(first["pretrain"]["outputs"]["vggt"]) == (mini / "vggt.safetensors").resolve()
+        assert not (work_dir / "teachers" / "geometry").exists()  # no random teachers were needed
+        stage1_config = (work_dir / "run" / "stage1_model" / "config.json").read_text()
+        assert str((mini / "vggt.safetensors").resolve()) in stage1_config
+        second = train_full(**kwargs)
+    assert second["pretrain"]["status"] == "skipped" and second["stage-1"]["status"] == "skipped"

@@ -163,9 +163,9 @@ def test_ablate_trains_each_variant_on_the_same_data_and_reuses_results(tmp_path
     result = run_ablation("tiny", ["full", "blind"], tmp_path, overrides=args)
     for name in ("full", "blind"):  # both compose the same miniatures, as real pretrained parts
         used = yaml.safe_load((tmp_path / "variants" / name / "config.yaml").read_text())
-        assert used["model"]["init"]["vggt"] == str(tmp_path / "pretrained" / "vggt.safetensors")
-        assert used["teachers"]["semantic"] == str(tmp_path / "pretrained" / "semantic")
-        assert used["teachers"]["geometry"] == str(tmp_path / "pretrained" / "geometry")
+        assert used["model"]["init"]["vggt"] == str(tmp_path / "teachers" / "miniature" / "vggt.safetensors")
+        assert used["teachers"]["semantic"] == str(tmp_path / "teachers" / "miniature" / "semantic")
+        assert used["teachers"]["geometry"] == str(tmp_path / "teachers" / "miniature" / "geometry")
     saved = json.loads((tmp_path / "ablation.json").read_text())
     assert list(saved["variants"]) == ["full", "blind"] and saved["split"] == "val"
     for name, entry in saved["variants"].items():

@@ -14,8 +14,10 @@ def add_common_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--semantic-teacher", default=None, metavar="DIR",
                         help="semantic teacher: a saved CLIPVisionModel directory (default: config teachers.semantic)")
     parser.add_argument("--init-random", default=None, metavar="DIR",
-                        help="write random teachers sized by the recipe (teachers.random_*) to DIR if missing and "
-                             "use them; for tiny/demo runs without downloaded weights")
+                        help="fill unset teachers from DIR, writing them if missing: random-init ones sized by the "
+                             "recipe (teachers.random_*), or with teachers.miniatures=true the miniature pretrained "
+                             "teachers and VGGT (trained once into DIR/miniature, then reused); for runs without "
+                             "downloaded weights")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,14 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_teachers(args: argparse.Namespace, cfg):
-    """cfg.teachers with the command-line teacher options applied."""
-    from preprocessing.teacher_cache import init_random_teachers
-
-    teachers = cfg.teachers
-    if args.init_random:
-        teachers = init_random_teachers(teachers, args.init_random, seed=cfg.train.seed)
+    """cfg with the command-line teacher options applied: explicit --*-teacher directories, then
+    `--init-random DIR` fills whatever is unset (`vidllm.pretrain.fill_teachers`: the miniature
+    pretrained teachers with teachers.miniatures, which also set model.init.vggt; else random-init)."""
     updates = {k: v for k, v in (("geometry", args.geometry_teacher), ("semantic", args.semantic_teacher)) if v}
-    return teachers.model_copy(update=updates) if updates else teachers
+    if updates:
+        cfg = cfg.model_copy(update={"teachers": cfg.teachers.model_copy(update=updates)})
+    if args.init_random:
+        from vidllm.pretrain import fill_teachers
+
+        cfg = fill_teachers(cfg, args.init_random, progress=not getattr(args, "no_progress", False))
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from vidllm.config import load_config
 
     cfg = load_config(args.recipe, args.config, args.overrides)
-    teachers = resolve_teachers(args, cfg)
+    teachers = resolve_teachers(args, cfg).teachers
     with torch.no_grad():  # a context, not a global switch: run() is also called in-process
         summary = build_teacher_cache(args.shards, args.cache, teachers, progress=not args.no_progress)
     print(json.dumps(asdict(summary)) if args.json else summary.line())

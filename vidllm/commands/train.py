@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.stage == 1:
         if not args.teacher_cache:
             raise VidLLMError("--teacher-cache is required for stage 1 (build it with `vidllm teachers`)")
-        cfg = cfg.model_copy(update={"teachers": resolve_teachers(args, cfg)})
+        cfg = resolve_teachers(args, cfg)
         result = train_stage1(cfg, args.shards, args.teacher_cache, args.run_dir, init_model=args.init_model,
                               use_ray=args.ray, progress=not args.no_progress, fresh=args.fresh)
     else:
