@@ -568,6 +568,11 @@ def pretrain_teachers(cfg: VidLLMConfig, out_dir: str | Path, progress: bool = T
             furniture_acc = _accuracy(class_logits, furniture_labels)
             known_furniture = furniture_labels[furniture_labels != IGNORE]
             furniture_chance = float(torch.bincount(known_furniture).max() / max(1, known_furniture.numel()))
+            # Mean of per-class recalls: a model that always says the commonest class scores 1/classes.
+            predicted = class_logits.argmax(-1)[furniture_labels != IGNORE]
+            present = known_furniture.unique()
+            furniture_balanced = (float(sum((predicted[known_furniture == c] == c).float().mean() for c in present))
+                                  / max(1, len(present)))
             color_acc = _accuracy(heads["color"](test_tokens), test_set["colors"])
         probe = {}
         for name, model in (("trained", clip), ("random_init", control)):
@@ -585,6 +590,8 @@ def pretrain_teachers(cfg: VidLLMConfig, out_dir: str | Path, progress: bool = T
             "vggt_final_loss": vggt_last.get("loss"),
             "clip_class_head_accuracy": class_acc, "clip_color_head_accuracy": color_acc,
             "clip_furniture_class_accuracy": furniture_acc, "furniture_class_chance_accuracy": furniture_chance,
+            "clip_furniture_balanced_accuracy": furniture_balanced,
+            "furniture_balanced_chance_accuracy": 1.0 / max(1, len(present)),
             "clip_probe_class_accuracy": probe["trained"],
             "clip_probe_class_accuracy_random_init": probe["random_init"],
             "class_chance_accuracy": chance, "clip_final_loss": clip_last.get("loss"),
