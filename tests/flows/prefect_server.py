@@ -93,4 +93,13 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
             time.sleep(0.5)
         yield PrefectServer(api_url=server.api_url, home=home, pid=proc.pid)
     finally:
+        _drain_prefect_services()
         stop_process(proc)
+
+
+def _drain_prefect_services(timeout_s: float = 30.0) -> None:
+    """Send what in-process flows queued (logs, events) while the server still answers: the queue
+    services are keyed by API URL and would otherwise retry a dead server at interpreter exit."""
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=timeout_s)  # drains every queue service instance (they share one registry)
