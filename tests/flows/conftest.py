@@ -1,1 +1,1 @@
-from tests.flows.prefect_server import prefect_server  # noqa: F401  (module-scoped fixture)
+from tests.flows.prefect_server import prefect_server  # noqa: F401  (session-scoped fixture)

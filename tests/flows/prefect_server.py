@@ -64,7 +64,9 @@ def stop_process(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
+# One server for the whole session: Prefect's in-process event and log services bind the API URL they
+# first saw, so a second server after the first stopped would leave them retrying a dead URL.
+@pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     home = tmp_path_factory.mktemp("prefect_home")
     port = _free_port()
