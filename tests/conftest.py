@@ -48,3 +48,20 @@ def synthetic_dataset_6(tmp_path_factory):
     from vidllm.data.synthetic import generate_dataset
 
     return generate_dataset(tmp_path_factory.mktemp("synth6"), _tiny_synth(6), progress=False)
+
+
+def pytest_unconfigure(config):
+    """Drop what Prefect's in-process log/event services still queue when the session ends: every
+    test's server is gone by then, and their at-exit drain would retry each item against it, keeping
+    the interpreter alive for minutes."""
+    import sys
+
+    if "prefect" not in sys.modules:
+        return
+    from prefect._internal.concurrency.services import _QueueServiceBase
+
+    for service in list(_QueueServiceBase._instances.values()):
+        pending = service._queue
+        with pending.mutex:
+            pending.queue.clear()
+    _QueueServiceBase.drain_all(timeout=10)
