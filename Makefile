@@ -33,7 +33,7 @@ test: setup
 	$(BIN)/python -m pytest -q tests
 
 demo: setup
-	$(BIN)/python -m vidllm.demo --out demo_out
+	$(BIN)/python -m flows.demo --out demo_out
 
 bench: setup
 	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vidllm.data.sens import SensReader, write_sens
+from vidllm.data.scannet.sens import SensReader, write_sens
 
 
 def _size(text: str) -> tuple[int, int]:

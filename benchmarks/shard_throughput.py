@@ -33,9 +33,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from preprocessing.prepare import prepare_shards  # noqa: E402
 from vidllm.config import PrepConfig, SynthConfig  # noqa: E402
-from vidllm.data.shards import (  # noqa: E402
+from vidllm.data.prepare import prepare_shards  # noqa: E402
+from vidllm.data.shards.format import (  # noqa: E402
     DEPTH_SCALE_M,
     ShardDataset,
     iter_tar_samples,
@@ -43,7 +43,7 @@ from vidllm.data.shards import (  # noqa: E402
     sample_digest,
     scaled_float32,
 )
-from vidllm.data.synthetic import generate_dataset  # noqa: E402
+from vidllm.data.synthetic.generate import generate_dataset  # noqa: E402
 
 
 def _decode_frame(pair: tuple[bytes, bytes]) -> int:
@@ -154,7 +154,7 @@ def main() -> None:
                 dl = torch.utils.data.DataLoader(ShardDataset(out), batch_size=None, num_workers=cores)
                 assert sum(1 for _ in dl) == args.scenes
 
-            from vidllm.data.ray_reader import iter_ray_batches
+            from vidllm.data.shards.ray_reader import iter_ray_batches
 
             def via_ray() -> None:
                 assert sum(len(b["key"]) for b in iter_ray_batches(out, batch_size=1)) == args.scenes
@@ -224,7 +224,7 @@ def main() -> None:
 
 
 def read_image_size(summary, args) -> list[int]:
-    from preprocessing.sampling import plan_resize_crop
+    from vidllm.data.frames import plan_resize_crop
 
     width, height = (int(v) for v in args.source.lower().split("x"))
     return list(plan_resize_crop((width, height), args.short_side, 14).out_size)

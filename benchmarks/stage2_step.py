@@ -36,10 +36,10 @@ def build(recipe: str, batch_size: int, instructions: int, overrides: list[str],
     """(objective factory(share) → Stage2Objective, batch, cfg) on generated train-split scenes."""
     import torch
 
-    from preprocessing.prepare import write_scenes_in_process
     from vidllm.config import load_config
-    from vidllm.data.shards import ShardDataset
-    from vidllm.data.synthetic import generate_dataset
+    from vidllm.data.prepare import write_scenes_in_process
+    from vidllm.data.shards.format import ShardDataset
+    from vidllm.data.synthetic.generate import generate_dataset
     from vidllm.losses import Stage2LossWeights
     from vidllm.train.batches import is_training_scene, stage2_batch
     from vidllm.train.stage2 import Stage2Objective, build_stage2_model

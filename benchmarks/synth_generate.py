@@ -26,9 +26,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from vidllm.config import SynthConfig
-    from vidllm.data import room_layout
-    from vidllm.data.raycast import cast_view, shade
-    from vidllm.data.synthetic import _surface_tables, generate_dataset, intrinsic_matrix
+    from vidllm.data.synthetic import room_layout
+    from vidllm.data.synthetic.generate import _surface_tables, generate_dataset, intrinsic_matrix
+    from vidllm.data.synthetic.raycast import cast_view, shade
 
     rng = np.random.default_rng(0)
     layout = room_layout.sample_layout(rng, 5, 7)

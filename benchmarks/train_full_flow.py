@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="vidllm-bench-flow-") as tmp:
-        from vidllm.demo import use_ephemeral_prefect
+        from flows.demo import use_ephemeral_prefect
 
         use_ephemeral_prefect(Path(tmp) / "prefect_home")
         from flows.train_full import train_full

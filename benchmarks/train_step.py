@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 def _write_shards(dataset, cfg, out: Path) -> None:
-    from preprocessing.prepare import write_scenes_in_process
+    from vidllm.data.prepare import write_scenes_in_process
 
     out.mkdir(parents=True)  # a fresh folder: the benchmark never reuses shards
     write_scenes_in_process([(s.scene_id, s.path) for s in dataset.scenes], dataset.annotations_dir, out,
@@ -42,9 +42,9 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from preprocessing.teacher_cache import build_teacher_cache, init_random_teachers
     from vidllm.config import load_config
-    from vidllm.data.synthetic import generate_dataset
+    from vidllm.data.synthetic.generate import generate_dataset
+    from vidllm.data.teacher_cache import build_teacher_cache, init_random_teachers
     from vidllm.eval.run_dir import read_train_log
     from vidllm.train import train_stage1, train_stage2
 

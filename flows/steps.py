@@ -7,7 +7,7 @@ from, so editing a training parameter re-runs stage-1 onwards and leaves the sha
 teacher cache alone. A training stage that re-runs with a new digest starts from scratch (its
 old checkpoints are removed); one interrupted with the same digest resumes from its checkpoint.
 
-Prefect (`flows/train_full.py`) wraps each `run_*` function in a task; `vidllm.demo` and the
+Prefect (`flows/train_full.py`) wraps each `run_*` function in a task; `flows.demo` and the
 tests may call them directly.
 """
 
@@ -192,7 +192,7 @@ def _run_or_skip(step: str, paths: Paths, step_digest: str, outputs_valid: Calla
 
 
 def synth_digest(cfg: VidLLMConfig) -> str:
-    from vidllm.data.synthetic import RENDER_VERSION
+    from vidllm.data.synthetic.generate import RENDER_VERSION
 
     return digest("synth", cfg.data.synth, RENDER_VERSION)
 
@@ -206,7 +206,7 @@ def run_synth(cfg: VidLLMConfig, paths: Paths, progress: bool = False) -> StepRe
         return (data / "scans").is_dir() and Path(paths.annotations_uri or "").is_dir()
 
     def work() -> dict[str, Any]:
-        from vidllm.data.synthetic import generate_dataset
+        from vidllm.data.synthetic.generate import generate_dataset
 
         # A different config writes a different dataset: start from an empty folder so no old scene survives.
         if data.exists():
@@ -219,15 +219,15 @@ def run_synth(cfg: VidLLMConfig, paths: Paths, progress: bool = False) -> StepRe
 
 
 def prepare_digest(cfg: VidLLMConfig, paths: Paths, upstream: str | None) -> str:
-    from preprocessing.prepare import config_digest
+    from vidllm.data.prepare import config_digest
 
     return digest("prepare", paths.data_uri, paths.annotations_uri, config_digest(cfg.data.prep), upstream)
 
 
 def run_prepare(cfg: VidLLMConfig, paths: Paths, upstream: str | None, progress: bool = False) -> StepResult:
-    """`preprocessing.prepare.prepare_shards` (itself idempotent per scene) → shards + manifest."""
-    from preprocessing.prepare import config_digest
-    from vidllm.data.shards import read_manifest
+    """`vidllm.data.prepare.prepare_shards` (itself idempotent per scene) → shards + manifest."""
+    from vidllm.data.prepare import config_digest
+    from vidllm.data.shards.format import read_manifest
 
     step_digest = prepare_digest(cfg, paths, upstream)
     prep_digest = config_digest(cfg.data.prep)
@@ -239,7 +239,7 @@ def run_prepare(cfg: VidLLMConfig, paths: Paths, upstream: str | None, progress:
                 and all(e.config_digest == prep_digest for e in entries))
 
     def work() -> dict[str, Any]:
-        from preprocessing.prepare import prepare_shards
+        from vidllm.data.prepare import prepare_shards
 
         summary = prepare_shards(paths.scans_uri, paths.annotations_uri, paths.shards_uri, cfg.data.prep,
                                  label_map=paths.label_map, progress=progress)
@@ -280,15 +280,15 @@ def teachers_digest(cfg: VidLLMConfig, upstream: str) -> str:
     """Covers the teachers' identities (architecture, weight bytes, preprocessing) and the shards' digest."""
     from dataclasses import asdict
 
-    from preprocessing.teacher_cache import TEACHER_ROLES, teacher_spec
+    from vidllm.data.teacher_cache import TEACHER_ROLES, teacher_spec
 
     specs = [asdict(teacher_spec(cfg.teachers, role)) for role in TEACHER_ROLES]
     return digest("teachers", specs, cfg.teachers.frames_per_batch, upstream)
 
 
 def run_teachers(cfg: VidLLMConfig, paths: Paths, upstream: str, progress: bool = False) -> StepResult:
-    """`preprocessing.teacher_cache.build_teacher_cache`: present keys are never recomputed."""
-    from preprocessing.teacher_cache import feature_keys, feature_uri
+    """`vidllm.data.teacher_cache.build_teacher_cache`: present keys are never recomputed."""
+    from vidllm.data.teacher_cache import feature_keys, feature_uri
 
     step_digest = teachers_digest(cfg, upstream)
 
@@ -298,7 +298,7 @@ def run_teachers(cfg: VidLLMConfig, paths: Paths, upstream: str, progress: bool 
                                   for roles in keys.values() for key in roles.values())
 
     def work() -> dict[str, Any]:
-        from preprocessing.teacher_cache import build_teacher_cache
+        from vidllm.data.teacher_cache import build_teacher_cache
 
         summary = build_teacher_cache(paths.shards_uri, paths.cache_uri, cfg.teachers, progress=progress)
         return {"samples": summary.samples, "computed": summary.computed, "reused": summary.reused,

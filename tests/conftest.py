@@ -29,7 +29,7 @@ def _tiny_synth(scenes: int):
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory):
     """2 small ScanNet-format scenes (8 frames, 80x60) + annotations → SyntheticDataset."""
-    from vidllm.data.synthetic import generate_dataset
+    from vidllm.data.synthetic.generate import generate_dataset
 
     return generate_dataset(tmp_path_factory.mktemp("synth2"), _tiny_synth(2), progress=False)
 
@@ -37,7 +37,7 @@ def synthetic_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic_dataset_3(tmp_path_factory):
     """3 small scenes: 2 train, 1 val (training tests: two training scenes, one held out)."""
-    from vidllm.data.synthetic import generate_dataset
+    from vidllm.data.synthetic.generate import generate_dataset
 
     return generate_dataset(tmp_path_factory.mktemp("synth3"), _tiny_synth(3), progress=False)
 
@@ -45,7 +45,7 @@ def synthetic_dataset_3(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic_dataset_6(tmp_path_factory):
     """6 small scenes (same size as `synthetic_dataset`), e.g. for sharding tests."""
-    from vidllm.data.synthetic import generate_dataset
+    from vidllm.data.synthetic.generate import generate_dataset
 
     return generate_dataset(tmp_path_factory.mktemp("synth6"), _tiny_synth(6), progress=False)
 

@@ -1,7 +1,7 @@
 """Session fixtures for the shard pipeline: one local Ray, and synthetic scenes prepared into shards.
 
-Registered suite-wide through `pytest_plugins` in tests/conftest.py (used by tests/preprocessing
-and tests/data/test_shards.py).
+Registered suite-wide through `pytest_plugins` in tests/conftest.py (used by tests/data/test_prepare.py,
+tests/data/test_teacher_cache.py and tests/data/test_shards.py).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def ray_session(s3_server) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def synthetic_shards(synthetic_dataset_6, ray_session, tmp_path_factory):
     """(dataset, shard dir, PrepareSummary): the 6 synthetic scenes prepared once per session."""
-    from preprocessing.prepare import prepare_shards
     from vidllm.config import PrepConfig
+    from vidllm.data.prepare import prepare_shards
 
     out = tmp_path_factory.mktemp("shards")
     summary = prepare_shards(str(synthetic_dataset_6.root), synthetic_dataset_6.annotations_dir, str(out),
@@ -47,8 +47,8 @@ def synthetic_shards(synthetic_dataset_6, ray_session, tmp_path_factory):
 
 def write_tiny_shards(dataset, out: Path) -> Path:
     """The synthetic scenes → shards with the shard writer, in process (no Ray) (tiny recipe: 4 frames, 56x70)."""
-    from preprocessing.prepare import write_scenes_in_process
     from vidllm.config import load_config
+    from vidllm.data.prepare import write_scenes_in_process
 
     return write_scenes_in_process([(s.scene_id, s.path) for s in dataset.scenes], dataset.annotations_dir, out,
                                    load_config("tiny").data.prep, label_map=str(dataset.label_map))

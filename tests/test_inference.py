@@ -16,7 +16,7 @@ import torch
 
 from tests.video_files import grey_level, write_grey_video
 from vidllm.cli import main
-from vidllm.data.scannet_meta import read_ply_mesh
+from vidllm.data.scannet.meta import read_ply_mesh
 
 
 @pytest.fixture(scope="module")

@@ -72,8 +72,8 @@ def test_to_vggt_state_dict_round_trips_exactly(tiny_cfg, pretrained):
 
 
 def test_outputs_load_through_the_real_loaders(tiny_cfg, pretrained):
-    from preprocessing.teacher_cache import geometry_features, load_teacher, semantic_features, teacher_spec
     from vidllm.assemble import assemble_model
+    from vidllm.data.teacher_cache import geometry_features, load_teacher, semantic_features, teacher_spec
     from vidllm.tokenizer import train_tokenizer
 
     _, manifest = pretrained

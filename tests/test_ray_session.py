@@ -6,7 +6,6 @@ Drivers that connect to the cluster run in a fresh python: this process may have
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path

@@ -3,8 +3,6 @@ names the object and what to check, never a traceback or a secret. Against the r
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from tests.s3_server import free_ports

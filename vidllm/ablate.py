@@ -28,8 +28,8 @@ from typing import Any
 
 from vidllm.checkpoint import has_weights
 from vidllm.config import VidLLMConfig, digest, load_config
-from vidllm.eval import run_dir as rd
 from vidllm.errors import VidLLMError
+from vidllm.eval import run_dir as rd
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +108,15 @@ def format_table(result: dict[str, Any]) -> str:
 
 def _prepare_data(cfg: VidLLMConfig, work: Path, progress: bool) -> dict[str, str]:
     """Synthetic scenes → shards → teacher features, shared by every variant (reused when present)."""
-    from preprocessing.prepare import prepare_shards
-    from preprocessing.teacher_cache import build_teacher_cache
+    from vidllm.data.prepare import prepare_shards
+    from vidllm.data.shards.format import read_manifest
+    from vidllm.data.synthetic.generate import generate_dataset
+    from vidllm.data.teacher_cache import build_teacher_cache
     from vidllm.pretrain import fill_teachers
-    from vidllm.data.shards import read_manifest
-    from vidllm.data.synthetic import generate_dataset
 
     data, shards, cache = work / "data", work / "shards", work / "teacher_cache"
     stamp = work / "data.digest"
-    from vidllm.data.synthetic import RENDER_VERSION
+    from vidllm.data.synthetic.generate import RENDER_VERSION
 
     data_digest = _digest(cfg.data.synth.model_dump(mode="json"), cfg.data.prep.model_dump(mode="json"),
                           RENDER_VERSION)

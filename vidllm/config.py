@@ -30,7 +30,7 @@ class _Section(BaseModel):
 
 
 class SynthConfig(_Section):
-    """Procedural ScanNet-format scenes (vidllm.data.synthetic)."""
+    """Procedural ScanNet-format scenes (vidllm.data.synthetic.generate)."""
 
     scenes: int = Field(4, ge=1)
     frames: int = Field(32, ge=2)
@@ -64,7 +64,7 @@ class SynthConfig(_Section):
 
 
 class PrepConfig(_Section):
-    """Frame sampling and sharding (preprocessing/)."""
+    """Frame sampling and sharding (vidllm/data/frames.py, vidllm/data/prepare.py)."""
 
     frames: int = Field(32, ge=1)
     short_side: int = Field(518, ge=14)

@@ -65,7 +65,7 @@ class Reconstruction:
 
     def write_ply(self, path: str | Path) -> Path:
         """The coloured point cloud as a binary PLY (no faces), written atomically."""
-        from vidllm.data.scannet_writers import write_ply_mesh
+        from vidllm.data.scannet.writers import write_ply_mesh
 
         write_ply_mesh(path, self.points, self.colors, np.zeros((0, 3), np.int32))
         return Path(path)
@@ -105,7 +105,7 @@ class VideoModel:
     def load_video(self, path: str | Path) -> VideoClip:
         """`self.frames` frames uniformly over the video, shorter side → `self.short_side`, centre crop
         to multiples of the patch size (the preprocessing of training clips)."""
-        from preprocessing.sampling import plan_resize_crop, resize_color
+        from vidllm.data.frames import plan_resize_crop, resize_color
         from vidllm.data.video import read_video_frames
 
         path = Path(path)

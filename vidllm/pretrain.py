@@ -2,7 +2,7 @@
 
 The paper starts from pretrained VGGT (geometry), DINOv2 and CLIP (semantics). Without those
 weights, `pretrain_teachers(cfg, out_dir)` trains small versions on a synthetic corpus of its own
-(`vidllm.data.synthetic`, seed `data.synth.seed + teachers.pretrain.seed_offset`, so none of its
+(`vidllm.data.synthetic.generate`, seed `data.synth.seed + teachers.pretrain.seed_offset`, so none of its
 scenes is a benchmark scene) and writes
 
     out_dir/vggt.safetensors   a VGGT-format checkpoint (VGGT key names, `to_vggt_state_dict`) of the
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vidllm.config import ConfigError, VidLLMConfig
-from vidllm.data.synthetic import RENDER_VERSION
+from vidllm.data.synthetic.generate import RENDER_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +70,13 @@ class CorpusScene:
 
 
 def class_names() -> list[str]:
-    from vidllm.data.room_layout import CATEGORIES, ROOM_CATEGORIES
+    from vidllm.data.synthetic.room_layout import CATEGORIES, ROOM_CATEGORIES
 
     return [*CATEGORIES, *ROOM_CATEGORIES]
 
 
 def color_names() -> list[str]:
-    from vidllm.data.room_layout import COLORS
+    from vidllm.data.synthetic.room_layout import COLORS
 
     return list(COLORS)
 
@@ -93,7 +93,7 @@ def _pixel_labels(synth_scene, camera_to_aligned: np.ndarray, intrinsic: np.ndar
                   size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel class and colour ids of one frame, ray-cast from the scene's boxes on the
     network input's own grid (so they line up with the resized, cropped frame exactly)."""
-    from vidllm.data.raycast import ROOM_FACES, cast_view
+    from vidllm.data.synthetic.raycast import ROOM_FACES, cast_view
 
     names, colors = class_names(), color_names()
     objects = synth_scene.objects
@@ -114,9 +114,9 @@ def build_corpus(cfg: VidLLMConfig, work_dir: Path, progress: bool = True) -> li
     the ScanNet reader, resized and cropped as `prepare` does (data.prep.short_side)."""
     from tqdm import tqdm
 
-    from preprocessing.sampling import adjust_intrinsics, plan_resize_crop, resample_depth, resize_color
-    from vidllm.data.scannet import load_scene
-    from vidllm.data.synthetic import generate_scene, split_scene_ids
+    from vidllm.data.frames import adjust_intrinsics, plan_resize_crop, resample_depth, resize_color
+    from vidllm.data.scannet.scans import load_scene
+    from vidllm.data.synthetic.generate import generate_scene, split_scene_ids
 
     synth_cfg = pretrain_synth_config(cfg)
     scan_dir = work_dir / "scans"
@@ -223,7 +223,7 @@ def _lr_lambda(steps: int):
 def depth_delta1(encoder: nn.Module, recon: nn.Module, scenes: list[CorpusScene], frames: int) -> dict[str, float]:
     """δ1 (share of valid pixels with max(pred/gt, gt/pred) < 1.25) and AbsRel of the relative depth
     after per-scene median scale alignment, on an evenly spaced clip of `frames` per scene."""
-    from preprocessing.sampling import sample_frame_ids
+    from vidllm.data.frames import sample_frame_ids
 
     encoder.eval(), recon.eval()
     hits = total = 0
@@ -317,7 +317,7 @@ def _patch_labels(labels: Tensor, size: int, patch: int, num_classes: int) -> Te
 
 def _semantic_set(scenes: list[CorpusScene], size: int, patch: int) -> dict[str, Tensor]:
     """CLIP inputs (resized and normalised exactly as `semantic_features` does) with patch labels."""
-    from preprocessing.teacher_cache import CLIP_MEAN, CLIP_STD
+    from vidllm.data.teacher_cache import CLIP_MEAN, CLIP_STD
 
     images = torch.cat([s.images for s in scenes])
     frames = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
@@ -422,7 +422,7 @@ def train_clip(cfg: VidLLMConfig, train_set: dict[str, Tensor], progress: bool =
 
 
 def save_clip(model: nn.Module, out_dir: Path, cfg: VidLLMConfig) -> None:
-    from preprocessing.teacher_cache import CLIP_MEAN, CLIP_STD
+    from vidllm.data.teacher_cache import CLIP_MEAN, CLIP_STD
 
     model.save_pretrained(str(out_dir), safe_serialization=True)
     try:  # the image processor is for users of the directory; `semantic_features` does its own
@@ -632,7 +632,7 @@ def fill_teachers(cfg: VidLLMConfig, out_dir: str | Path, progress: bool = False
     random-init teacher (out_dir/geometry, out_dir/semantic; tiny/demo runs, no downloads).
     Paths already set are never replaced.
     """
-    from preprocessing.teacher_cache import init_random_teachers
+    from vidllm.data.teacher_cache import init_random_teachers
 
     teachers, vggt = cfg.teachers, cfg.model.init.vggt
     if teachers.miniatures and (teachers.geometry is None or teachers.semantic is None or vggt is None):

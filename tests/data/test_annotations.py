@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vidllm.data.annotations import (
+from vidllm.data.scannet.annotations import (
     Instruction,
     load_annotations,
     parse_stimulus_id,

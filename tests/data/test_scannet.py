@@ -10,8 +10,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from sens_bytes import build_sens, intrinsic, pose, ramp_depth, smooth_image  # noqa: E402
 
-from vidllm.data.scannet import load_scene  # noqa: E402
-from vidllm.data.scannet_meta import read_ply_mesh  # noqa: E402
+from vidllm.data.scannet.meta import read_ply_mesh  # noqa: E402
+from vidllm.data.scannet.scans import load_scene  # noqa: E402
 from vidllm.errors import DataError  # noqa: E402
 
 CH, CW, DH, DW = 48, 64, 24, 32
@@ -131,7 +131,7 @@ def test_all_zero_and_singular_poses_are_dropped_like_non_finite_ones(tmp_path):
 
 
 def test_valid_pose_mask():
-    from vidllm.data.scannet import valid_pose_mask
+    from vidllm.data.scannet.scans import valid_pose_mask
 
     good = pose(1.0, 2.0, 3.0, yaw=0.3)
     nan = good.copy()
@@ -288,7 +288,7 @@ def test_not_a_scene(tmp_path):
 
 def test_reads_synthetic_writers_output(tmp_path):
     """The SYNTH helper's published-format writers and these readers must meet."""
-    writers = pytest.importorskip("vidllm.data.scannet_writers")
+    writers = pytest.importorskip("vidllm.data.scannet.writers")
     scan = make_raw_scan(tmp_path, objects=False)
     sid = "scene0001_00"
     writers.write_scene_info(scan / f"{sid}.txt", axis_alignment=AXIS_ALIGN, intrinsic_color=K_COLOR,
@@ -304,8 +304,8 @@ def test_reads_synthetic_writers_output(tmp_path):
 
 
 def test_a_scene_without_valid_frames_fails_in_prepare_with_one_line_naming_its_file(tmp_path):
-    from preprocessing.prepare import _process_scene_row
     from vidllm.config import PrepConfig
+    from vidllm.data.prepare import _process_scene_row
 
     scan = make_raw_scan(tmp_path, n_frames=3, bad_pose_frames=(0, 1, 2), objects=False)
     row = {"scene_id": scan.name, "scene_uri": str(scan), "annotations_json": "[]", "source_digest": "",

@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from sens_bytes import build_sens, intrinsic, jpeg_bytes, pose, ramp_depth, smooth_image  # noqa: E402
 
-from vidllm.data.sens import SensReader, write_sens  # noqa: E402
+from vidllm.data.scannet.sens import SensReader, write_sens  # noqa: E402
 from vidllm.errors import DataError  # noqa: E402
 
 CH, CW, DH, DW = 48, 64, 24, 32

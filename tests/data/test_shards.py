@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from preprocessing.sampling import adjust_intrinsics, plan_resize_crop, resample_depth, resize_color
 from tests.shard_fixtures import TINY_PREP
-from vidllm.data.ray_reader import iter_ray_batches
-from vidllm.data.scannet import load_scene
-from vidllm.data.shards import ShardDataset, read_manifest, write_manifest
+from vidllm.data.frames import adjust_intrinsics, plan_resize_crop, resample_depth, resize_color
+from vidllm.data.scannet.scans import load_scene
+from vidllm.data.shards.format import ShardDataset, read_manifest, write_manifest
+from vidllm.data.shards.ray_reader import iter_ray_batches
 from vidllm.errors import DataError
 
 
@@ -81,7 +81,7 @@ def test_ray_reader_returns_the_same_samples(synthetic_shards, plain_samples):
 
 
 def test_ray_reader_uint8_batches_convert_to_the_float_samples(synthetic_shards, plain_samples):
-    from vidllm.data.ray_reader import pixels_to_float
+    from vidllm.data.shards.ray_reader import pixels_to_float
 
     _, out, _ = synthetic_shards
     seen = 0
@@ -101,9 +101,9 @@ def test_ray_reader_decodes_a_shard_in_groups_bounded_by_the_block_size(syntheti
     become one multi-GB block): a target below one clip gives one block per clip, with the same values."""
     import ray.data
 
-    from preprocessing.prepare import write_scenes_in_process
     from vidllm.config import PrepConfig
-    from vidllm.data.ray_reader import ray_shard_dataset
+    from vidllm.data.prepare import write_scenes_in_process
+    from vidllm.data.shards.ray_reader import ray_shard_dataset
 
     dataset, _, _ = synthetic_shards
     out = write_scenes_in_process([(s.scene_id, s.path) for s in dataset.scenes], dataset.annotations_dir,

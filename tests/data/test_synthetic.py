@@ -8,16 +8,16 @@ import json
 import numpy as np
 import pytest
 
-from preprocessing.sampling import sample_frame_ids
 from vidllm.cli import main as vidllm_main
 from vidllm.config import SynthConfig
-from vidllm.data.annotations import load_annotations
-from vidllm.data.raycast import ROOM_FACES, cast_view
-from vidllm.data.room_layout import COLORS, look_at
-from vidllm.data.scannet import load_scene
-from vidllm.data.scannet_meta import read_ply_mesh, read_segs
-from vidllm.data.synthetic import generate_dataset, intrinsic_matrix
-from vidllm.data.synthetic_questions import generate_instructions
+from vidllm.data.frames import sample_frame_ids
+from vidllm.data.scannet.annotations import load_annotations
+from vidllm.data.scannet.meta import read_ply_mesh, read_segs
+from vidllm.data.scannet.scans import load_scene
+from vidllm.data.synthetic.generate import generate_dataset, intrinsic_matrix
+from vidllm.data.synthetic.questions import generate_instructions
+from vidllm.data.synthetic.raycast import ROOM_FACES, cast_view
+from vidllm.data.synthetic.room_layout import COLORS, look_at
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from preprocessing.sampling import sample_frame_ids
 from tests.video_files import grey_level, write_grey_video
+from vidllm.data.frames import sample_frame_ids
 from vidllm.data.video import probe_video, read_video_frames, write_video
 from vidllm.errors import DataError
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from preprocessing.sampling import (
+from vidllm.data.frames import (
     ResizeCrop,
     adjust_intrinsics,
     plan_resize_crop,
@@ -14,7 +14,7 @@ from preprocessing.sampling import (
     resize_color,
     sample_frame_ids,
 )
-from vidllm.data.scannet import load_scene
+from vidllm.data.scannet.scans import load_scene
 from vidllm.losses.recon import reconstruction_targets
 
 

@@ -27,7 +27,7 @@ def train_shards(synthetic_dataset_3, tmp_path_factory):
 @pytest.fixture(scope="session")
 def teachers_and_cache(train_shards, tmp_path_factory):
     """(TeacherConfig pointing at random tiny teachers, cache dir with every feature computed)."""
-    from preprocessing.teacher_cache import build_teacher_cache, init_random_teachers
+    from vidllm.data.teacher_cache import build_teacher_cache, init_random_teachers
 
     root = tmp_path_factory.mktemp("teachers")
     teachers = init_random_teachers(tiny_config().teachers, root / "models")

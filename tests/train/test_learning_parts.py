@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vidllm.config import load_config
-from vidllm.data.shards import ShardDataset
+from vidllm.data.shards.format import ShardDataset
 from vidllm.losses.proposals import proposal_loss
 from vidllm.models.proposals import decode_proposals, recall_at_iou
 from vidllm.models.vidllm import VidLLM

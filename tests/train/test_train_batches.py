@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vidllm.data.shards import ShardDataset
+from vidllm.data.shards.format import ShardDataset
 from vidllm.tokenizer import GROUND, GROUNDING_TASKS, IMAGE, LOCATE, train_tokenizer
 from vidllm.train.batches import NO_TARGET_ANSWER, stage2_batch, train_instructions
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from vidllm.data.scannet import ScanNetScene, load_scene
+from vidllm.data.scannet.scans import ScanNetScene, load_scene
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from preprocessing.prepare import prepare_shards
+    from vidllm.data.prepare import prepare_shards
 
     overrides = list(args.overrides)
     for flag, key in (("frames", "frames"), ("short_side", "short_side"), ("jpeg_quality", "jpeg_quality"),

@@ -18,11 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vidllm.data.shards import shards_info
+    from vidllm.data.shards.format import shards_info
 
     info = shards_info(args.uri)
     if args.verify:
-        from vidllm.data.shards import verify_shards
+        from vidllm.data.shards.format import verify_shards
 
         info["verify"] = verify_shards(args.uri, progress=not args.json and sys.stderr.isatty())
     if args.json:

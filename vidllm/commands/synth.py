@@ -14,7 +14,7 @@ from vidllm.config import SynthConfig, load_config
 from vidllm.errors import VidLLMError
 
 if TYPE_CHECKING:
-    from vidllm.data.synthetic import SyntheticDataset
+    from vidllm.data.synthetic.generate import SyntheticDataset
 
 # flag -> data.synth field (argparse dest == field name)
 _FLAG_FIELDS = ("scenes", "frames", "width", "height", "depth_width", "depth_height", "seed", "min_objects",
@@ -89,7 +89,7 @@ def summarise(dataset: SyntheticDataset, cfg: SynthConfig, seconds: float) -> di
 
 
 def run(args: argparse.Namespace) -> int:
-    from vidllm.data.synthetic import generate_dataset
+    from vidllm.data.synthetic.generate import generate_dataset
 
     cfg = build_synth_config(args.recipe, args.config, args.overrides,
                              {key: getattr(args, key) for key in _FLAG_FIELDS})

@@ -50,8 +50,8 @@ def resolve_teachers(args: argparse.Namespace, cfg):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from preprocessing.teacher_cache import build_teacher_cache
     from vidllm.config import load_config
+    from vidllm.data.teacher_cache import build_teacher_cache
 
     cfg = load_config(args.recipe, args.config, args.overrides)
     teachers = resolve_teachers(args, cfg).teachers

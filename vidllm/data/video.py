@@ -1,6 +1,6 @@
 """A user's own video (.mp4, .mov, .mkv, .webm, …) → N upright frames sampled uniformly over it (PyAV).
 
-The same sampling as ScanNet clips (`preprocessing.sampling.sample_frame_ids`: first and last
+The same sampling as ScanNet clips (`vidllm.data.frames.sample_frame_ids`: first and last
 frame included, frames repeated when the video is shorter than N), so a model sees a video the
 way it saw its training clips. Only the sampled frames are converted to RGB; the video is
 demuxed once to count its frames when the container does not say, and decoded once.
@@ -99,7 +99,7 @@ def _decode_selected(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray
 
 def read_video_frames(path: str | Path, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
     """`num_frames` RGB frames uniformly over the video → (uint8 `[S,H,W,3]`, source frame indices `[S]`)."""
-    from preprocessing.sampling import sample_frame_ids
+    from vidllm.data.frames import sample_frame_ids
 
     path = Path(path)
     if num_frames < 1:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from vidllm.data.annotations import Instruction
+from vidllm.data.scannet.annotations import Instruction
 from vidllm.errors import DataError
 from vidllm.eval.captions import TokenizePreset, exact_match, raw_exact_match, score_captions
 from vidllm.eval.geometry_metrics import depth_metrics, point_cloud_metrics, pose_metrics
@@ -68,7 +68,7 @@ def load_boxes_json(path: str | Path) -> SceneBoxes:
 
 def load_boxes_from_scans(scans_dir: str | Path, scene_ids: Sequence[str]) -> SceneBoxes:
     """GT object boxes (axis-aligned world) of each scene folder `scans_dir/<scene_id>`."""
-    from vidllm.data.scannet import load_scene
+    from vidllm.data.scannet.scans import load_scene
 
     out: SceneBoxes = {}
     for scene_id in sorted(set(scene_ids)):

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vidllm.data.annotations import Instruction
+from vidllm.data.scannet.annotations import Instruction
 from vidllm.errors import DataError, VidLLMError
 from vidllm.eval import run_dir as rd
 from vidllm.eval.geometry_metrics import backproject_depth
@@ -126,7 +126,7 @@ def predict(
     the sample's depth and poses (the upper-bound ablation).
     """
     from vidllm.checkpoint import load_pretrained
-    from vidllm.data.shards import ShardDataset
+    from vidllm.data.shards.format import ShardDataset
     from vidllm.tokenizer import GROUNDING_TASKS, build_prompt
 
     if benchmark not in BENCHMARKS:

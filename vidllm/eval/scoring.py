@@ -45,7 +45,7 @@ def score_predictions(
     protocol: how predicted geometry met ScanNet's world frame; default: the predictions'
         `.meta.json`, else "unspecified". Recorded in the result either way.
     """
-    from vidllm.data.annotations import load_annotations
+    from vidllm.data.scannet.annotations import load_annotations
     from vidllm.eval import benchmarks as bm
 
     if benchmark not in BENCHMARKS:

@@ -1,6 +1,6 @@
 """Shard samples → training batches for Stage 1 and Stage 2.
 
-A shard sample is one scene clip (`vidllm.data.shards.to_torch`). Batches keep scenes and text
+A shard sample is one scene clip (`vidllm.data.shards.format.to_torch`). Batches keep scenes and text
 rows apart: `images [B, S, 3, H, W]` once per scene, and one text row per instruction with
 `scene_index [R]` pointing at its scene, so one vision pass serves several instructions.
 

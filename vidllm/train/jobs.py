@@ -30,13 +30,22 @@ from torch import Tensor, nn
 
 from vidllm.checkpoint import load_state_fitting
 from vidllm.config import VidLLMConfig, config_to_yaml
+from vidllm.data.prefetch import Prefetcher
 from vidllm.errors import DataError
 from vidllm.eval import run_dir as rd
-from vidllm.data.prefetch import Prefetcher
 from vidllm.train.batches import cycle_samples, is_training_scene, stage1_batch, stage2_batch, to_device
 from vidllm.train.loop import (
-    CHECKPOINTS_DIR, StageJob, checkpoint_name, checkpoint_problems, load_latest_intact, prune_checkpoints, remove_orphaned_checkpoint_dirs,
-    run_loop, save_checkpoint, seed_everything, step_checkpoints,
+    CHECKPOINTS_DIR,
+    StageJob,
+    checkpoint_name,
+    checkpoint_problems,
+    load_latest_intact,
+    prune_checkpoints,
+    remove_orphaned_checkpoint_dirs,
+    run_loop,
+    save_checkpoint,
+    seed_everything,
+    step_checkpoints,
 )
 
 log = logging.getLogger(__name__)
@@ -123,7 +132,7 @@ def rank_samples(shards_uri: str, rank: int, world_size: int):
     """A factory of this rank's stream of training scenes (`is_training_scene`: val/test-split
     scenes never train): whole shards per rank when there are enough shards, else every
     `world_size`-th training scene (small datasets)."""
-    from vidllm.data.shards import ShardDataset
+    from vidllm.data.shards.format import ShardDataset
 
     dataset = ShardDataset(shards_uri, rank=rank, world_size=world_size)
     if world_size == 1 or len(dataset.groups) >= world_size:
@@ -140,7 +149,7 @@ def _batched(stream: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[
 
 def stage1_setup(cfg: VidLLMConfig, shards_uri: str, cache_uri: str, init_model: str | Path | None,
                  rank: int = 0, world_size: int = 1) -> StageSetup:
-    from preprocessing.teacher_cache import feature_keys, load_teacher_features
+    from vidllm.data.teacher_cache import feature_keys, load_teacher_features
     from vidllm.train.stage1 import build_student, save_stage1_model
 
     keys = feature_keys(cache_uri, shards_uri, cfg.teachers)

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from vidllm.config import VidLLMConfig
 from vidllm.errors import DataError
 from vidllm.geometry import ground_truth_geometry
-from vidllm.losses import Stage2LossWeights, stage2_loss
 from vidllm.lora import apply_lora
+from vidllm.losses import Stage2LossWeights, stage2_loss
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Stage2Objective(nn.Module):
 
 def annotation_texts(shards_uri: str, limit: int = 20000) -> list[str]:
     """Questions, answers and descriptions from the shards' annotations (tokenizer training text)."""
-    from vidllm.data.shards import ShardDataset
+    from vidllm.data.shards.format import ShardDataset
 
     texts: list[str] = []
     for sample in ShardDataset(shards_uri):

@@ -25,7 +25,7 @@ CATEGORIES: dict[str, tuple[int, str, str, tuple[float, float, float], float]] =
     "trash can": (39, "otherprop", "trash cans", (0.35, 0.35, 0.5), 1.0),
     "refrigerator": (24, "refridgerator", "refrigerators", (0.8, 0.75, 1.8), 0.5),
 }
-# Each class has its own surface pattern kind (vidllm.data.raycast.PATTERN_*) at one period, as real
+# Each class has its own surface pattern kind (vidllm.data.synthetic.raycast.PATTERN_*) at one period, as real
 # objects of a class share an appearance: without it a class showed only as a box size, which no
 # image patch can see. One period for all classes, so distance (which rescales a period) does not
 # turn one class's pattern into another's. Colour names stay recoverable (the hue is unchanged).

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from preprocessing.teacher_cache import (
+from vidllm.data.teacher_cache import (
     build_teacher_cache, feature_keys, feature_uri, init_random_teachers, load_teacher_features, teacher_spec,
 )
 from tests.shard_fixtures import write_tiny_shards
@@ -47,8 +47,8 @@ def test_compute_then_reuse_with_zero_forward_passes(shards_and_teachers, tmp_pa
 
 
 def test_features_match_a_direct_teacher_forward(shards_and_teachers, tmp_path):
-    from preprocessing.teacher_cache import load_teacher
-    from vidllm.data.shards import ShardDataset
+    from vidllm.data.teacher_cache import load_teacher
+    from vidllm.data.shards.format import ShardDataset
 
     shards, teachers = shards_and_teachers
     cache = tmp_path / "cache"
@@ -113,7 +113,7 @@ def test_cache_on_s3_and_cli(shards_and_teachers, s3_server, capsys):
 
 def _corrupt_three_entries(cache, shards, teachers):
     """Truncate one entry, flip a payload byte of another, overwrite a third with NaN features."""
-    from preprocessing.teacher_cache import write_features
+    from vidllm.data.teacher_cache import write_features
 
     keys = [k for roles in feature_keys(str(cache), str(shards), teachers).values() for k in roles.values()]
     truncated, flipped, nan = (feature_uri(str(cache), k) for k in keys[:3])
@@ -140,7 +140,7 @@ def test_corrupt_entries_are_detected_reported_and_recomputed(shards_and_teacher
 
     unchecked = build_teacher_cache(str(shards), str(cache), teachers, progress=False, verify=False)
     assert (unchecked.repaired, unchecked.computed, unchecked.reused) == (0, 0, 4)  # keys listed only
-    with caplog.at_level("WARNING", logger="preprocessing.teacher_cache"):
+    with caplog.at_level("WARNING", logger="vidllm.data.teacher_cache"):
         summary = build_teacher_cache(str(shards), str(cache), teachers, progress=False)
     assert (summary.repaired, summary.computed, summary.reused) == (3, 3, 1)
     assert "3 repaired" in summary.line()

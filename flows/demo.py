@@ -1,6 +1,6 @@
 """`make demo`: the whole `train-full` Prefect flow on the embedded default (synthetic ScanNet-format data).
 
-    python -m vidllm.demo --out demo_out [--recipe demo] [--scenes N] [-o KEY=VALUE ...]
+    python -m flows.demo --out demo_out [--recipe demo] [--scenes N] [-o KEY=VALUE ...]
 
 Runs flows/train_full.py with an ephemeral Prefect (PREFECT_HOME under --out, a temporary local
 API server, no account or server needed) and local Ray (shard preparation; `--ray-train` also
@@ -77,8 +77,8 @@ def own_video(work: Path, max_new_tokens: int = 16) -> None:
     synthetic room's colour frames encoded as an .mp4, with no depth and no poses."""
     import numpy as np
 
-    from vidllm.data.annotations import load_annotations
-    from vidllm.data.scannet import load_scene
+    from vidllm.data.scannet.annotations import load_annotations
+    from vidllm.data.scannet.scans import load_scene
     from vidllm.data.video import write_video
     from vidllm.inference import SCENE_FRAME, VideoModel
     from vidllm.train.jobs import STAGE2_MODEL_DIR
@@ -111,7 +111,7 @@ def own_video(work: Path, max_new_tokens: int = 16) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vidllm.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
     parser.add_argument("--recipe", default="demo", help="config recipe (default demo)")

@@ -326,7 +326,7 @@ def remove_stale_temp_files(cache_uri: str, grace_seconds: float = TEMP_GRACE_SE
 
 def feature_keys(cache_uri: str, shards_uri: str, teachers: TeacherConfig) -> dict[str, dict[str, str]]:
     """{sample key: {role: cache key}} for every manifest sample (the cache need not be complete)."""
-    from vidllm.data.shards import read_manifest
+    from vidllm.data.shards.format import read_manifest
 
     specs = {role: teacher_spec(teachers, role) for role in TEACHER_ROLES}
     return {e.key: {role: spec.key(e.digest) for role, spec in specs.items()} for e in read_manifest(shards_uri)}
@@ -344,7 +344,7 @@ def build_teacher_cache(shards_uri: str, cache_uri: str, teachers: TeacherConfig
     """
     from tqdm import tqdm
 
-    from vidllm.data.shards import ShardDataset, manifest_uri, read_manifest
+    from vidllm.data.shards.format import ShardDataset, manifest_uri, read_manifest
 
     entries = read_manifest(shards_uri)
     if not entries:

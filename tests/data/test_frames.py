@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from preprocessing.sampling import (
+from vidllm.data.frames import (
     adjust_intrinsics,
     plan_resize_crop,
     resample_depth,

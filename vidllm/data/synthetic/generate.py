@@ -11,7 +11,7 @@
                                files in their published schemas, plus scannetv2_{split}.txt
     out_dir/scannetv2-labels.combined.tsv
 
-Rooms are rendered by ray casting (vidllm.data.raycast), so depth is exact and every question's
+Rooms are rendered by ray casting (vidllm.data.synthetic.raycast), so depth is exact and every question's
 answer is computed from the same geometry the video shows; objects that the sampled clip
 (`cfg.clip_frames` frames over the valid ones) never shows are removed before anything is written.
 """
@@ -19,22 +19,22 @@ answer is computed from the same geometry the video shows; objects that the samp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
 from vidllm.config import SynthConfig
-from vidllm.data import room_layout
-from vidllm.data.annotations import Instruction, load_annotations, write_annotations, write_split_lists
-from vidllm.data.raycast import ROOM_FACES, cast_view, shade
-from vidllm.data.room_layout import CATEGORIES, COLORS, ROOM_CATEGORIES, RoomLayout
-from vidllm.data.scannet_meta import apply_transform
-from vidllm.data.scannet_writers import write_aggregation, write_label_map, write_ply_mesh, write_scene_info, write_segs
-from vidllm.data.sens import write_sens
-from vidllm.data.synthetic_questions import generate_instructions
+from vidllm.data.scannet.annotations import Instruction, load_annotations, write_annotations, write_split_lists
+from vidllm.data.scannet.meta import apply_transform
+from vidllm.data.scannet.sens import write_sens
+from vidllm.data.scannet.writers import write_aggregation, write_label_map, write_ply_mesh, write_scene_info, write_segs
+from vidllm.data.synthetic import room_layout
+from vidllm.data.synthetic.questions import generate_instructions
+from vidllm.data.synthetic.raycast import ROOM_FACES, cast_view, shade
+from vidllm.data.synthetic.room_layout import CATEGORIES, COLORS, ROOM_CATEGORIES, RoomLayout
+from vidllm.data.synthetic.scene import SynthObject, SyntheticScene
 
 # A furniture piece counts as visible if, in at least one clip frame, it covers this share of the image
 # inside the border below (which `prepare`'s crop to multiples of 14 may cut away).
@@ -44,35 +44,6 @@ RENDER_VERSION = 3
 MIN_VISIBLE_FRACTION = 0.002
 CROP_BORDER_FRACTION = 0.05
 ANNOTATION_TASKS = ("scanqa", "sqa3d", "scanrefer", "multi3drefer", "nr3d", "sr3d")
-
-
-class SynthObject(NamedTuple):
-    object_id: int  # 0-based, = aggregation objectId
-    label: str  # raw ScanNet category
-    color_name: str
-    box: np.ndarray  # [6] cx,cy,cz,dx,dy,dz in the axis-aligned frame
-
-
-@dataclass
-class SyntheticScene:
-    """The generator's own ground truth for one scene."""
-
-    scene_id: str
-    split: str
-    path: Path  # the raw scan folder
-    camera_to_world: np.ndarray  # [N,4,4] world frame (before axis alignment); -inf rows = invalid
-    depths_m: np.ndarray | None  # [N,h,w] float32 metres (exact, before mm quantisation)
-    intrinsic_color: np.ndarray  # [4,4]
-    intrinsic_depth: np.ndarray  # [4,4]
-    axis_alignment: np.ndarray  # [4,4] world -> axis-aligned
-    objects: list[SynthObject]
-    room_size: np.ndarray  # [3] metres; the room spans [0, size] in the axis-aligned frame
-    invalid_frame_ids: list[int] = field(default_factory=list)
-
-    @property
-    def camera_to_aligned(self) -> np.ndarray:
-        """[N,4,4] poses in the axis-aligned frame (-inf rows stay -inf)."""
-        return np.einsum("ij,njk->nik", self.axis_alignment, self.camera_to_world)
 
 
 @dataclass
@@ -116,7 +87,7 @@ def _surface_tables(layout: RoomLayout) -> tuple[np.ndarray, ...]:
 
 def clip_frame_ids(valid_frame_ids: list[int], clip_frames: int | None) -> list[int]:
     """The frames a clip of `clip_frames` shows: spread uniformly over the valid frames, first and
-    last included (as `preprocessing.sampling.sample_frame_ids`); None = every valid frame."""
+    last included (as `vidllm.data.frames.sample_frame_ids`); None = every valid frame."""
     if clip_frames is None or clip_frames >= len(valid_frame_ids):
         return list(valid_frame_ids)
     positions = np.round(np.linspace(0, len(valid_frame_ids) - 1, clip_frames)).astype(np.int64)

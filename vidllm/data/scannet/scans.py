@@ -22,13 +22,13 @@ from typing import Protocol
 
 import numpy as np
 
-from vidllm.data.exported import (
+from vidllm.data.scannet.exported import (
     is_official_export,
     is_posed_images,
     open_official_export,
     open_posed_images,
 )
-from vidllm.data.scannet_meta import (
+from vidllm.data.scannet.meta import (
     SceneObject,
     apply_transform,
     axis_alignment_from_info,
@@ -40,7 +40,7 @@ from vidllm.data.scannet_meta import (
     read_segs,
     vertex_object_ids,
 )
-from vidllm.data.sens import SensReader
+from vidllm.data.scannet.sens import SensReader
 from vidllm.errors import DataError
 
 __all__ = ["ScanNetScene", "SceneObject", "load_scene", "scene_files"]

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from vidllm.data.scannet_writers import atomic_write_json, atomic_write_text
+from vidllm.data.scannet.writers import atomic_write_json, atomic_write_text
 from vidllm.errors import DataError
 
 TASKS = ("scanqa", "sqa3d", "scanrefer", "scan2cap", "multi3drefer", "nr3d", "sr3d")

@@ -37,10 +37,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from preprocessing.sampling import adjust_intrinsics, plan_resize_crop, resample_depth, resize_color, sample_frame_ids
+from vidllm.data.frames import adjust_intrinsics, plan_resize_crop, resample_depth, resize_color, sample_frame_ids
 from vidllm import storage
 from vidllm.config import PrepConfig
-from vidllm.data.shards import (
+from vidllm.data.shards.format import (
     DEPTH_SCALE_M,
     FORMAT_VERSION,
     SHARD_PREFIX,
@@ -151,7 +151,7 @@ def load_scene_annotations(annotations_dir: str | Path | None) -> dict[str, list
     Each record is `Instruction.to_dict()` plus `"split"` (None for Nr3D/Sr3D, whose csv
     covers all scans).
     """
-    from vidllm.data.annotations import load_annotations
+    from vidllm.data.scannet.annotations import load_annotations
 
     by_scene: dict[str, list[dict[str, Any]]] = {}
     if annotations_dir is None:
@@ -194,9 +194,9 @@ def encode_depth_png(depth_mm: np.ndarray) -> bytes:
 def build_sample(scene_path: str | Path, cfg: PrepConfig, *, label_map: str | None = None,
                  annotations: list[dict[str, Any]] | None = None, source_digest_hex: str = "",
                  input_digest_hex: str = "", report: dict[str, Any] | None = None) -> dict[str, bytes]:
-    """One scene folder → the members of its clip sample (see vidllm.data.shards). `report`, if
+    """One scene folder → the members of its clip sample (see vidllm.data.shards.format). `report`, if
     given, receives the scene's `warnings` (e.g. no instance annotations) and `dropped_frames`."""
-    from vidllm.data.scannet import load_scene
+    from vidllm.data.scannet.scans import load_scene
 
     with load_scene(scene_path, label_map=label_map) as scene:
         if report is not None:

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vidllm.data.annotations import Instruction, multi3drefer_id, sqa3d_question_type, tokenize
-from vidllm.data.room_layout import CATEGORIES, COLORS
+from vidllm.data.scannet.annotations import Instruction, multi3drefer_id, sqa3d_question_type, tokenize
+from vidllm.data.synthetic.room_layout import CATEGORIES, COLORS
 
 if TYPE_CHECKING:
-    from vidllm.data.synthetic import SyntheticScene
+    from vidllm.data.synthetic.scene import SyntheticScene
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 RATIO_MARGIN = 1.25  # "closest"/"biggest" need a 25% lead over the runner-up

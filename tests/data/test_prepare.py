@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 
-from preprocessing.prepare import CRASH_AFTER_SHARDS_ENV, config_digest, prepare_shards
+from vidllm.data.prepare import CRASH_AFTER_SHARDS_ENV, config_digest, prepare_shards
 from tests.shard_fixtures import TINY_PREP
 from vidllm import storage
 from vidllm.config import PrepConfig
-from vidllm.data.shards import ShardDataset, read_manifest, shards_info
+from vidllm.data.shards.format import ShardDataset, read_manifest, shards_info
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -120,7 +120,7 @@ def test_crashed_run_leaves_a_valid_manifest_and_the_next_run_finishes(synthetic
 
 def test_s3_end_to_end(synthetic_dataset_6, s3_server, ray_session, tmp_path):
     """Scans and annotations on S3 → shards on S3 → both readers; re-run leaves every ETag alone."""
-    from vidllm.data.ray_reader import iter_ray_batches
+    from vidllm.data.shards.ray_reader import iter_ray_batches
 
     dataset = synthetic_dataset_6
     scenes = dataset.scenes[:3]

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from vidllm import storage
-from vidllm.data.shards import (
+from vidllm.data.shards.format import (
     DEPTH_SCALE_M,
     check_shard_size,
     color_member,

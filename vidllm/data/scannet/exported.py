@@ -5,7 +5,7 @@
 - `posed_images/<scene>/` (EmbodiedScan / Video-3D-LLM): `%05d.jpg`, `%05d.png`, `%05d.txt`,
   `intrinsic.txt` (colour K) and `depth_intrinsic.txt` in one flat folder.
 
-Both expose the same small interface as `SensFrameSource` in `vidllm.data.scannet`: all frame ids,
+Both expose the same small interface as `SensFrameSource` in `vidllm.data.scannet.scans`: all frame ids,
 their poses, intrinsics, image sizes, and per-frame colour / raw depth reads.
 """
 
