@@ -57,11 +57,12 @@ def goals(table: dict[str, dict[str, float | None]]) -> dict[str, dict]:
 
 
 def main() -> None:
+    from vidllm.config import add_config_options
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default="learning")
+    add_config_options(parser, recipe="learning", recipe_help="config recipe (default: learning)")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS)
     parser.add_argument("--out", default="benchmark_learning", help="work directory (reused across runs)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
 
     import logging
@@ -72,7 +73,8 @@ def main() -> None:
 
     start = time.monotonic()
     variants = [v for v in args.variants.split(",") if v]
-    result = run_ablation(args.recipe, variants, args.out, overrides=args.overrides, progress=False)
+    result = run_ablation(args.recipe, variants, args.out, overrides=args.overrides, yaml_path=args.config,
+                          progress=False)
     table = {name: entry["table"] for name, entry in result["variants"].items()}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1]).stdout.strip()

@@ -32,7 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def build(recipe: str, batch_size: int, instructions: int, overrides: list[str], root: Path):
+def build(recipe: str, batch_size: int, instructions: int, overrides: list[str], root: Path,
+          config_path: str | None = None):
     """(objective factory(share) → Stage2Objective, batch, cfg) on generated train-split scenes."""
     import torch
 
@@ -44,7 +45,7 @@ def build(recipe: str, batch_size: int, instructions: int, overrides: list[str],
     from vidllm.train.batches import is_training_scene, stage2_batch
     from vidllm.train.stage2 import Stage2Objective, build_stage2_model
 
-    cfg = load_config(recipe, overrides=[f"train.instructions_per_scene={instructions}", *overrides])
+    cfg = load_config(recipe, config_path, overrides=[f"train.instructions_per_scene={instructions}", *overrides])
     shards = root / "shards"
     if not (shards / "manifest.parquet").exists():
         dataset = generate_dataset(root / "scannet", cfg.data.synth, progress=False)
@@ -156,7 +157,7 @@ def _child(args_json: str) -> None:
     args = json.loads(args_json)
     torch.set_num_threads(args["threads"])
     objective, batch, _, _ = build(args["recipe"], args["batch_size"], args["instructions"], args["overrides"],
-                                   Path(args["root"]))
+                                   Path(args["root"]), args["config"])
     step = step_fn(objective(args["share"]), batch)
     import psutil
 
@@ -180,14 +181,15 @@ def _child(args_json: str) -> None:
 
 
 def main() -> None:
+    from vidllm.config import add_config_options
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default="demo", help="recipe (default: demo)")
+    add_config_options(parser, recipe="demo", recipe_help="recipe (default: demo)",
+                       set_help="config override, repeatable (e.g. train.loss_weights.point=0)")
     parser.add_argument("--batch-size", type=int, default=1, help="scenes per step (default: 1)")
     parser.add_argument("--instructions", type=int, default=32, help="instructions per scene (default: 32)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default: 5)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, repeatable (e.g. train.loss_weights.point=0)")
     parser.add_argument("--no-memory", action="store_true", help="skip the child-process memory measurement")
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -200,7 +202,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="vidllm-bench-stage2-") as tmp:
         root = Path(tmp)
-        objective, batch, cfg, model = build(args.recipe, args.batch_size, args.instructions, args.overrides, root)
+        objective, batch, cfg, model = build(args.recipe, args.batch_size, args.instructions, args.overrides, root,
+                                             args.config)
         rows = int(batch["input_ids"].shape[0])
         text_tokens = int(batch["attention_mask"].sum())
         paths = {"shared": objective(True), "spliced": objective(False)}
@@ -244,7 +247,7 @@ def main() -> None:
         result["flop_ratio_spliced_over_shared"] = round(flops["spliced"] / flops["shared"], 3)
         if not args.no_memory:
             for name, share in (("shared", True), ("spliced", False)):
-                payload = json.dumps({"recipe": args.recipe, "batch_size": args.batch_size,
+                payload = json.dumps({"recipe": args.recipe, "config": args.config, "batch_size": args.batch_size,
                                       "instructions": args.instructions, "overrides": args.overrides,
                                       "root": str(root), "share": share, "threads": args.threads})
                 out = subprocess.run([sys.executable, __file__, "--_child", payload], check=True,

@@ -1,6 +1,6 @@
 """Time the `train-full` Prefect flow: a cold run (every step runs) and a warm re-run (every step skips).
 
-    python benchmarks/train_full_flow.py [--recipe tiny] [-o KEY=VALUE ...]
+    python benchmarks/train_full_flow.py [--recipe tiny] [--config YAML] [-o KEY=VALUE ...]
 
 Runs flows/train_full.py twice in this process with an ephemeral Prefect (PREFECT_HOME in a
 temporary folder; the temporary API server starts once) on synthetic data, METEOR off.
@@ -20,10 +20,11 @@ from pathlib import Path
 
 
 def main() -> None:
+    from vidllm.config import add_config_options
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default="tiny", help="config recipe (default tiny)")
-    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override (repeatable)")
+    add_config_options(parser, recipe="tiny", recipe_help="config recipe (default tiny)",
+                       set_aliases=("-o", "--override"), set_help="config override (repeatable)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="vidllm-bench-flow-") as tmp:
@@ -35,8 +36,8 @@ def main() -> None:
         runs = []
         for _ in range(2):
             start = time.perf_counter()
-            results = train_full(recipe=args.recipe, overrides=args.override, work_dir=str(Path(tmp) / "work"),
-                                 meteor=False)
+            results = train_full(recipe=args.recipe, config_path=args.config, overrides=args.overrides,
+                                 work_dir=str(Path(tmp) / "work"), meteor=False)
             runs.append((time.perf_counter() - start, results))
     (cold_s, cold), (warm_s, warm) = runs
     print(json.dumps({

@@ -42,10 +42,10 @@ def main() -> None:
     import numpy as np
     import torch
 
+    from vidllm.artifacts.run_dir import read_train_log
     from vidllm.config import load_config
     from vidllm.data.synthetic.generate import generate_dataset
     from vidllm.data.teacher_cache import build_teacher_cache, init_random_teachers
-    from vidllm.eval.run_dir import read_train_log
     from vidllm.train import train_stage1, train_stage2
 
     torch.set_num_threads(args.threads)

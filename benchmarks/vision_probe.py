@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vidllm.checkpoint import load_pretrained  # noqa: E402
+from vidllm.artifacts.model_dir import load_pretrained  # noqa: E402
 from vidllm.data.shards.format import ShardDataset  # noqa: E402
 from vidllm.geometry import ground_truth_geometry  # noqa: E402
 from vidllm.losses import reconstruction_targets  # noqa: E402

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import os
+import platform
 import statistics
 import time
 
@@ -39,6 +39,7 @@ def main() -> None:
 
     from vidllm.config import load_config
     from vidllm.lora import apply_lora
+    from vidllm.losses import vl_loss
     from vidllm.models.vidllm import VidLLM
     from vidllm.plan import plan_model
     from vidllm.tokenizer import EOS, SpecialTokenIds, build_prompt, train_tokenizer
@@ -64,7 +65,7 @@ def main() -> None:
         out = model(None, enc["input_ids"], enc["attention_mask"], labels, vision=vision,
                     scene_index=torch.tensor([0, 0]))
         recon = out["recon"]
-        loss = out["loss"] + recon["depth"].mean() + recon["pose_enc"].square().mean()
+        loss = vl_loss(out)["total"] + recon["depth"].mean() + recon["pose_enc"].square().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

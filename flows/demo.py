@@ -1,6 +1,6 @@
 """`make demo`: the whole `train-full` Prefect flow on the embedded default (synthetic ScanNet-format data).
 
-    python -m flows.demo --out demo_out [--recipe demo] [--scenes N] [-o KEY=VALUE ...]
+    python -m flows.demo --out demo_out [--recipe demo] [--config YAML] [--scenes N] [-o KEY=VALUE ...]
 
 Runs flows/train_full.py with an ephemeral Prefect (PREFECT_HOME under --out, a temporary local
 API server, no account or server needed) and local Ray (shard preparation; `--ray-train` also
@@ -45,17 +45,17 @@ def use_ephemeral_prefect(home: Path) -> None:
 
 
 def run_demo(out: Path, recipe: str = "demo", scenes: int | None = None, overrides: list[str] | None = None,
-             *, meteor: bool = True, ray_train: bool = False) -> dict[str, Any]:
+             *, config_path: str | None = None, meteor: bool = True, ray_train: bool = False) -> dict[str, Any]:
     out = Path(out).absolute()
     use_ephemeral_prefect(out / "prefect_home")
     from flows.train_full import train_full
     from vidllm.ablate import ABLATION_FILE, format_table
-    from vidllm.eval import run_dir as rd
+    from vidllm.artifacts import run_dir as rd
     from vidllm.eval.evaluate import format_metrics_table
 
     start = time.monotonic()
-    results = train_full(recipe=recipe, overrides=list(overrides or []), work_dir=str(out), synth_scenes=scenes,
-                         meteor=meteor, use_ray_train=ray_train)
+    results = train_full(recipe=recipe, config_path=config_path, overrides=list(overrides or []), work_dir=str(out),
+                         synth_scenes=scenes, meteor=meteor, use_ray_train=ray_train)
     run_dir = out / "run"
     print(f"\n== train-full on the {recipe} recipe: {time.monotonic() - start:.0f} s")
     for step, result in results.items():
@@ -110,19 +110,26 @@ def own_video(work: Path, max_new_tokens: int = 16) -> None:
           f"{video} … --model {work / 'run' / STAGE2_MODEL_DIR}`)")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    from vidllm.config import add_config_options
+
     parser = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
-    parser.add_argument("--recipe", default="demo", help="config recipe (default demo)")
+    add_config_options(parser, recipe="demo", recipe_help="config recipe (default demo)",
+                       set_aliases=("-o", "--override"),
+                       set_help="config override, e.g. -o train.stage2.steps=60 (repeatable)")
     parser.add_argument("--scenes", type=int, default=None, help="number of synthetic scenes (default: recipe, demo 6)")
-    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. -o train.stage2.steps=60 (repeatable)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR in the caption scores (no Java start)")
     parser.add_argument("--ray-train", action="store_true",
                         help="run both training stages as Ray Train jobs on local Ray (default: single process)")
-    args = parser.parse_args(argv)
-    run_demo(args.out, args.recipe, args.scenes, args.override, meteor=not args.no_meteor, ray_train=args.ray_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run_demo(args.out, args.recipe, args.scenes, args.overrides, config_path=args.config, meteor=not args.no_meteor,
+             ray_train=args.ray_train)
     return 0
 
 

@@ -1,14 +1,18 @@
 """The `train-full` steps without Prefect: each calls one library function, or skips when its outputs are valid.
 
+Which steps there are, in which order, what each reads and writes: the table in `flows/pipeline.py`,
+which names the `run_*` function of each step here.
+
 A step is valid when RUN_DIR/steps/<step>.done.json holds the step's current digest AND its
 outputs are still there (manifest entries, cache keys, model weights, metrics, report). Digests
-chain: each step's digest covers its own config section plus the digest of the step it reads
-from, so editing a training parameter re-runs stage-1 onwards and leaves the shards and the
-teacher cache alone. A training stage that re-runs with a new digest starts from scratch (its
+chain: each step's digest covers its own config section plus the digest of the step that wrote
+its inputs (`StepInputs.upstream`), so editing a training parameter re-runs stage-1 onwards and
+leaves the shards and the teacher cache alone. A training stage that re-runs with a new digest starts from scratch (its
 old checkpoints are removed); one interrupted with the same digest resumes from its checkpoint.
 
-Prefect (`flows/train_full.py`) wraps each `run_*` function in a task; `flows.demo` and the
-tests may call them directly.
+`run_or_skip` is the one skip rule of every step but pretrain, whose miniatures carry their own
+config digest (`vidllm.pretrain.pretrain_teachers` reuses them, for the CLI and `vidllm ablate` too).
+Prefect (`flows/train_full.py`) runs each `run_*` function as a task; the tests may call them directly.
 """
 
 from __future__ import annotations
@@ -26,15 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vidllm import storage
-from vidllm.checkpoint import has_weights
+from vidllm.artifacts import run_dir as rd
+from vidllm.artifacts import storage
+from vidllm.artifacts.model_dir import has_weights
 from vidllm.config import VidLLMConfig, digest
 from vidllm.errors import DataError, VidLLMError
-from vidllm.eval import run_dir as rd
 
 log = logging.getLogger(__name__)
 
-STEPS = ("synth", "prepare", "pretrain", "teachers", "stage-1", "stage-2", "evaluate", "report")
 STEPS_DIR = "steps"
 SUMMARY_FILE = "flow_summary.json"
 LOCK_FILE = ".train-full.lock"
@@ -88,6 +91,11 @@ class Paths:
     def scans_uri(self) -> str:
         return storage.join(self.data_uri, "scans") if self.synthetic else self.data_uri
 
+    def locations(self) -> dict[str, str]:
+        """The places the pipeline table's inputs and outputs are named by ({data}, {shards}, ...)."""
+        return {"data": self.data_uri, "shards": self.shards_uri, "cache": self.cache_uri,
+                "teachers": str(self.teachers_dir), "run": str(self.run_dir)}
+
 
 @dataclass
 class StepResult:
@@ -100,6 +108,30 @@ class StepResult:
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.step, "status": self.status, "digest": self.digest, "seconds": round(self.seconds, 2),
                 "outputs": self.outputs}
+
+
+@dataclass
+class StepInputs:
+    """What a step's `run_*` function is called with."""
+
+    cfg: VidLLMConfig
+    paths: Paths
+    upstream: str | None = None  # digest of the step of this run that produced its inputs (None: none did)
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)  # earlier steps' StepResult.to_dict()
+    split: str | None = "val"  # None = every split
+    benchmarks: list[str] | None = None  # None = every benchmark `evaluate` scores by default
+    meteor: bool = True
+    use_ray: bool = False  # the training stages as Ray Train jobs
+    progress: bool = False
+
+    def output(self, step: str, key: str) -> Any:
+        """`key` of the outputs of an earlier step of this run; None when that step is not in the run."""
+        return (self.results.get(step) or {}).get("outputs", {}).get(key)
+
+    def benchmark_names(self) -> list[str]:
+        from vidllm.eval.benchmarks import registry
+
+        return list(self.benchmarks or registry.names())
 
 
 def _absolute(uri: str | Path) -> str:
@@ -176,8 +208,9 @@ def _marked(run_dir: Path, step: str, step_digest: str) -> bool:
     return marker is not None and marker.get("digest") == step_digest
 
 
-def _run_or_skip(step: str, paths: Paths, step_digest: str, outputs_valid: Callable[[], bool],
-                 work: Callable[[], dict[str, Any]]) -> StepResult:
+def run_or_skip(step: str, paths: Paths, step_digest: str, outputs_valid: Callable[[], bool],
+                work: Callable[[], dict[str, Any]]) -> StepResult:
+    """Skip when the step's marker holds `step_digest` and `outputs_valid()`, else run `work` and mark the step."""
     start = time.monotonic()
     if _marked(paths.run_dir, step, step_digest) and outputs_valid():
         marker = read_marker(paths.run_dir, step) or {}
@@ -197,8 +230,9 @@ def synth_digest(cfg: VidLLMConfig) -> str:
     return digest("synth", cfg.data.synth, RENDER_VERSION)
 
 
-def run_synth(cfg: VidLLMConfig, paths: Paths, progress: bool = False) -> StepResult:
+def run_synth(inputs: StepInputs) -> StepResult:
     """Generate the synthetic ScanNet-format dataset into paths.data_uri (only when no dataset is given)."""
+    cfg, paths = inputs.cfg, inputs.paths
     step_digest = synth_digest(cfg)
     data = Path(paths.data_uri)
 
@@ -211,11 +245,11 @@ def run_synth(cfg: VidLLMConfig, paths: Paths, progress: bool = False) -> StepRe
         # A different config writes a different dataset: start from an empty folder so no old scene survives.
         if data.exists():
             shutil.rmtree(data)
-        dataset = generate_dataset(data, cfg.data.synth, progress=progress, keep_depths=False)
+        dataset = generate_dataset(data, cfg.data.synth, progress=inputs.progress, keep_depths=False)
         return {"scenes": len(dataset.scenes), "splits": {k: len(v) for k, v in dataset.splits.items()},
                 "instructions": {k: len(v) for k, v in dataset.instructions.items()}}
 
-    return _run_or_skip("synth", paths, step_digest, valid, work)
+    return run_or_skip("synth", paths, step_digest, valid, work)
 
 
 def prepare_digest(cfg: VidLLMConfig, paths: Paths, upstream: str | None) -> str:
@@ -224,12 +258,13 @@ def prepare_digest(cfg: VidLLMConfig, paths: Paths, upstream: str | None) -> str
     return digest("prepare", paths.data_uri, paths.annotations_uri, config_digest(cfg.data.prep), upstream)
 
 
-def run_prepare(cfg: VidLLMConfig, paths: Paths, upstream: str | None, progress: bool = False) -> StepResult:
+def run_prepare(inputs: StepInputs) -> StepResult:
     """`vidllm.data.prepare.prepare_shards` (itself idempotent per scene) → shards + manifest."""
     from vidllm.data.prepare import config_digest
     from vidllm.data.shards.format import read_manifest
 
-    step_digest = prepare_digest(cfg, paths, upstream)
+    cfg, paths = inputs.cfg, inputs.paths
+    step_digest = prepare_digest(cfg, paths, inputs.upstream)
     prep_digest = config_digest(cfg.data.prep)
 
     def valid() -> bool:
@@ -242,7 +277,7 @@ def run_prepare(cfg: VidLLMConfig, paths: Paths, upstream: str | None, progress:
         from vidllm.data.prepare import prepare_shards
 
         summary = prepare_shards(paths.scans_uri, paths.annotations_uri, paths.shards_uri, cfg.data.prep,
-                                 label_map=paths.label_map, progress=progress)
+                                 label_map=paths.label_map, progress=inputs.progress)
         if summary.failed:
             causes = "; ".join(f"{scene}: {cause}" for scene, cause in summary.failed.items())
             raise VidLLMError(f"prepare: {len(summary.failed)} scene(s) failed: {causes}")
@@ -252,25 +287,27 @@ def run_prepare(cfg: VidLLMConfig, paths: Paths, upstream: str | None, progress:
         return {"samples": len(entries), "written": len(summary.ok), "reused": len(summary.skipped),
                 "shards_uri": paths.shards_uri}
 
-    return _run_or_skip("prepare", paths, step_digest, valid, work)
+    return run_or_skip("prepare", paths, step_digest, valid, work)
 
 
 def resolve_teachers(cfg: VidLLMConfig, paths: Paths) -> VidLLMConfig:
     """cfg with unset teachers filled (`vidllm.pretrain.fill_teachers`: the miniatures with
-    teachers.miniatures, else random-init ones) from WORK_DIR/teachers."""
+    teachers.miniatures, else random-init ones) from WORK_DIR/teachers. The steps from `teachers` on
+    see this config (it sets teachers.* and, with the miniatures, model.init.vggt)."""
     from vidllm.pretrain import fill_teachers
 
     return fill_teachers(cfg, paths.teachers_dir)
 
 
-def run_pretrain(cfg: VidLLMConfig, paths: Paths, progress: bool = False) -> StepResult:
+def run_pretrain(inputs: StepInputs) -> StepResult:
     """`vidllm.pretrain.pretrain_teachers` → WORK_DIR/teachers/miniature (teachers.miniatures only).
 
     Its own manifest digest decides: present miniatures of the same config are reused, not retrained."""
     from vidllm.pretrain import MINIATURE_DIR, config_digest, pretrain_teachers
 
+    cfg, paths = inputs.cfg, inputs.paths
     start = time.monotonic()
-    made = pretrain_teachers(cfg, paths.teachers_dir / MINIATURE_DIR, progress=progress)
+    made = pretrain_teachers(cfg, paths.teachers_dir / MINIATURE_DIR, progress=inputs.progress)
     outputs = {k: made[k] for k in ("vggt", "geometry", "semantic")} | {"metrics": made.get("metrics", {})}
     return StepResult("pretrain", "skipped" if made["reused"] else "ran", config_digest(cfg),
                       time.monotonic() - start, outputs)
@@ -286,11 +323,12 @@ def teachers_digest(cfg: VidLLMConfig, upstream: str) -> str:
     return digest("teachers", specs, cfg.teachers.frames_per_batch, upstream)
 
 
-def run_teachers(cfg: VidLLMConfig, paths: Paths, upstream: str, progress: bool = False) -> StepResult:
+def run_teachers(inputs: StepInputs) -> StepResult:
     """`vidllm.data.teacher_cache.build_teacher_cache`: present keys are never recomputed."""
     from vidllm.data.teacher_cache import feature_keys, feature_uri
 
-    step_digest = teachers_digest(cfg, upstream)
+    cfg, paths = inputs.cfg, inputs.paths
+    step_digest = teachers_digest(cfg, inputs.upstream)
 
     def valid() -> bool:
         keys = feature_keys(paths.cache_uri, paths.shards_uri, cfg.teachers)
@@ -300,11 +338,11 @@ def run_teachers(cfg: VidLLMConfig, paths: Paths, upstream: str, progress: bool 
     def work() -> dict[str, Any]:
         from vidllm.data.teacher_cache import build_teacher_cache
 
-        summary = build_teacher_cache(paths.shards_uri, paths.cache_uri, cfg.teachers, progress=progress)
+        summary = build_teacher_cache(paths.shards_uri, paths.cache_uri, cfg.teachers, progress=inputs.progress)
         return {"samples": summary.samples, "computed": summary.computed, "reused": summary.reused,
                 "forward_passes": summary.forward_passes, "cache_uri": paths.cache_uri}
 
-    return _run_or_skip("teachers", paths, step_digest, valid, work)
+    return run_or_skip("teachers", paths, step_digest, valid, work)
 
 
 def _train_section(cfg: VidLLMConfig, drop: str) -> dict[str, Any]:
@@ -325,7 +363,7 @@ def _fresh_or_resume(paths: Paths, step: str, stage: str, step_digest: str, mode
     """Keep checkpoints only if they were written for this exact digest (resume after an interruption)."""
     started = read_marker(paths.run_dir, step, "started")
     if started is None or started.get("digest") != step_digest:
-        from vidllm.train.loop import CHECKPOINTS_DIR
+        from vidllm.train.checkpoint import CHECKPOINTS_DIR
 
         for stale in (paths.run_dir / CHECKPOINTS_DIR / stage, model_dir):
             if stale.exists():
@@ -334,48 +372,50 @@ def _fresh_or_resume(paths: Paths, step: str, stage: str, step_digest: str, mode
         write_marker(paths.run_dir, step, step_digest, kind="started")
 
 
-def run_stage1(cfg: VidLLMConfig, paths: Paths, upstream: str, *, use_ray: bool = False,
-               progress: bool = False) -> StepResult:
+def run_stage1(inputs: StepInputs) -> StepResult:
     """`vidllm.train.train_stage1` → RUN_DIR/stage1_model."""
     from vidllm.train.jobs import STAGE1_MODEL_DIR
 
-    step_digest = stage1_digest(cfg, upstream)
+    cfg, paths = inputs.cfg, inputs.paths
+    step_digest = stage1_digest(cfg, inputs.upstream)
     model_dir = paths.run_dir / STAGE1_MODEL_DIR
 
     def work() -> dict[str, Any]:
         from vidllm.train import train_stage1
 
         _fresh_or_resume(paths, "stage-1", "stage1", step_digest, model_dir)
-        result = train_stage1(cfg, paths.shards_uri, paths.cache_uri, paths.run_dir, use_ray=use_ray,
-                              progress=progress)
+        result = train_stage1(cfg, paths.shards_uri, paths.cache_uri, paths.run_dir, use_ray=inputs.use_ray,
+                              progress=inputs.progress)
         return {"model_dir": str(result.model_dir), "steps": result.steps, "final_losses": result.final_losses}
 
-    return _run_or_skip("stage-1", paths, step_digest, lambda: has_weights(model_dir), work)
+    return run_or_skip("stage-1", paths, step_digest, lambda: has_weights(model_dir), work)
 
 
-def run_stage2(cfg: VidLLMConfig, paths: Paths, upstream: str, init_model: str | None, *, use_ray: bool = False,
-               progress: bool = False) -> StepResult:
-    """`vidllm.train.train_stage2` from the stage-1 model (None: the config's sources alone) → RUN_DIR/model."""
+def run_stage2(inputs: StepInputs) -> StepResult:
+    """`vidllm.train.train_stage2` from this run's stage-1 model (none: the config's sources) → RUN_DIR/model."""
     from vidllm.train.jobs import STAGE2_MODEL_DIR
 
-    step_digest = stage2_digest(cfg, upstream)
+    cfg, paths = inputs.cfg, inputs.paths
+    init_model = inputs.output("stage-1", "model_dir")
+    step_digest = stage2_digest(cfg, inputs.upstream)
     model_dir = paths.run_dir / STAGE2_MODEL_DIR
 
     def work() -> dict[str, Any]:
         from vidllm.train import train_stage2
 
         _fresh_or_resume(paths, "stage-2", "stage2", step_digest, model_dir)
-        result = train_stage2(cfg, paths.shards_uri, paths.run_dir, init_model=init_model, use_ray=use_ray,
-                              progress=progress)
+        result = train_stage2(cfg, paths.shards_uri, paths.run_dir, init_model=init_model, use_ray=inputs.use_ray,
+                              progress=inputs.progress)
         return {"model_dir": str(result.model_dir), "steps": result.steps, "final_losses": result.final_losses}
 
-    return _run_or_skip("stage-2", paths, step_digest, lambda: has_weights(model_dir), work)
+    return run_or_skip("stage-2", paths, step_digest, lambda: has_weights(model_dir), work)
 
 
-def run_evaluate(cfg: VidLLMConfig, paths: Paths, upstream: str, model_dir: str, *, split: str | None,
-                 benchmarks: list[str], meteor: bool) -> StepResult:
-    """`vidllm.eval.evaluate.evaluate_run`: predictions + scores of every benchmark → RUN_DIR/metrics.json."""
-    step_digest = digest("evaluate", cfg.eval, split, sorted(benchmarks), meteor, upstream)
+def run_evaluate(inputs: StepInputs) -> StepResult:
+    """`vidllm.eval.evaluate.evaluate_run` of the stage-2 model: predictions + scores → RUN_DIR/metrics.json."""
+    cfg, paths, split, meteor = inputs.cfg, inputs.paths, inputs.split, inputs.meteor
+    benchmarks, model_dir = inputs.benchmark_names(), inputs.output("stage-2", "model_dir")
+    step_digest = digest("evaluate", cfg.eval, split, sorted(benchmarks), meteor, inputs.upstream)
     metrics_path = paths.run_dir / rd.METRICS_FILE
 
     def valid() -> bool:
@@ -394,16 +434,17 @@ def run_evaluate(cfg: VidLLMConfig, paths: Paths, upstream: str, model_dir: str,
                                proposals=cfg.eval.proposals)
         return {"metrics": str(metrics_path), "scored": list(summary.metrics), "skipped": summary.skipped}
 
-    return _run_or_skip("evaluate", paths, step_digest, valid, work)
+    return run_or_skip("evaluate", paths, step_digest, valid, work)
 
 
-def run_control(cfg: VidLLMConfig, paths: Paths, upstream: str, init_model: str | None, *, split: str | None,
-                benchmarks: list[str], meteor: bool) -> StepResult:
+def run_control(inputs: StepInputs) -> StepResult:
     """`vidllm.ablate.blind_control`: the blind Stage 2 beside the run → RUN_DIR/ablation.json (full vs blind)."""
     from vidllm.ablate import ABLATION_FILE
 
+    cfg, paths, split, meteor = inputs.cfg, inputs.paths, inputs.split, inputs.meteor
+    benchmarks, init_model = inputs.benchmark_names(), inputs.output("stage-1", "model_dir")
     step_digest = digest("control", cfg.model, _train_section(cfg, "stage1"), cfg.eval, split, sorted(benchmarks),
-                         meteor, upstream)
+                         meteor, inputs.upstream)
 
     def work() -> dict[str, Any]:
         from vidllm.ablate import blind_control
@@ -413,12 +454,13 @@ def run_control(cfg: VidLLMConfig, paths: Paths, upstream: str, init_model: str 
                                benchmarks=benchmarks, meteor=meteor)
         return {"ablation": str(paths.run_dir / ABLATION_FILE), "table": result["variants"]}
 
-    return _run_or_skip("control", paths, step_digest, lambda: (paths.run_dir / ABLATION_FILE).is_file(), work)
+    return run_or_skip("control", paths, step_digest, lambda: (paths.run_dir / ABLATION_FILE).is_file(), work)
 
 
-def run_report(paths: Paths, upstream: str) -> StepResult:
+def run_report(inputs: StepInputs) -> StepResult:
     """`vidllm.eval.report.build_report` → RUN_DIR/report.md, report.html, plots/."""
-    step_digest = digest("report", upstream)
+    paths = inputs.paths
+    step_digest = digest("report", inputs.upstream)
     report_md, report_html = paths.run_dir / rd.REPORT_MD, paths.run_dir / rd.REPORT_HTML
 
     def work() -> dict[str, Any]:
@@ -427,7 +469,7 @@ def run_report(paths: Paths, upstream: str) -> StepResult:
         report = build_report(paths.run_dir)
         return {"markdown": str(report.markdown), "html": str(report.html), "plots": [str(p) for p in report.plots]}
 
-    return _run_or_skip("report", paths, step_digest, lambda: report_md.is_file() and report_html.is_file(), work)
+    return run_or_skip("report", paths, step_digest, lambda: report_md.is_file() and report_html.is_file(), work)
 
 
 def write_summary(paths: Paths, results: list[dict[str, Any]]) -> Path:

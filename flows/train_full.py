@@ -1,7 +1,8 @@
 """Prefect flow `train-full`: (synth →) prepare → (pretrain →) teachers → stage-1 → stage-2 → evaluate → report.
 
-A thin shell: every task calls one function of `flows.steps`, which calls one library function
-and skips when its outputs are already valid (see flows/steps.py). Run it
+A thin loop over the step table `flows.pipeline.PIPELINE` (dvc.yaml is generated from the same
+table): each step is a task calling its function of `flows.steps`, which calls one library function
+or skips when its outputs are already valid (see flows/steps.py). Run it
 
 - directly:            python -m flows.train_full --recipe tiny --work-dir runs/tiny
 - as a deployment:     prefect deploy --name default   (prefect.yaml), then
@@ -24,13 +25,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.states import Completed
 
-from flows import steps
-from vidllm import storage
-from vidllm.config import VidLLMConfig, load_config
+from flows import pipeline, steps
+from vidllm.artifacts import run_dir as rd
+from vidllm.artifacts import storage
+from vidllm.config import add_config_options, load_config
 from vidllm.errors import VidLLMError
-from vidllm.eval import run_dir as rd
-from vidllm.eval.evaluate import EVAL_BENCHMARKS
-from vidllm.train.loop import CHECKPOINTS_DIR
+from vidllm.train.checkpoint import CHECKPOINTS_DIR
 
 
 def _task_runner():
@@ -83,53 +83,17 @@ def _state(result: steps.StepResult):
     return data
 
 
-@task(name="synth", **_io_task)
-def synth_task(cfg: VidLLMConfig, paths: steps.Paths):
-    return _state(steps.run_synth(cfg, paths))
+def _step_task(step: pipeline.Step):
+    """The Prefect task of one table step: I/O steps retry transient failures (`_io_task`), the others run once."""
+    def run_step(inputs: steps.StepInputs):
+        return _state(step.run(inputs))
+
+    # Prefect keys a task by its function's name: one name per step keeps their task runs apart.
+    run_step.__name__ = run_step.__qualname__ = f"{step.name.replace('-', '')}_task"
+    return task(name=step.name, **(_io_task if step.io else _task))(run_step)
 
 
-@task(name="prepare", **_io_task)
-def prepare_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str | None):
-    return _state(steps.run_prepare(cfg, paths, upstream))
-
-
-@task(name="pretrain", **_task)
-def pretrain_task(cfg: VidLLMConfig, paths: steps.Paths):
-    return _state(steps.run_pretrain(cfg, paths))
-
-
-@task(name="teachers", **_io_task)
-def teachers_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str):
-    return _state(steps.run_teachers(cfg, paths, upstream))
-
-
-@task(name="stage-1", **_task)
-def stage1_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str, use_ray: bool):
-    return _state(steps.run_stage1(cfg, paths, upstream, use_ray=use_ray))
-
-
-@task(name="stage-2", **_task)
-def stage2_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str, init_model: str | None, use_ray: bool):
-    return _state(steps.run_stage2(cfg, paths, upstream, init_model, use_ray=use_ray))
-
-
-@task(name="evaluate", **_task)
-def evaluate_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str, model_dir: str, split: str | None,
-                  benchmarks: list[str], meteor: bool):
-    return _state(steps.run_evaluate(cfg, paths, upstream, model_dir, split=split, benchmarks=benchmarks,
-                                     meteor=meteor))
-
-
-@task(name="control", **_task)
-def control_task(cfg: VidLLMConfig, paths: steps.Paths, upstream: str, init_model: str | None, split: str | None,
-                 benchmarks: list[str], meteor: bool):
-    return _state(steps.run_control(cfg, paths, upstream, init_model, split=split, benchmarks=benchmarks,
-                                    meteor=meteor))
-
-
-@task(name="report", **_io_task)
-def report_task(paths: steps.Paths, upstream: str):
-    return _state(steps.run_report(paths, upstream))
+TASKS = {step.name: _step_task(step) for step in pipeline.PIPELINE}
 
 
 def _run(task_fn, *args, timeout_s: float | None = None) -> dict[str, Any]:
@@ -212,40 +176,18 @@ def train_full(
                 paths.shards_uri, paths.cache_uri)
 
     with steps.work_dir_lock(paths):
-        results: dict[str, dict[str, Any]] = {}
-
-        def record(result: dict[str, Any]) -> dict[str, Any]:
-            results[result["step"]] = result
+        def call(step: pipeline.Step, inputs: steps.StepInputs) -> dict[str, Any]:
+            result = _run(TASKS[step.name], inputs, timeout_s=io_timeout_s if step.io else None)
             logger.info("%-9s %-7s %.1f s", result["step"], result["status"], result["seconds"])
             return result
 
-        synth_digest = None
-        if paths.synthetic:
-            synth_digest = record(_run(synth_task, cfg, paths, timeout_s=io_timeout_s))["digest"]
-        prepared = record(_run(prepare_task, cfg, paths, synth_digest, timeout_s=io_timeout_s))
-        if cfg.train.single_stage:  # the no-Stage-1 ablation: no teachers, Stage 2 from the config's sources
-            logger.info("train.single_stage: skipping teachers and stage 1")
-            stage2 = record(_run(stage2_task, cfg, paths, prepared["digest"], None, use_ray_train))
-        else:
-            if cfg.teachers.miniatures:  # the miniature foundation models, trained once then reused
-                record(_run(pretrain_task, cfg, paths))
-            cfg = steps.resolve_teachers(cfg, paths)
-            cached = record(_run(teachers_task, cfg, paths, prepared["digest"], timeout_s=io_timeout_s))
-            stage1 = record(_run(stage1_task, cfg, paths, cached["digest"], use_ray_train))
-            stage2 = record(_run(stage2_task, cfg, paths, stage1["digest"], stage1["outputs"]["model_dir"],
-                                    use_ray_train))
-        evaluated = record(_run(evaluate_task, cfg, paths, stage2["digest"], stage2["outputs"]["model_dir"],
-                                     None if split == "all" else split, list(benchmarks or EVAL_BENCHMARKS), meteor))
-        upstream = evaluated["digest"]
-        if cfg.eval.blind_control:  # the control every learning claim is measured against
-            init = None if cfg.train.single_stage else stage1["outputs"]["model_dir"]
-            upstream = record(_run(control_task, cfg, paths, upstream, init, None if split == "all" else split,
-                                       list(benchmarks or EVAL_BENCHMARKS), meteor))["digest"]
-        record(_run(report_task, paths, upstream, timeout_s=io_timeout_s))
+        results = pipeline.run_steps(cfg, paths, call, split=None if split == "all" else split,
+                                     benchmarks=benchmarks, meteor=meteor, use_ray=use_ray_train, logger=logger)
         summary_path = steps.write_summary(paths, list(results.values()))
         _publish_artifacts(paths, cfg.train.storage_path)
-        logger.info("train-full done: metrics %s, report %s, summary %s", evaluated["outputs"].get("metrics"),
-                    results["report"]["outputs"].get("markdown"), summary_path)
+        logger.info("train-full done: metrics %s, report %s, summary %s",
+                    results["evaluate"]["outputs"].get("metrics"), results["report"]["outputs"].get("markdown"),
+                    summary_path)
     return results
 
 
@@ -253,10 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m flows.train_full` (also what infra/kuberay-rayjob.yaml runs)."""
     parser = argparse.ArgumentParser(prog="python -m flows.train_full", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default="demo", help="config recipe: tiny, demo or paper (default: demo)")
-    parser.add_argument("--config", default=None, metavar="YAML", help="config file over the recipe (default: none)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="dotted config override, repeatable")
+    add_config_options(parser, recipe="demo", config_help="config file over the recipe (default: none)")
     parser.add_argument("--work-dir", default="runs/train-full",
                         help="home of data/, shards/, teacher_cache/ and run/ (default: runs/train-full)")
     parser.add_argument("--data", default=None, metavar="URI",

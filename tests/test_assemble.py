@@ -72,7 +72,7 @@ def _assert_parts_equal_sources(model, tokenizer, src) -> None:
 
 
 def test_vidllm_init_assembles_stage1_vggt_and_llm(sources, tmp_path, capsys):
-    from vidllm.checkpoint import load_pretrained
+    from vidllm.artifacts.model_dir import load_pretrained
     from vidllm.cli import main
 
     out = tmp_path / "model"
@@ -88,10 +88,10 @@ def test_vidllm_init_assembles_stage1_vggt_and_llm(sources, tmp_path, capsys):
 
 
 def test_stage2_from_a_stage1_dir_keeps_the_vggt_and_llm_init_at_step_0(sources, shards):
-    from vidllm.train.jobs import stage2_setup
+    from vidllm.train.jobs import StageInputs, stage2_setup
 
     cfg = load_config("tiny", overrides=[f"model.init.vggt={sources['vggt']}", f"model.llm.pretrained={sources['llm']}"])
-    setup = stage2_setup(cfg, str(shards), sources["stage1"])
+    setup = stage2_setup(cfg, StageInputs(str(shards), init_model=sources["stage1"]))
     model = setup.job.objective.model
     _assert_parts_equal_sources(model, setup.tokenizer, sources)
     assert model.config.init.stage1 == str(sources["stage1"])

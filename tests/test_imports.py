@@ -9,7 +9,7 @@ def test_models_and_inference_import_without_pipeline_packages():
     unavailable (sys.modules[name] = None makes `import name` fail and find_spec return None),
     i.e. a model-only install. Note: when boto3 *is* installed, accelerate (pulled in by
     transformers) imports it on its own; that is not our import."""
-    modules = ["vidllm.models", "vidllm.models.vidllm", "vidllm.checkpoint", "vidllm.plan", "vidllm.tokenizer",
+    modules = ["vidllm.models", "vidllm.models.vidllm", "vidllm.artifacts.model_dir", "vidllm.plan", "vidllm.tokenizer",
                "vidllm.lora", "vidllm.attention_select"]
     modules += ["vidllm.inference", "vidllm.data.video", "vidllm.commands.ask", "vidllm.commands.ground",
                 "vidllm.commands.reconstruct"]

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from vidllm.checkpoint import DIGESTS_KEY, load_pretrained, save_pretrained, verify_model_dir
+from vidllm.artifacts.model_dir import DIGESTS_KEY, load_pretrained, save_pretrained, verify_model_dir
 from vidllm.cli import main
 from vidllm.config import load_config
 from vidllm.lora import apply_lora
 from vidllm.models.vidllm import VidLLM
 from vidllm.tokenizer import SpecialTokenIds, train_tokenizer
-from vidllm.train.loop import save_checkpoint
+from vidllm.train.checkpoint import save_checkpoint
 from vidllm.train.stage1 import DistillStudent, load_encoder_and_cta, save_stage1_model
 
 
@@ -56,7 +56,7 @@ def test_model_dir_records_digests_and_verify_detects_a_flipped_byte(tmp_path, t
     assert main(["verify", str(model_dir)]) == 1
     err = capsys.readouterr().err
     assert f"FAIL  model      {model_dir}: {damaged}: sha256 differs" in err and "Traceback" not in err
-    with caplog.at_level(logging.WARNING, logger="vidllm.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="vidllm.artifacts.model_dir"):
         load_pretrained(model_dir)  # a flipped last byte of a float still loads: loading warns, goes on
     assert any(str(model_dir) in r.getMessage() and damaged in r.getMessage() for r in caplog.records)
 
@@ -82,7 +82,7 @@ def test_stage1_dir_records_digests_and_loading_warns(tmp_path, caplog):
     out = save_stage1_model(student, cfg, tmp_path / "stage1_model")
     assert verify_model_dir(out).ok and len(verify_model_dir(out).checked) == 2
     _flip_byte(out / "model.safetensors")
-    with caplog.at_level(logging.WARNING, logger="vidllm.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="vidllm.artifacts.model_dir"):
         load_encoder_and_cta(DistillStudent(cfg.model, 32, 32), out)
     assert any("model.safetensors: sha256 differs" in r.getMessage() for r in caplog.records)
 

@@ -26,15 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vidllm.checkpoint import has_weights
+from vidllm.artifacts import run_dir as rd
+from vidllm.artifacts.model_dir import has_weights
 from vidllm.config import VidLLMConfig, digest, load_config
 from vidllm.errors import VidLLMError
-from vidllm.eval import run_dir as rd
 
 log = logging.getLogger(__name__)
 
 ABLATION_FILE = "ablation.json"
-ABLATION_BENCHMARKS = ("scanqa", "scanrefer", "multi3drefer", "scan2cap", "recon")
 
 
 @dataclass(frozen=True)
@@ -55,20 +54,16 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("single_stage", ("train.single_stage=true",), "no Stage-1 distillation"),
 )}
 
-# Table columns: (header, benchmark, metric, subgroup or None).
-COLUMNS: tuple[tuple[str, str, str, str | None], ...] = (
-    ("QA EM", "scanqa", "EM@1", None),
-    ("count", "scanqa", "EM@1", "count"),
-    ("colour", "scanqa", "EM@1", "colour"),
-    ("exist", "scanqa", "EM@1", "existence"),
-    ("rel-pos", "scanqa", "EM@1", "relative_position"),
-    ("Ref@.25", "scanrefer", "Acc@0.25", None),
-    ("Ref@.5", "scanrefer", "Acc@0.5", None),
-    ("M3DR F1", "multi3drefer", "F1@0.25", None),
-    ("Cap CIDEr", "scan2cap", "CIDEr@0.5", None),
-    ("AUC@30", "recon", "pose/AUC@30", None),
-    ("δ1", "recon", "depth/delta1", None),
-)
+def columns() -> tuple[tuple[str, str, str, str | None], ...]:
+    """Table columns: (header, benchmark, metric, subgroup or None), each benchmark's `ablation_columns`."""
+    from vidllm.eval.benchmarks import registry
+
+    return tuple((c.header, spec.name, c.metric, c.group) for spec in registry.specs() for c in spec.ablation_columns)
+
+
+def ablation_benchmarks() -> tuple[str, ...]:
+    """The benchmarks each variant is evaluated on: those with a column in the table."""
+    return tuple(dict.fromkeys(benchmark for _, benchmark, _, _ in columns()))
 
 
 def _digest(*parts: Any) -> str:
@@ -85,7 +80,7 @@ def variant_config(recipe: str, variant: str, overrides: Sequence[str] = (), yam
 def headline(metrics: dict[str, Any]) -> dict[str, float | None]:
     """The table's numbers from a metrics.json mapping (None where a benchmark is absent)."""
     out: dict[str, float | None] = {}
-    for header, benchmark, metric, subgroup in COLUMNS:
+    for header, benchmark, metric, subgroup in columns():
         entry = metrics.get(benchmark) or {}
         source = (entry.get("subgroups") or {}).get(subgroup, {}) if subgroup else entry.get("metrics") or {}
         value = source.get(metric)
@@ -95,7 +90,7 @@ def headline(metrics: dict[str, Any]) -> dict[str, float | None]:
 
 def format_table(result: dict[str, Any]) -> str:
     """Markdown table of an `ablation.json` mapping: one row per variant, percentages except δ1/AUC."""
-    headers = [h for h, *_ in COLUMNS]
+    headers = [h for h, *_ in columns()]
     lines = ["| variant | " + " | ".join(headers) + " |", "|---|" + "---:|" * len(headers)]
     for name, entry in result["variants"].items():
         cells = []
@@ -186,7 +181,7 @@ def run_variant(name: str, cfg: VidLLMConfig, work: Path, paths: dict[str, str],
     start = time.monotonic()
     summary = evaluate_run(trained.model_dir, paths["shards"], run / "eval", annotations=Path(paths["data"]) /
                            "annotations", scans=Path(paths["data"]) / "scans", split="val",
-                           benchmarks=ABLATION_BENCHMARKS, protocol=cfg.eval.protocol,
+                           benchmarks=ablation_benchmarks(), protocol=cfg.eval.protocol,
                            max_new_tokens=cfg.eval.max_new_tokens, meteor=meteor, proposals=cfg.eval.proposals)
     seconds["eval"] = time.monotonic() - start
     metrics = rd.read_json(run / "eval" / rd.METRICS_FILE)

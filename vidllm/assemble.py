@@ -24,10 +24,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
-from vidllm.config import ModelConfig
+from vidllm.artifacts.model_dir import save_pretrained
+from vidllm.attention_select import select_attn_implementation
+from vidllm.config import ModelConfig, VidLLMConfig
 from vidllm.errors import DataError
+from vidllm.lora import apply_lora, count_parameters
 from vidllm.models.convert import LoadReport, load_vggt_into, read_checkpoint
 from vidllm.models.vidllm import VidLLM
 from vidllm.tokenizer import SpecialTokenIds, add_special_tokens, load_tokenizer, train_tokenizer
@@ -61,7 +65,7 @@ def _stage1_encoder_config(stage1_dir: Path):
 
     if not is_stage1_dir(stage1_dir):
         raise DataError(stage1_dir, "not a Stage-1 directory (its config.json lacks \"format\": \"vidllm-stage1\")")
-    from vidllm.checkpoint import hf_config_from_dict
+    from vidllm.artifacts.model_dir import hf_config_from_dict
 
     return hf_config_from_dict(json.loads((stage1_dir / CONFIG_NAME).read_text())["encoder_hf_config"])
 
@@ -101,3 +105,54 @@ def assemble_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, attn_im
         load_encoder_and_cta(model, stage1)
         sources["encoder"] = sources["cta"] = f"Stage 1 {stage1}"
     return Assembly(model, tokenizer, sources, report)
+
+
+@dataclass
+class InitSummary:
+    path: Path
+    parameters: int
+    trainable: int
+    tokenizer_size: int
+    vggt: LoadReport | None  # what a VGGT checkpoint provided, if one was loaded
+    sources: dict[str, str] = field(default_factory=dict)  # part → where its weights came from
+
+
+def _corpus_lines(paths: list[Path]) -> list[str]:
+    lines: list[str] = []
+    for path in paths:
+        if not path.is_file():
+            raise DataError(path, "corpus file not found")
+        try:
+            lines += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as exc:
+            raise DataError(path, f"not UTF-8 text: {exc}") from None
+    return lines
+
+
+def init_model_dir(
+    cfg: VidLLMConfig,
+    out_dir: str | Path,
+    corpus_files: list[Path] | None = None,
+    tokenizer_dir: Path | None = None,
+    lora: bool = True,
+    seed: int = 0,
+) -> InitSummary:
+    """Write a model directory for `cfg` (what every `--model` argument accepts).
+
+    The model is assembled from the pretrained parts the config names (`vidllm.assemble`:
+    model.init.stage1, model.init.vggt, model.encoder.pretrained, model.llm.pretrained); every
+    other part is random (seeded). The tokenizer is `tokenizer_dir`, else the pretrained LLM's,
+    with the Vid-LLM tokens added, else a byte-level BPE trained on the built-in corpus plus the
+    lines of `corpus_files`.
+    """
+    texts = _corpus_lines([Path(p) for p in corpus_files or []])
+    tokenizer, tokenizer_source = assembly_tokenizer(cfg.model, texts, tokenizer_dir)
+    torch.manual_seed(seed)
+    attn = select_attn_implementation(cfg.model.llm.attn_implementation)
+    assembly = assemble_model(cfg.model, tokenizer, attn, tokenizer_source)
+    model = assembly.model
+    if lora:
+        apply_lora(model, cfg.model.llm)
+    path = save_pretrained(model, out_dir, tokenizer, recipe=cfg.recipe)
+    trainable, total = count_parameters(model)
+    return InitSummary(path, total, trainable, len(tokenizer), assembly.vggt, assembly.sources)

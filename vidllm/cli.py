@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     except (VidLLMError, ConfigError) as exc:
         print(f"vidllm {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # an S3 failure raised outside vidllm.storage (e.g. inside Ray Data)
-        from vidllm.storage import describe_s3_error
+    except OSError as exc:  # an S3 failure raised outside vidllm.artifacts.storage (e.g. inside Ray Data)
+        from vidllm.artifacts.storage import describe_s3_error
 
         message = describe_s3_error(exc)
         if message is None:

@@ -9,6 +9,7 @@ Each section belongs to one part of the package; add fields to your own section 
 
 from __future__ import annotations
 
+import argparse
 import copy
 from pathlib import Path
 from typing import Any, Literal
@@ -200,7 +201,7 @@ class LLMConfig(_Section):
 
 
 class InitConfig(_Section):
-    """Pretrained parts a new model is assembled from (`vidllm.models.assemble`), each optional.
+    """Pretrained parts a new model is assembled from (`vidllm.assemble`), each optional.
 
     The DINOv2 encoder and the LLM (with its tokenizer) come from `model.encoder.pretrained` and
     `model.llm.pretrained`. Encoder precedence: a Stage-1 directory, then DINOv2
@@ -300,6 +301,10 @@ class TrainConfig(_Section):
     storage_path: str = "runs"
     seed: int = 0
     max_failures: int = Field(1, ge=0, description="Ray Train restarts from the last checkpoint after a worker failure")
+    data_cpus: float = Field(0.0, ge=0, description="CPUs each Ray Data read/decode task reserves under Ray Train. 0 "
+                                                    "shares the workers' CPUs (a 2-CPU machine running 2 workers has "
+                                                    "none left, and reserved tasks would wait forever); ≥ 1 on "
+                                                    "clusters with CPUs to spare beside the workers")
     checkpoints_to_keep: int = Field(2, ge=1)
     distill_sc_tokens: int = Field(256, ge=1, description="token positions sampled per scene for L_sc (eq. 7)")
     instructions_per_scene: int = Field(2, ge=1, description="stage-2 instructions drawn per scene clip per step")
@@ -313,10 +318,10 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _known_loss_weights(self) -> TrainConfig:
+        from vidllm.data.scannet.annotations import trained_tasks
         from vidllm.losses.stage2 import Stage2LossWeights
-        from vidllm.tokenizer import GROUNDING_TASKS
 
-        known_tasks = (*GROUNDING_TASKS, "scanqa", "sqa3d", "scan2cap")
+        known_tasks = trained_tasks()
         for task, weight in self.task_weights.items():
             if task not in known_tasks:
                 raise ValueError(f"unknown task '{task}' in task_weights (known: {', '.join(known_tasks)})")
@@ -581,6 +586,24 @@ def load_config(
     merged = _merge(RECIPES[name], tree)
     merged["recipe"] = name
     return build_config(merged)
+
+
+def add_config_options(parser: argparse.ArgumentParser, *, recipe: str = "paper", recipe_help: str | None = None,
+                       config_help: str = "config file (e.g. params.yaml) over the recipe",
+                       set_help: str = "dotted config override, repeatable", set_aliases: tuple[str, ...] = ()) -> None:
+    """`--recipe NAME`, `--config YAML` and `--set KEY=VALUE` (repeatable, into `args.overrides`; `set_aliases`
+    are more names for it): how every command line takes its config (`config_from_args`). Each command words
+    the help for what it reads from the config."""
+    parser.add_argument("--recipe", default=recipe,
+                        help=recipe_help or f"config recipe: tiny, demo or paper (default: {recipe})")
+    parser.add_argument("--config", default=None, metavar="YAML", help=config_help)
+    parser.add_argument("--set", *set_aliases, dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=set_help)
+
+
+def config_from_args(args: argparse.Namespace, extra_overrides: list[str] | None = None) -> VidLLMConfig:
+    """The config of `add_config_options`' arguments; `extra_overrides` (a command's own flags) win over --set."""
+    return load_config(args.recipe, args.config, [*args.overrides, *(extra_overrides or [])])
 
 
 def digest(*parts: Any) -> str:

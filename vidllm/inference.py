@@ -86,7 +86,7 @@ class VideoModel:
              device: str = "auto", max_new_tokens: int = 32) -> VideoModel:
         """Frames and image size default to the model's own config (`model.frames`, and the shorter
         side of `model.image_size`), i.e. the clips it was built and trained for."""
-        from vidllm.checkpoint import load_pretrained
+        from vidllm.artifacts.model_dir import load_pretrained
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"

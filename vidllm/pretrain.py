@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vidllm.artifacts.files import atomic_file, commit_dir
 from vidllm.config import ConfigError, VidLLMConfig
 from vidllm.data.synthetic.generate import RENDER_VERSION
 
@@ -485,21 +486,12 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any] | None:
 
 
 def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", suffix=".tmp", dir=out)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out / MANIFEST_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(out / MANIFEST_NAME, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
 
 
 def _commit(tmp: Path, target: Path) -> None:
-    from vidllm.checkpoint import commit_dir
-
+    """Move one finished output from the staging folder into place (a directory swaps as a whole)."""
     if tmp.is_dir():
         commit_dir(tmp, target)
     else:

@@ -51,8 +51,6 @@ class SpecialTokenIds:
         return cls(pad=vocab_size - 5, eos=vocab_size - 4, image=vocab_size - 3, ground=vocab_size - 2, obj=vocab_size - 1)
 
 
-# Tasks whose answer is `<ground>` tokens (one per referred object) rather than text.
-GROUNDING_TASKS = ("scanrefer", "nr3d", "sr3d", "multi3drefer")
 # Every prompt names its task before the question, so the first answer token is conditioned on
 # the task: without it, the most frequent answer family (grounding's `<ground>`) leaks into the
 # first token of questions. A referring expression ("the brown table by the window") reads much

@@ -9,11 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-
-from vidllm.data.prepare import CRASH_AFTER_SHARDS_ENV, config_digest, prepare_shards
 from tests.shard_fixtures import TINY_PREP
-from vidllm import storage
+from vidllm.artifacts import storage
 from vidllm.config import PrepConfig
+from vidllm.data.prepare import CRASH_AFTER_SHARDS_ENV, config_digest, prepare_shards
 from vidllm.data.shards.format import ShardDataset, read_manifest, shards_info
 
 REPO = Path(__file__).resolve().parents[2]

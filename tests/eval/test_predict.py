@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from tests.shard_fixtures import write_tiny_shards
+from vidllm.artifacts.run_dir import read_geometry
 from vidllm.cli import main
 from vidllm.eval.predictions import read_meta, read_predictions
-from vidllm.eval.run_dir import read_geometry
 
 
 @pytest.fixture(scope="module")

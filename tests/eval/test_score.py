@@ -209,7 +209,7 @@ def test_missing_prediction_is_named(tmp_path, capsys, boxes_file):
 
 
 def test_recon_scores_geometry_files(tmp_path, capsys):
-    from vidllm.eval.run_dir import write_geometry
+    from vidllm.artifacts.run_dir import write_geometry
 
     rng = np.random.default_rng(0)
     poses = np.tile(np.eye(4), (3, 1, 1))
@@ -231,8 +231,8 @@ def test_recon_scores_geometry_files(tmp_path, capsys):
 
 def test_score_predictions_library_call_matches_cli(tmp_path, capsys, boxes_file):
     """The CLI is a thin shell: the library function with plain arguments gives the same result."""
+    from vidllm.artifacts.run_dir import jsonable
     from vidllm.errors import VidLLMError
-    from vidllm.eval.run_dir import jsonable
     from vidllm.eval.scoring import score_predictions
 
     gt = _write(tmp_path / "ScanRefer_filtered_val.json", [

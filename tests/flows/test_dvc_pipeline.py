@@ -80,20 +80,17 @@ def _check_params_keys_match_repo(params: dict) -> None:
     assert keys(params) == keys(repo_params), "TINY_PARAMS must mirror params.yaml's keys"
 
 
-# Train keys that do not change what a run computes (where and how it runs, how often it logs).
-NOT_RESULT_KEYS = {"compile", "compile_backend", "num_workers", "strategy", "storage_path", "max_failures",
-                   "checkpoints_to_keep", "single_stage"}
-
-
 def test_every_train_key_that_changes_results_is_a_tracked_param():
     """Editing such a key re-runs the stages that read it: each is in some stage's params (or the
-    whole `train` section is). `single_stage` is refused by this graph (it always has a Stage 1)."""
+    whole `train` section is). Keys that change where or how a run goes are flows.pipeline.NOT_RESULT_KEYS
+    (`single_stage` among them: this graph always has a Stage 1)."""
+    from flows.pipeline import NOT_RESULT_KEYS
     from vidllm.config import TrainConfig
 
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
     tracked = {p for stage in pipeline["stages"].values() for p in stage.get("params", []) if isinstance(p, str)}
-    missing = [k for k in TrainConfig.model_fields if k not in NOT_RESULT_KEYS and f"train.{k}" not in tracked
-               and "train" not in tracked]
+    missing = [k for k in TrainConfig.model_fields if f"train.{k}" not in NOT_RESULT_KEYS
+               and f"train.{k}" not in tracked and "train" not in tracked]
     assert not missing, f"dvc.yaml does not track {missing}"
 
 

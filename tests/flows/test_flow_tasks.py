@@ -53,9 +53,9 @@ def test_io_tasks_retry_transient_failures_only(prefect_server: PrefectServer):
         with pytest.raises(DataError, match="truncated"):
             run_flaky("user")
         assert ATTEMPTS == ["user"]  # a user error fails at once
-    for name in ("synth_task", "prepare_task", "teachers_task", "report_task"):
-        assert getattr(tf, name).retries == 2, name
-    assert tf.stage2_task.retries == 0  # training resumes from its checkpoint on a re-run instead
+    for name in ("synth", "prepare", "teachers", "report"):
+        assert tf.TASKS[name].retries == 2, name
+    assert tf.TASKS["stage-2"].retries == 0  # training resumes from its checkpoint on a re-run instead
 
 
 def test_the_io_timeout_interrupts_a_task_in_the_flow_process(prefect_server: PrefectServer):

@@ -58,12 +58,12 @@ def test_marked_step_with_missing_outputs_runs_again(tmp_path: Path):
     def valid() -> bool:
         return (tmp_path / "out.txt").is_file()
 
-    first = steps._run_or_skip("stage-1", paths, "d1", valid, work)
-    again = steps._run_or_skip("stage-1", paths, "d1", valid, work)
+    first = steps.run_or_skip("stage-1", paths, "d1", valid, work)
+    again = steps.run_or_skip("stage-1", paths, "d1", valid, work)
     assert (first.status, again.status) == ("ran", "skipped") and again.outputs == {"n": 1}
     (tmp_path / "out.txt").unlink()  # marker present, output gone → not valid
-    assert steps._run_or_skip("stage-1", paths, "d1", valid, work).status == "ran"
-    assert steps._run_or_skip("stage-1", paths, "d2", valid, work).status == "ran"  # new digest
+    assert steps.run_or_skip("stage-1", paths, "d1", valid, work).status == "ran"
+    assert steps.run_or_skip("stage-1", paths, "d2", valid, work).status == "ran"  # new digest
     assert len(calls) == 3
 
 

@@ -114,6 +114,12 @@ def test_deployment_runs_every_step_then_skips_them(prefect_server: PrefectServe
         assert any((run / "model").glob("*.safetensors"))
         for step in STEPS:
             assert json.loads((run / "steps" / f"{step}.done.json").read_text())["step"] == step
+        from flows import pipeline, steps
+
+        where = steps.Paths.resolve(work_dir).locations()
+        ran = [s for s in pipeline.PIPELINE if s.name in STEPS]
+        missing = [(s.name, out) for s in ran for out in s.outputs if not Path(out.format(**where)).exists()]
+        assert not missing, missing  # the table's outputs are where the flow wrote them
         assert _task_states(prefect_server, first) == {step: ("COMPLETED", "Completed") for step in STEPS}
         _check_artifacts_and_results(prefect_server, first, run)
 

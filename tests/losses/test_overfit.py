@@ -51,8 +51,7 @@ def test_stage2_loss_overfits_one_clip(synthetic_dataset, one_thread):
     batch = dict(targets, box_targets=box_targets)
 
     def forward():
-        return model(images, enc["input_ids"], enc["attention_mask"], enc["input_ids"].clone(),
-                     box_targets=box_targets)
+        return model(images, enc["input_ids"], enc["attention_mask"], enc["input_ids"].clone())
 
     history = []
     for step in range(STEPS):

@@ -54,7 +54,7 @@ def test_stage2_on_the_model_composes_terms_and_routes_gradients(clip):
     enc = tokenizer([build_prompt("Where is the table?") + f" {GROUND}{EOS}"], return_tensors="pt",
                     add_special_tokens=False)
     box_targets = torch.tensor([[0.5, 1.0, 0.4, 1.0, 0.6, 0.8]])
-    outputs = model(images, enc["input_ids"], enc["attention_mask"], enc["input_ids"].clone(), box_targets=box_targets)
+    outputs = model(images, enc["input_ids"], enc["attention_mask"], enc["input_ids"].clone())
     weights = Stage2LossWeights(md_chamfer=0.1)
     out = stage2_loss(outputs, dict(targets, box_targets=box_targets), weights)
     for key in ("camera", "depth", "point", "rotation", "md_log", "md_chamfer", "lm", "box", "giou"):

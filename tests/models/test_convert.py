@@ -112,7 +112,7 @@ def test_read_checkpoint(tmp_path):
 def test_vidllm_init_loads_a_vggt_checkpoint(tmp_path, capsys):
     """`vidllm init --vggt` on a tiny VGGT-named safetensors file: the saved model directory
     holds exactly those encoder and reconstruction weights."""
-    from vidllm.checkpoint import load_pretrained
+    from vidllm.artifacts.model_dir import load_pretrained
     from vidllm.cli import main
 
     cfg = load_config("tiny").model

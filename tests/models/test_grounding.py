@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from vidllm.config import GroundingConfig, load_config
-from vidllm.models.grounding import GroundingHeads, assign_targets, assignment_cost
+from vidllm.losses.vl import assign_targets, assignment_cost, grounding_terms, vl_loss
+from vidllm.models.grounding import GroundingHeads
 from vidllm.models.vidllm import VidLLM
 from vidllm.tokenizer import EOS, GROUND, SpecialTokenIds, build_prompt, train_tokenizer
 
@@ -117,8 +118,9 @@ THREE_TARGETS = torch.tensor([[0.2, 0.1, 0.3, 0.6, 0.5, 0.8], [2.5, -1.0, 0.4, 1
 @pytest.mark.parametrize("share", [True, False])
 def test_every_ground_of_a_three_target_row_gets_its_own_box_and_match_term(tiny_model, share):
     """A 3-target row (answered with three <ground>s), a zero-target row ("none") and a QA row:
-    each <ground> is assigned its own target by the minimum-cost matching, its box L1 and match
-    cross-entropy are computed against that target, and the losses are their means."""
+    each <ground> is assigned its own target by the minimum-cost matching (in the losses; the
+    model never sees the targets), its box L1, match cross-entropy and refine L1 are computed
+    against that target, and the losses are their means."""
     model, tokenizer = tiny_model
     texts = [build_prompt("all the chairs.", grounding=True) + GROUND * 3 + EOS,
              build_prompt("the purple bathtub.", grounding=True) + f" none{EOS}",
@@ -130,13 +132,14 @@ def test_every_ground_of_a_three_target_row_gets_its_own_box_and_match_term(tiny
     proposals = torch.rand(3, 5, 6, generator=torch.Generator().manual_seed(2)) + 0.1
     proposals[0, [3, 0, 4]] = THREE_TARGETS  # targets 0, 1, 2 are proposals 3, 0, 4
     target_proposals = torch.tensor([[3, 0, 4], [-1] * 3, [-1] * 3])
+    targets = dict(box_targets=box_targets, target_mask=target_mask, target_proposals=target_proposals)
     images = torch.rand(1, 3, 3, 56, 56, generator=torch.Generator().manual_seed(1))
     model.zero_grad(set_to_none=True)
-    out = model(images, ids, mask, labels, box_targets=box_targets, target_mask=target_mask, proposals=proposals,
-                proposal_mask=torch.ones(3, 5, dtype=torch.bool), target_proposals=target_proposals,
+    out = model(images, ids, mask, labels, proposals=proposals, proposal_mask=torch.ones(3, 5, dtype=torch.bool),
                 scene_index=torch.zeros(3, dtype=torch.long), share_prefix=share)
     assert out["ground_mask"].tolist() == [[True] * 3, [False] * 3, [False] * 3]
-    assignment = out["assignment"][0].tolist()
+    slots, losses = grounding_terms(out, targets), vl_loss(out, targets)
+    assignment = slots["assignment"][0].tolist()
     assert sorted(assignment) == [0, 1, 2]
     cost = assignment_cost(out["box_pred"][0].detach(), THREE_TARGETS)
     assert _total_cost(cost, assignment) == pytest.approx(
@@ -144,19 +147,26 @@ def test_every_ground_of_a_three_target_row_gets_its_own_box_and_match_term(tiny
     log_probs = torch.log_softmax(out["match_logits"][0].detach().float(), -1)
     for g, t in enumerate(assignment):
         l1 = (out["box_pred"][0, g] - THREE_TARGETS[t]).abs().mean()
-        assert out["box_l1"][0, g].item() == pytest.approx(l1.item()) and l1 > 0
-        assert out["match_nll"][0, g].item() == pytest.approx(-log_probs[g, int(target_proposals[0, t])].item())
-    # The zero-target and QA rows have no <ground> slot, hence no box or match term.
-    assert (out["assignment"][1:] == -1).all() and (out["box_l1"][1:] == 0).all() and (out["match_nll"][1:] == 0).all()
-    assert out["loss_box"].item() == pytest.approx(out["box_l1"][0].mean().item())
-    assert out["loss_match"].item() == pytest.approx(out["match_nll"][0].mean().item())
+        assert slots["box_l1"][0, g].item() == pytest.approx(l1.item()) and l1 > 0
+        assert slots["match_nll"][0, g].item() == pytest.approx(-log_probs[g, int(target_proposals[0, t])].item())
+        # The refine term reads the slot's refinement of its target's proposal.
+        refined = out["refined_boxes"][0, g, int(target_proposals[0, t])]
+        assert slots["refine_l1"][0, g].item() == pytest.approx((refined - THREE_TARGETS[t]).abs().mean().item())
+    # The zero-target and QA rows have no <ground> slot, hence no box, match or refine term.
+    for key in ("box_l1", "match_nll", "refine_l1"):
+        assert (slots[key][1:] == 0).all(), key
+    assert (slots["assignment"][1:] == -1).all()
+    assert losses["box"].item() == pytest.approx(slots["box_l1"][0].mean().item())
+    assert losses["match"].item() == pytest.approx(slots["match_nll"][0].mean().item())
+    assert losses["refine"].item() == pytest.approx(slots["refine_l1"][0].mean().item())
     # Each target's term reaches its own <ground> and only it; together they reach all three.
     hidden = out["ground_hidden"]
-    slot_grad = torch.autograd.grad(out["box_l1"][0, 1] + out["match_nll"][0, 1], hidden, retain_graph=True)[0]
+    slot_grad = torch.autograd.grad(slots["box_l1"][0, 1] + slots["match_nll"][0, 1] + slots["refine_l1"][0, 1],
+                                    hidden, retain_graph=True)[0]
     assert (slot_grad[0, 1].abs() > 0).any() and slot_grad[0, [0, 2]].abs().sum() == 0
-    grad = torch.autograd.grad(out["loss_box"] + out["loss_match"], hidden, retain_graph=True)[0]
+    grad = torch.autograd.grad(losses["box"] + losses["match"] + losses["refine"], hidden, retain_graph=True)[0]
     assert all((grad[0, g].abs() > 0).any() for g in range(3))
-    out["loss"].backward()
+    losses["total"].backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert any(float(p.grad.abs().sum()) > 0 for p in model.grounding.box_head.parameters())
@@ -172,11 +182,12 @@ def test_zero_target_row_trains_the_no_target_answer(tiny_model):
     assert supervised == tokenizer(" none", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     images = torch.rand(1, 3, 3, 56, 56, generator=torch.Generator().manual_seed(1))
     model.zero_grad(set_to_none=True)
-    out = model(images, ids, mask, labels, box_targets=torch.zeros(1, 1, 6), target_mask=torch.zeros(1, 1, dtype=bool),
-                proposals=torch.rand(1, 4, 6) + 0.1, target_proposals=torch.full((1, 1), -1))
+    out = model(images, ids, mask, labels, proposals=torch.rand(1, 4, 6) + 0.1)
+    losses = vl_loss(out, dict(box_targets=torch.zeros(1, 1, 6), target_mask=torch.zeros(1, 1, dtype=bool),
+                               target_proposals=torch.full((1, 1), -1)))
     assert out["ground_mask"].shape == (1, 0) and out["box_pred"].shape == (1, 0, 6)
-    assert "loss_box" not in out and "loss_match" not in out
-    assert torch.isfinite(out["loss_lm"]) and out["loss_lm"] > 0 and torch.equal(out["loss"], out["loss_lm"])
-    out["loss"].backward()
+    assert set(losses) == {"total", "lm"}  # no box, GIoU, match or refine term
+    assert torch.isfinite(losses["lm"]) and losses["lm"] > 0 and torch.equal(losses["total"], losses["lm"])
+    losses["total"].backward()
     assert float(model.llm.get_output_embeddings().weight.grad[supervised[0]].abs().sum()) > 0
     assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in model.grounding.box_head.parameters())

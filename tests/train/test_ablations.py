@@ -44,21 +44,21 @@ def test_without_relational_loss_lambda_zero_drops_l_sc():
 
 
 def test_stage1_objective_reads_the_teacher_switch(train_shards, teachers_and_cache):
-    from vidllm.train.jobs import stage1_setup
+    from vidllm.train.jobs import StageInputs, stage1_setup
 
     teachers, cache = teachers_and_cache
     cfg = tiny_config("train.distill_teachers=geometry")
     cfg.teachers = teachers
-    setup = stage1_setup(cfg, str(train_shards), str(cache), None)
+    setup = stage1_setup(cfg, StageInputs(str(train_shards), str(cache)))
     batch, _ = next(iter(setup.job.batches(0)))
     losses = setup.job.objective(batch)
     assert torch.equal(losses["total"], losses["geo"]) and not losses["lang"].requires_grad
 
 
 def test_stage2_without_metric_depth_has_no_md_terms(train_shards):
-    from vidllm.train.jobs import stage2_setup
+    from vidllm.train.jobs import StageInputs, stage2_setup
 
-    setup = stage2_setup(tiny_config("model.metric_depth.enabled=false"), str(train_shards), None)
+    setup = stage2_setup(tiny_config("model.metric_depth.enabled=false"), StageInputs(str(train_shards)))
     model = setup.job.objective.model
     assert model.reconstruction.metric_depth is None
     batch, _ = next(iter(setup.job.batches(0)))

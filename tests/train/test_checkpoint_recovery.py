@@ -13,8 +13,12 @@ from safetensors.torch import load_file
 from tests.train.helpers import tiny_config
 from vidllm.errors import DataError
 from vidllm.train import train_stage1
-from vidllm.train.loop import (
-    CHECKPOINTS_DIR, STATE_FILE, load_checkpoint, load_latest_intact, remove_orphaned_checkpoint_dirs,
+from vidllm.train.checkpoint import (
+    CHECKPOINTS_DIR,
+    STATE_FILE,
+    load_checkpoint,
+    load_latest_intact,
+    remove_orphaned_checkpoint_dirs,
     save_checkpoint,
 )
 from vidllm.train.ray_launcher import run_name

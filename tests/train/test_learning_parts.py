@@ -14,6 +14,7 @@ import torch
 from vidllm.config import load_config
 from vidllm.data.shards.format import ShardDataset
 from vidllm.losses.proposals import proposal_loss
+from vidllm.losses.vl import vl_loss
 from vidllm.models.proposals import decode_proposals, recall_at_iou
 from vidllm.models.vidllm import VidLLM
 from vidllm.tokenizer import EOS, GROUND, TASK_TAGS, SpecialTokenIds, build_prompt, train_tokenizer
@@ -94,7 +95,7 @@ def test_multi_and_zero_target_rows_generate_the_right_number_of_grounds():
         out = model(None, enc["input_ids"], enc["attention_mask"], labels, vision=vision,
                     scene_index=torch.zeros(3, dtype=torch.long))
         optimiser.zero_grad()
-        out["loss_lm"].backward()
+        vl_loss(out)["lm"].backward()
         optimiser.step()
     results = model.generate(images, [build_prompt(q, grounding=True) for q, _ in requests], tokenizer,
                              max_new_tokens=6)
@@ -120,7 +121,7 @@ def test_the_blind_variant_receives_no_vision_tokens():
             with torch.no_grad():
                 vision = model.encode_video(images)
                 out = model(None, enc["input_ids"], enc["attention_mask"], labels, vision=vision)
-            values.append(float(out["loss_lm"]))
+            values.append(float(vl_loss(out)["lm"]))
             if blind:
                 image_embedding = model.llm.get_input_embeddings().weight[model.special_ids.image]
                 assert vision.tokens.shape == (1, 1, image_embedding.shape[0]) and vision.mask.tolist() == [[True]]
@@ -156,7 +157,7 @@ def test_ablate_trains_each_variant_on_the_same_data_and_reuses_results(tmp_path
     and composed into both, held-out metrics per variant, and a second call reuses every variant."""
     import yaml
 
-    from vidllm.ablate import COLUMNS, format_table, run_ablation
+    from vidllm.ablate import columns, format_table, run_ablation
 
     args = ["data.synth.scenes=4", "train.stage1.steps=2", "train.stage2.steps=2", "teachers.miniatures=true",
             "teachers.pretrain.vggt_steps=2", "teachers.pretrain.clip_steps=2", "teachers.pretrain.probe_steps=2"]
@@ -169,7 +170,7 @@ def test_ablate_trains_each_variant_on_the_same_data_and_reuses_results(tmp_path
     saved = json.loads((tmp_path / "ablation.json").read_text())
     assert list(saved["variants"]) == ["full", "blind"] and saved["split"] == "val"
     for name, entry in saved["variants"].items():
-        assert set(entry["table"]) == {h for h, *_ in COLUMNS}
+        assert set(entry["table"]) == {h for h, *_ in columns()}
         assert entry["table"]["δ1"] is not None and entry["proposals"] == "own"
         metrics = json.loads(open(entry["metrics_file"]).read())
         assert {"scanqa", "scanrefer", "recon"} <= set(metrics)

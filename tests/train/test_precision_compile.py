@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.train.helpers import tiny_config
-from vidllm.eval.run_dir import read_train_log
+from vidllm.artifacts.run_dir import read_train_log
 from vidllm.train import train_stage2
 from vidllm.train.loop import autocast_dtype, compile_objective
 from vidllm.train.stage2 import Stage2Objective

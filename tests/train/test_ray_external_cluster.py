@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from tests.ray_cluster import files_containing, start_cluster
-from vidllm import storage
+from vidllm.artifacts import storage
 from vidllm.train.ray_launcher import run_name
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from tests.train.helpers import tiny_config
-from vidllm.eval.run_dir import read_train_log
+from vidllm.artifacts.run_dir import read_train_log
 from vidllm.train import train_stage2
-from vidllm.train.loop import load_checkpoint
+from vidllm.train.checkpoint import load_checkpoint
 from vidllm.train.ray_launcher import run_name
 
 STEPS = 3
@@ -57,7 +57,7 @@ def _train(strategy: str, train_shards, tmp_path):
 
 
 def test_fsdp_matches_ddp_and_its_checkpoint_loads_in_one_process(train_shards, local_ray, tmp_path):
-    from vidllm.checkpoint import load_pretrained
+    from vidllm.artifacts.model_dir import load_pretrained
 
     _, ddp, ddp_log_path = _train("ddp", train_shards, tmp_path)
     fsdp_result, fsdp, fsdp_log_path = _train("fsdp", train_shards, tmp_path)
@@ -147,7 +147,8 @@ def test_fsdp_resume_and_unused_parameters_match_a_single_process(tmp_path):
     never-used parameter) ends on the same weights."""
     import torch.distributed as dist
 
-    from vidllm.train.loop import load_checkpoint, run_loop, save_checkpoint
+    from vidllm.train.checkpoint import load_checkpoint, save_checkpoint
+    from vidllm.train.loop import run_loop
     from vidllm.train.ray_launcher import shard_objective
 
     single = _Toy()

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 from tests.train.helpers import tiny_config
-from vidllm.eval.run_dir import read_train_log
+from vidllm.artifacts.run_dir import read_train_log
 from vidllm.train import train_stage2
 from vidllm.train.loop import learning_rate
 from vidllm.train.ray_launcher import run_name
 
 
 def test_ray_train_two_workers_resumes_with_the_same_name(train_shards, ray_session, s3_server, tmp_path):
-    from vidllm import storage
-    from vidllm.checkpoint import load_pretrained
+    from vidllm.artifacts import storage
+    from vidllm.artifacts.model_dir import load_pretrained
 
     run_dir = tmp_path / "ray_run"
     common = ["train.num_workers=2", f"train.storage_path={s3_server.uri('ray-results')}",

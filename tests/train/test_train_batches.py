@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vidllm.data.scannet.annotations import grounding_tasks
 from vidllm.data.shards.format import ShardDataset
-from vidllm.tokenizer import GROUND, GROUNDING_TASKS, IMAGE, LOCATE, train_tokenizer
+from vidllm.tokenizer import GROUND, IMAGE, LOCATE, train_tokenizer
 from vidllm.train.batches import NO_TARGET_ANSWER, stage2_batch, train_instructions
 
 
@@ -71,7 +72,7 @@ def test_stage2_batch_rows_labels_and_scene_frame_boxes(train_shards):
     again2 = stage2_batch(samples, tokenizer, instructions_per_scene=2, max_text_tokens=96, max_proposals=16,
                           pad_id=tokenizer.pad_token_id, seed=0, step=3)
     assert torch.equal(again["input_ids"], again2["input_ids"])
-    assert set(GROUNDING_TASKS) >= {"scanrefer", "nr3d"}
+    assert set(grounding_tasks()) >= {"scanrefer", "nr3d"}
 
 
 def test_val_only_clips_give_a_reconstruction_only_batch(train_shards):
@@ -90,7 +91,7 @@ def test_val_split_scenes_never_enter_training(train_shards):
     not even for a reconstruction-only step; Stage 2 takes `batch_size` scenes per step."""
     from tests.train.helpers import tiny_config
     from vidllm.train.batches import cycle_samples, scene_split
-    from vidllm.train.jobs import rank_samples, stage2_setup
+    from vidllm.train.jobs import StageInputs, rank_samples, stage2_setup
 
     splits = {s["key"]: scene_split(s) for s in ShardDataset(str(train_shards))}
     train_keys = {k for k, v in splits.items() if v == "train"}
@@ -102,7 +103,7 @@ def test_val_split_scenes_never_enter_training(train_shards):
             seen |= {next(stream)["key"] for _ in range(5)}
         assert seen == train_keys, world_size
     cfg = tiny_config("train.stage2.batch_size=2", "train.instructions_per_scene=3")
-    setup = stage2_setup(cfg, str(train_shards), None)
+    setup = stage2_setup(cfg, StageInputs(str(train_shards)))
     batches = setup.job.batches(0)
     try:
         for _ in range(3):
@@ -217,6 +218,7 @@ def test_stage2_batch_rows_train_every_target_through_the_model():
     different target (box L1, match CE and GIoU terms present), the zero-target row none."""
     from tests.train.helpers import tiny_config
     from vidllm.losses import stage2_loss
+    from vidllm.losses.vl import grounding_terms
     from vidllm.models.vidllm import VidLLM
     from vidllm.tokenizer import SpecialTokenIds
     from vidllm.train.stage2 import Stage2Objective
@@ -226,16 +228,16 @@ def test_stage2_batch_rows_train_every_target_through_the_model():
     torch.manual_seed(0)
     model = VidLLM(tiny_config().model, SpecialTokenIds.from_tokenizer(tokenizer), 512)
     out = model(batch["images"], batch["input_ids"], batch["attention_mask"], batch["labels"],
-                box_targets=batch["box_targets"], target_mask=batch["target_mask"], proposals=batch["proposals"],
-                proposal_mask=batch["proposal_mask"], target_proposals=batch["target_proposals"],
-                scene_index=batch["scene_index"])
+                proposals=batch["proposals"], proposal_mask=batch["proposal_mask"], scene_index=batch["scene_index"])
+    vl_targets = {key: batch[key] for key in ("box_targets", "target_mask", "target_proposals")}
+    slots = grounding_terms(out, vl_targets)
     three, zero = _row_of(batch, tokenizer, "all the chairs"), _row_of(batch, tokenizer, "purple bathtub")
-    assert sorted(out["assignment"][three].tolist()) == [0, 1, 2]
-    assert (out["box_l1"][three] > 0).all() and (out["match_nll"][three] > 0).all()
-    assert not out["ground_mask"][zero].any() and (out["assignment"][zero] == -1).all()
-    assigned = int((out["assignment"] >= 0).sum())
+    assert sorted(slots["assignment"][three].tolist()) == [0, 1, 2]
+    assert (slots["box_l1"][three] > 0).all() and (slots["match_nll"][three] > 0).all()
+    assert not out["ground_mask"][zero].any() and (slots["assignment"][zero] == -1).all()
+    assigned = int((slots["assignment"] >= 0).sum())
     assert assigned == 4  # three + the ScanRefer row's one
-    losses = stage2_loss(out, batch["targets"])
+    losses = stage2_loss(out, {**batch["targets"], **vl_targets})
     for key in ("lm", "box", "giou", "match"):
         assert torch.isfinite(losses[key]) and losses[key] > 0, key
     losses = Stage2Objective(model)(batch)

@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from tests.train.helpers import tiny_config
-from vidllm.eval.run_dir import read_train_log
+from vidllm.artifacts.run_dir import read_train_log
 from vidllm.train import train_stage1, train_stage2
-from vidllm.train.loop import CHECKPOINTS_DIR, latest_checkpoint, learning_rate
+from vidllm.train.checkpoint import CHECKPOINTS_DIR, latest_checkpoint
+from vidllm.train.loop import learning_rate
 
 LEARN = ["train.stage1.steps=16", "train.stage2.steps=16", "train.stage1.warmup_steps=2",
          "train.stage2.warmup_steps=2", "train.stage1.checkpoint_every=8", "train.stage2.checkpoint_every=8",
@@ -57,7 +58,7 @@ def test_stage1_distillation_learns(two_stage_run):
 
 
 def test_stage2_starts_from_stage1_and_learns(two_stage_run, train_shards):
-    from vidllm.checkpoint import load_pretrained
+    from vidllm.artifacts.model_dir import load_pretrained
     from vidllm.train.stage2 import build_stage2_model
 
     cfg, run, stage1, stage2 = two_stage_run

@@ -5,21 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 
+from vidllm.config import add_config_options
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from vidllm.ablate import VARIANTS
 
     names = ", ".join(f"{v.name} ({v.description})" for v in VARIANTS.values())
-    parser.add_argument("--recipe", default="learning",
-                        help="config recipe every variant starts from (default: learning; tiny for a smoke run)")
+    add_config_options(parser, recipe="learning",
+                       recipe_help="config recipe every variant starts from (default: learning; tiny for a smoke run)",
+                       config_help="config file over the recipe",
+                       set_help="dotted config override applied to every variant, repeatable")
     parser.add_argument("--variants", default="full,blind",
                         help=f"comma-separated variants, in table order (default: full,blind). Known: {names}")
     parser.add_argument("--out", default="ablate_out", metavar="DIR",
                         help="work directory: shared data, one run per variant, ablation.json (default: ablate_out); "
                              "variants already present for the same config are reused")
-    parser.add_argument("--config", default=None, metavar="YAML", help="config file over the recipe")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="dotted config override applied to every variant, repeatable")
     parser.add_argument("--meteor", action="store_true", help="also compute METEOR (starts Java per benchmark)")
     parser.add_argument("--json", action="store_true", help="print ablation.json's content instead of the table")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")

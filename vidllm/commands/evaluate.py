@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from vidllm.eval.predictions import BENCHMARKS, PROTOCOLS
+from vidllm.config import add_config_options, config_from_args
+from vidllm.eval.benchmarks import registry
+from vidllm.eval.predictions import PROTOCOLS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vidllm.eval.evaluate import EVAL_BENCHMARKS
-
     parser.add_argument("--model", required=True, help="model directory (RUN_DIR/model from `vidllm train --stage 2`)")
     parser.add_argument("--shards", required=True, metavar="DIR_OR_URI", help="shard dataset (folder or s3:// prefix)")
     parser.add_argument("--run-dir", required=True, metavar="DIR",
@@ -20,12 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scans", default=None, metavar="DIR",
                         help="ScanNet scans folder giving the ground-truth object boxes (grounding, Scan2Cap)")
     parser.add_argument("--split", default="val", help="split to evaluate; 'all' = every instruction (default: val)")
-    parser.add_argument("--benchmarks", nargs="+", choices=BENCHMARKS, default=list(EVAL_BENCHMARKS),
-                        metavar="NAME", help=f"benchmarks to run (default: {' '.join(EVAL_BENCHMARKS)})")
-    parser.add_argument("--recipe", default="paper", help="config recipe for the eval section (default: paper)")
-    parser.add_argument("--config", default=None, metavar="YAML", help="config file (e.g. params.yaml) over the recipe")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="dotted config override, repeatable (e.g. eval.max_new_tokens=16)")
+    parser.add_argument("--benchmarks", nargs="+", choices=registry.choices(), default=list(registry.names()),
+                        metavar="NAME", help=f"benchmarks to run (default: {' '.join(registry.names())})")
+    add_config_options(parser, recipe_help="config recipe for the eval section (default: paper)",
+                       set_help="dotted config override, repeatable (e.g. eval.max_new_tokens=16)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default=None,
                         help="geometry → ScanNet world mapping (default: config eval.protocol)")
     parser.add_argument("--proposals", choices=("own", "gt"), default=None,
@@ -38,11 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from vidllm.config import load_config
+    from vidllm.artifacts.run_dir import jsonable
     from vidllm.eval.evaluate import evaluate_run, format_metrics_table
-    from vidllm.eval.run_dir import jsonable
 
-    cfg = load_config(args.recipe, args.config, args.overrides).eval
+    cfg = config_from_args(args).eval
     with tqdm(total=len(args.benchmarks), desc="evaluate", unit="benchmark") as bar:
         started: list[str] = []
 

@@ -15,15 +15,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vidllm.config import load_config
+from vidllm.config import add_config_options, config_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", default="tiny", help="recipe: tiny, demo or paper (default: tiny)")
+    add_config_options(parser, recipe="tiny", recipe_help="recipe: tiny, demo or paper (default: tiny)",
+                       config_help="optional YAML config applied over the recipe",
+                       set_help="dotted config override, repeatable (e.g. model.llm.lora_r=0)")
     parser.add_argument("--out", required=True, help="model directory to write (replaced atomically if it exists)")
-    parser.add_argument("--config", default=None, help="optional YAML config applied over the recipe")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="dotted config override, repeatable (e.g. model.llm.lora_r=0)")
     parser.add_argument("--corpus", action="append", default=[], metavar="FILE",
                         help="text file(s) whose lines are added to the tokenizer training text (repeatable)")
     parser.add_argument("--tokenizer", default=None,
@@ -43,14 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vidllm.checkpoint import init_model_dir  # imports torch/transformers only when used
+    from vidllm.assemble import init_model_dir  # imports torch/transformers only when used
 
-    overrides = list(args.overrides)
+    overrides = []
     for key, value in (("model.init.stage1", args.stage1), ("model.init.vggt", args.vggt),
                        ("model.llm.pretrained", args.llm)):
         if value is not None:
             overrides.append(f"{key}={value}")
-    cfg = load_config(args.recipe, args.config, overrides)
+    cfg = config_from_args(args, overrides)
     summary = init_model_dir(
         cfg, args.out,
         corpus_files=[Path(p) for p in args.corpus],

@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from vidllm.config import load_config
+from vidllm.config import add_config_options, config_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", default="paper", help="recipe to plan: tiny, demo or paper (default: paper)")
-    parser.add_argument("--config", default=None, help="optional YAML config applied over the recipe")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="dotted config override, repeatable (e.g. model.cta.num_bridge_tokens=8)")
+    add_config_options(parser, recipe_help="recipe to plan: tiny, demo or paper (default: paper)",
+                       config_help="optional YAML config applied over the recipe",
+                       set_help="dotted config override, repeatable (e.g. model.cta.num_bridge_tokens=8)")
     parser.add_argument("--frames", type=int, default=None, help="frames per clip (default: the recipe's model.frames)")
     parser.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="input size, multiples of the patch size (default: the recipe's model.image_size)")
@@ -32,7 +31,7 @@ def _format_count(n: float) -> str:
 def run(args: argparse.Namespace) -> int:
     from vidllm.plan import plan_model  # imports torch/transformers only when used
 
-    cfg = load_config(args.recipe, args.config, args.overrides)
+    cfg = config_from_args(args)
     image_hw = tuple(args.image_size) if args.image_size else None
     plan = plan_model(cfg, frames=args.frames, image_hw=image_hw, text_tokens=args.text_tokens, batch=args.batch)
     if args.json:

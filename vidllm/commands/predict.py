@@ -9,13 +9,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from vidllm.config import EvalConfig
-from vidllm.eval.predictions import BENCHMARKS, PROTOCOLS
+from vidllm.eval.benchmarks import registry
+from vidllm.eval.predictions import PROTOCOLS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = EvalConfig()
     parser.add_argument("--model", required=True, type=Path, help="model directory (vidllm init / training output)")
-    parser.add_argument("--benchmark", required=True, choices=BENCHMARKS, help="benchmark whose instructions to answer")
+    parser.add_argument("--benchmark", required=True, choices=registry.choices(),
+                        help="benchmark whose instructions to answer")
     parser.add_argument("--shards", required=True, help="shard dataset folder or s3:// prefix (vidllm prepare output)")
     parser.add_argument("--out", required=True, type=Path,
                         help="predictions JSONL to write (plus <name>.meta.json); recon also writes geometry/<scene>.npz beside it")

@@ -7,7 +7,7 @@ import contextlib
 import json
 import sys
 
-from vidllm.config import load_config
+from vidllm.config import add_config_options, config_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,11 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "Nr3D/Sr3D) joined into each scene's sample; local or s3:// (default: none)")
     parser.add_argument("--out", required=True, metavar="DIR_OR_URI",
                         help="output folder or s3://bucket/prefix for shard-NNNNNN.tar and manifest.parquet")
-    parser.add_argument("--recipe", default="paper",
-                        help="config recipe giving the defaults below: tiny, demo or paper (default: paper)")
-    parser.add_argument("--config", default=None, metavar="YAML", help="config file (e.g. params.yaml) over the recipe")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="dotted config override, repeatable (e.g. data.prep.frames=8); the flags below win over it")
+    add_config_options(parser,
+                       recipe_help="config recipe giving the defaults below: tiny, demo or paper (default: paper)",
+                       set_help="dotted config override, repeatable (e.g. data.prep.frames=8); the flags below win "
+                                "over it")
     parser.add_argument("--frames", type=int, default=None,
                         help="frames per scene clip, uniform over valid frames (default: recipe, paper 32)")
     parser.add_argument("--short-side", type=int, default=None,
@@ -46,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from vidllm.data.prepare import prepare_shards
 
-    overrides = list(args.overrides)
+    overrides = []
     for flag, key in (("frames", "frames"), ("short_side", "short_side"), ("jpeg_quality", "jpeg_quality"),
                       ("workers", "workers")):
         value = getattr(args, flag)
@@ -54,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             overrides.append(f"data.prep.{key}={value}")
     if args.shard_size_mb is not None:
         overrides.append(f"data.prep.shard_max_bytes={int(args.shard_size_mb * 1e6)}")
-    cfg = load_config(args.recipe, args.config, overrides).data.prep
+    cfg = config_from_args(args, overrides).data.prep
     # With --json, stdout carries the JSON object only: anything else printed meanwhile (Ray, workers) goes to stderr.
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         summary = prepare_shards(args.scannet, args.annotations, args.out, cfg, label_map=args.label_map,

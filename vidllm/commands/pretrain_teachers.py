@@ -7,15 +7,14 @@ import argparse
 import json
 import sys
 
+from vidllm.config import add_config_options, config_from_args
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder: vggt.safetensors, geometry/, semantic/ and manifest.json; reused "
                              "when it already holds the outputs of the same config")
-    parser.add_argument("--recipe", default="paper", help="config recipe: tiny, demo or paper (default: paper)")
-    parser.add_argument("--config", default=None, metavar="YAML", help="config file (e.g. params.yaml) over the recipe")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="dotted config override, repeatable (e.g. teachers.pretrain.vggt_steps=300)")
+    add_config_options(parser, set_help="dotted config override, repeatable (e.g. teachers.pretrain.vggt_steps=300)")
     parser.add_argument("--json", action="store_true", help="print the manifest as one JSON object")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
@@ -27,10 +26,9 @@ def _fmt(value) -> str:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from vidllm.config import load_config
     from vidllm.pretrain import pretrain_teachers
 
-    cfg = load_config(args.recipe, args.config, args.overrides)
+    cfg = config_from_args(args)
     start = time.perf_counter()
     manifest = pretrain_teachers(cfg, args.out, progress=not args.no_progress)
     seconds = time.perf_counter() - start

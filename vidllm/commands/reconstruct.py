@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vidllm.data.scannet.writers import atomic_write_json
+    from vidllm.artifacts.files import atomic_write_json
     from vidllm.inference import SCENE_FRAME
 
     model, clip = video_model.load(args)

@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Write RUN_DIR/report.md, RUN_DIR/report.html and RUN_DIR/plots/*.png from the run directory "
         "(config.yaml, metrics.json, train_log.csv, predictions/*.jsonl, geometry/<scene>.npz; "
-        "layout in vidllm/eval/run_dir.py). Missing parts give empty tables or no plot."
+        "layout in vidllm/artifacts/run_dir.py). Missing parts give empty tables or no plot."
     )
     parser.add_argument("run_dir", type=Path, help="run directory")
     parser.add_argument("--max-scenes", type=int, default=2, help="scenes from geometry/ to plot")

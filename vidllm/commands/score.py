@@ -7,12 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+from vidllm.eval.benchmarks import registry
 from vidllm.eval.captions import TOKENIZE_PRESETS
-from vidllm.eval.predictions import BENCHMARKS, PROTOCOLS
+from vidllm.eval.predictions import PROTOCOLS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--benchmark", required=True, choices=BENCHMARKS, help="benchmark to score")
+    parser.add_argument("--benchmark", required=True, choices=registry.choices(), help="benchmark to score")
     parser.add_argument("--pred", required=True, type=Path,
                         help="predictions JSONL, one {id, text|boxes|geometry} object per line")
     parser.add_argument("--gt", type=Path, default=None,
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vidllm.eval.run_dir import jsonable, write_json
+    from vidllm.artifacts.run_dir import jsonable, write_json
     from vidllm.eval.scoring import format_score_table, score_predictions
 
     result = score_predictions(

@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vidllm.config import SynthConfig, load_config
+from vidllm.config import SynthConfig, add_config_options, load_config
 from vidllm.errors import VidLLMError
 
 if TYPE_CHECKING:
@@ -24,13 +24,11 @@ _FLAG_FIELDS = ("scenes", "frames", "width", "height", "depth_width", "depth_hei
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder; gets scans/, annotations/ and scannetv2-labels.combined.tsv")
-    parser.add_argument("--recipe", default="paper", metavar="NAME",
-                        help="recipe giving the data.synth defaults: tiny, demo or paper (default: paper)")
-    parser.add_argument("--config", default=None, metavar="YAML",
-                        help="config file (e.g. params.yaml) applied over the recipe (default: none)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="dotted config override, repeatable (e.g. data.synth.mesh_spacing=0.05); "
-                             "the flags below win over it")
+    add_config_options(parser,
+                       recipe_help="recipe giving the data.synth defaults: tiny, demo or paper (default: paper)",
+                       config_help="config file (e.g. params.yaml) applied over the recipe (default: none)",
+                       set_help="dotted config override, repeatable (e.g. data.synth.mesh_spacing=0.05); "
+                                "the flags below win over it")
     parser.add_argument("--scenes", type=int, default=None, help="number of scenes (default: recipe, paper 4)")
     parser.add_argument("--frames", type=int, default=None, help="frames per scene (default: recipe, paper 32)")
     parser.add_argument("--width", type=int, default=None, help="colour width in pixels (default: recipe, paper 320)")

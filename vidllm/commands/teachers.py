@@ -6,6 +6,8 @@ import argparse
 import json
 from dataclasses import asdict
 
+from vidllm.config import add_config_options, config_from_args
+
 
 def add_common_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--geometry-teacher", default=None, metavar="DIR",
@@ -24,10 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", required=True, metavar="DIR_OR_URI", help="shard dataset (folder or s3:// prefix)")
     parser.add_argument("--cache", required=True, metavar="DIR_OR_URI",
                         help="teacher feature cache (folder or s3:// prefix); present keys are never recomputed")
-    parser.add_argument("--recipe", default="paper", help="config recipe: tiny, demo or paper (default: paper)")
-    parser.add_argument("--config", default=None, metavar="YAML", help="config file (e.g. params.yaml) over the recipe")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="dotted config override, repeatable (e.g. teachers.semantic_image_size=336)")
+    add_config_options(parser, set_help="dotted config override, repeatable (e.g. teachers.semantic_image_size=336)")
     add_common_teacher_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -50,10 +49,9 @@ def resolve_teachers(args: argparse.Namespace, cfg):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from vidllm.config import load_config
     from vidllm.data.teacher_cache import build_teacher_cache
 
-    cfg = load_config(args.recipe, args.config, args.overrides)
+    cfg = config_from_args(args)
     teachers = resolve_teachers(args, cfg).teachers
     with torch.no_grad():  # a context, not a global switch: run() is also called in-process
         summary = build_teacher_cache(args.shards, args.cache, teachers, progress=not args.no_progress)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from vidllm.config import add_config_options, config_from_args
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from vidllm.commands.teachers import add_common_teacher_arguments
@@ -25,10 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="starting weights: stage 1 takes a model or stage-1 directory (encoder + CTA); "
                              "stage 2 takes RUN_DIR/stage1_model or a `vidllm init` directory "
                              "(default: random init / the config's pretrained paths)")
-    parser.add_argument("--recipe", default="paper", help="config recipe: tiny, demo or paper (default: paper)")
-    parser.add_argument("--config", default=None, metavar="YAML", help="config file (e.g. params.yaml) over the recipe")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="dotted config override, repeatable (e.g. train.stage1.steps=100)")
+    add_config_options(parser, set_help="dotted config override, repeatable (e.g. train.stage1.steps=100)")
     parser.add_argument("--ray", action="store_true",
                         help="run as a Ray Train job (train.num_workers workers, train.strategy ddp/fsdp, checkpoints "
                              "under train.storage_path); RAY_ADDRESS selects a cluster (default: single process)")
@@ -39,11 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vidllm.commands.teachers import resolve_teachers
-    from vidllm.config import load_config
     from vidllm.errors import VidLLMError
     from vidllm.train import train_stage1, train_stage2
 
-    cfg = load_config(args.recipe, args.config, args.overrides)
+    cfg = config_from_args(args)
     if args.stage == 1:
         if not args.teacher_cache:
             raise VidLLMError("--teacher-cache is required for stage 1 (build it with `vidllm teachers`)")

@@ -37,9 +37,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from vidllm.data.frames import adjust_intrinsics, plan_resize_crop, resample_depth, resize_color, sample_frame_ids
-from vidllm import storage
+from vidllm.artifacts import storage
 from vidllm.config import PrepConfig
+from vidllm.data.frames import adjust_intrinsics, plan_resize_crop, resample_depth, resize_color, sample_frame_ids
 from vidllm.data.shards.format import (
     DEPTH_SCALE_M,
     FORMAT_VERSION,
@@ -136,13 +136,10 @@ def source_digest(scene_uri: str) -> str:
     return h.hexdigest()
 
 
-_SPLIT_FILE_PATTERNS = {
-    "scanqa": re.compile(r"^ScanQA_v1\.0_(\w+)\.json$"),
-    "sqa3d": re.compile(r"^v1_balanced_questions_(\w+)_scannetv2\.json$"),
-    "scanrefer": re.compile(r"^ScanRefer_filtered_(\w+)\.json$"),
-    "scan2cap": re.compile(r"^ScanRefer_filtered_(\w+)\.json$"),
-    "multi3drefer": re.compile(r"^multi3drefer_(\w+)\.json$"),
-}
+def _published_name_pattern(name: str) -> re.Pattern[str]:
+    """A published annotation file name as a regex; its "{split}" is group 1."""
+    head, has_split, tail = name.partition("{split}")
+    return re.compile("^" + re.escape(head) + (r"(\w+)" + re.escape(tail) if has_split else "") + "$")
 
 
 def load_scene_annotations(annotations_dir: str | Path | None) -> dict[str, list[dict[str, Any]]]:
@@ -151,7 +148,7 @@ def load_scene_annotations(annotations_dir: str | Path | None) -> dict[str, list
     Each record is `Instruction.to_dict()` plus `"split"` (None for Nr3D/Sr3D, whose csv
     covers all scans).
     """
-    from vidllm.data.scannet.annotations import load_annotations
+    from vidllm.data.scannet.annotations import TASKS, load_annotations
 
     by_scene: dict[str, list[dict[str, Any]]] = {}
     if annotations_dir is None:
@@ -160,17 +157,17 @@ def load_scene_annotations(annotations_dir: str | Path | None) -> dict[str, list
     if not root.is_dir():
         raise DataError(root, "annotations folder not found")
     files = sorted(p for p in root.rglob("*") if p.is_file())
-    for task, pattern in _SPLIT_FILE_PATTERNS.items():
+    for task in TASKS.values():
+        if not task.annotation_files:
+            continue
+        # The first published name: a later one (sr3d+.csv) is an alternative to it, not more records.
+        pattern = _published_name_pattern(task.annotation_files[0])
         for path in files:
             match = pattern.match(path.name)
             if match:
-                for inst in load_annotations(task, path, split=match.group(1)):
-                    by_scene.setdefault(inst.scene_id, []).append({**inst.to_dict(), "split": match.group(1)})
-    for task in ("nr3d", "sr3d"):
-        for path in files:
-            if path.name == f"{task}.csv":
-                for inst in load_annotations(task, path):
-                    by_scene.setdefault(inst.scene_id, []).append({**inst.to_dict(), "split": None})
+                split = match.group(1) if task.split_files else None
+                for inst in load_annotations(task.name, path, split=split):
+                    by_scene.setdefault(inst.scene_id, []).append({**inst.to_dict(), "split": split})
     for records in by_scene.values():
         records.sort(key=lambda r: (r["task"], str(r["split"]), r["id"]))
     return by_scene

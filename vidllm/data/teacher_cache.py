@@ -18,7 +18,7 @@ Layout under `cache_uri` (a local folder or `s3://` prefix)::
 The frame digest is the sample's content digest from the shard manifest, so new frames get new
 keys and unchanged ones are never recomputed. Each file is written under a temporary name
 (`.<key>.safetensors.<random>.tmp` beside it) and committed atomically
-(`vidllm.storage.atomic_output`); temporary files left by a killed run are removed by the next
+(`vidllm.artifacts.storage.atomic_output`); temporary files left by a killed run are removed by the next
 `build_teacher_cache` on a local cache.
 
 Integrity: the metadata holds `payload_sha256`, a digest of the tensors (`payload_digest`).
@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vidllm import storage
+from vidllm.artifacts import storage
+from vidllm.artifacts.files import atomic_dir
 from vidllm.config import TeacherConfig
 from vidllm.errors import DataError, VidLLMError
 
@@ -194,9 +195,8 @@ def init_random_teachers(teachers: TeacherConfig, out_dir: str | Path, seed: int
         if (target / "config.json").is_file():
             continue
         torch.manual_seed(seed + (0 if role == "geometry" else 1))
-        tmp = out / f".{role}.tmp"
-        build().save_pretrained(str(tmp))
-        tmp.replace(target)
+        with atomic_dir(target) as tmp:
+            build().save_pretrained(str(tmp))
     return teachers.model_copy(update={"geometry": str(out / "geometry"), "semantic": str(out / "semantic")})
 
 

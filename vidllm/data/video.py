@@ -130,11 +130,11 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 10.0, codec: 
     """uint8 RGB `[S,H,W,3]` → a video file (H.264 in .mp4 by default), written under a temporary name
     and renamed. Odd sizes lose their last row/column (4:2:0 chroma needs even sizes).
     `display_rotation` (degrees counter-clockwise) is stored as players expect it, as phones do."""
-    import os
-    import tempfile
     from fractions import Fraction
 
     import av
+
+    from vidllm.artifacts.files import atomic_path
 
     path = Path(path)
     frames = np.asarray(frames)
@@ -143,10 +143,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 10.0, codec: 
     height, width = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2
     if height == 0 or width == 0:
         raise ValueError(f"frames of {frames.shape[2]}x{frames.shape[1]} are too small for a video")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, keep_suffix=True) as tmp:  # PyAV picks the container from the suffix
         with av.open(tmp, "w") as container:
             stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -158,8 +155,4 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 10.0, codec: 
                     container.mux(packet)
             for packet in stream.encode():  # flush the encoder
                 container.mux(packet)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -2,7 +2,8 @@
 
 - `captions`, `grounding`, `geometry_metrics`: metric definitions (numpy/scipy/pycocoevalcap).
 - `predictions`: the prediction JSONL format and its validation.
-- `benchmarks`: per-benchmark scoring of validated predictions.
+- `benchmarks`: the benchmark registry, one module per benchmark (its spec, scorer and report
+  columns); every list of benchmark names is derived from it.
 - `scoring`: `score_predictions`, the one scoring entry point (CLI `vidllm score`, flows, DVC).
 - `predict`: model inference over shards (used by `vidllm predict`).
 - `run_dir`: the run-directory layout and training-log format shared with training.

@@ -4,8 +4,8 @@
 `vidllm evaluate` command, the Prefect `train-full` flow and the DVC `evaluate` stage call. Per
 benchmark it runs `vidllm.eval.predict.predict` into RUN_DIR/predictions/<benchmark>.jsonl
 (recon geometry into RUN_DIR/geometry/) and `vidllm.eval.scoring.score_predictions`, then
-writes RUN_DIR/metrics.json (layout in `vidllm.eval.run_dir`) atomically. Keys of metrics.json
-that are not benchmarks evaluated here (e.g. "ablations") are kept.
+writes RUN_DIR/metrics.json (layout in `vidllm.artifacts.run_dir`) atomically. Keys of metrics.json
+that are not benchmarks are kept.
 """
 
 from __future__ import annotations
@@ -17,16 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vidllm import storage
+from vidllm.artifacts import run_dir as rd
+from vidllm.artifacts import storage
 from vidllm.errors import DataError, VidLLMError
-from vidllm.eval import run_dir as rd
-from vidllm.eval.predictions import BENCHMARKS
+from vidllm.eval.benchmarks import registry
 
 log = logging.getLogger(__name__)
 
-# The order of the paper's tables; recon last (its ground truth sits in the geometry files).
-EVAL_BENCHMARKS: tuple[str, ...] = ("scanqa", "sqa3d", "scanrefer", "multi3drefer", "scan2cap", "nr3d", "sr3d",
-                                    "recon")
 _NO_INSTRUCTIONS = "instructions in these shards"  # predict's message when a benchmark has nothing to answer
 
 
@@ -62,7 +59,7 @@ def evaluate_run(
     annotations: str | Path | None,
     scans: str | Path | None,
     split: str | None = "val",
-    benchmarks: Sequence[str] = EVAL_BENCHMARKS,
+    benchmarks: Sequence[str] | None = None,
     protocol: str = "first_camera_gt",
     max_new_tokens: int = 32,
     meteor: bool = True,
@@ -75,20 +72,22 @@ def evaluate_run(
     scans: ScanNet scans folder giving the ground-truth object boxes (grounding, Scan2Cap).
     A benchmark without any instruction in the shards (for this split) is skipped and reported,
     not scored; every other failure raises. `proposals`: what the grounding benchmarks choose
-    among (`vidllm.eval.predict.predict`), recorded with their metrics.
+    among (`vidllm.eval.predict.predict`), recorded with their metrics. `benchmarks` default:
+    every registered one, in registration order.
     """
     from vidllm.eval.predict import predict
     from vidllm.eval.scoring import score_predictions
 
     start = time.monotonic()
-    unknown = [b for b in benchmarks if b not in BENCHMARKS]
+    benchmarks = registry.names() if benchmarks is None else benchmarks
+    unknown = [b for b in benchmarks if b not in registry.BENCHMARKS]
     if unknown:
-        raise VidLLMError(f"unknown benchmark(s) {', '.join(unknown)} (choose from {', '.join(BENCHMARKS)})")
+        raise VidLLMError(f"unknown benchmark(s) {', '.join(unknown)} (choose from {', '.join(registry.choices())})")
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     annotations_dir = _local_dir(annotations, "annotation folder")
     scans_dir = _local_dir(scans, "ScanNet scans folder")
-    if annotations_dir is None and any(b != "recon" for b in benchmarks):
+    if annotations_dir is None and any(registry.get(b).task.annotation_files for b in benchmarks):
         raise VidLLMError("the VL benchmarks need --annotations (the published annotation files)")
 
     summary = EvaluationSummary(run_dir=run, metrics={})
@@ -105,13 +104,14 @@ def evaluate_run(
             summary.skipped[benchmark] = str(exc)
             log.warning("evaluate: %s skipped: %s", benchmark, exc)
             continue
-        summary.metrics[benchmark] = score_predictions(
-            benchmark, pred_path, None if benchmark == "recon" else annotations_dir, split=split,
-            scans=scans_dir, protocol=protocol, meteor=meteor)
+        # Without annotation files (recon) the ground truth is in the predictions' geometry files.
+        gt = annotations_dir if registry.get(benchmark).task.annotation_files else None
+        summary.metrics[benchmark] = score_predictions(benchmark, pred_path, gt, split=split, scans=scans_dir,
+                                                       protocol=protocol, meteor=meteor)
 
     metrics_path = run / rd.METRICS_FILE
     kept = rd.read_json(metrics_path) if metrics_path.is_file() else {}
-    kept = {k: v for k, v in kept.items() if k not in BENCHMARKS} if isinstance(kept, dict) else {}
+    kept = {k: v for k, v in kept.items() if k not in registry.BENCHMARKS} if isinstance(kept, dict) else {}
     rd.write_json(metrics_path, {**summary.metrics, **kept})
     summary.seconds = time.monotonic() - start
     return summary
@@ -120,7 +120,7 @@ def evaluate_run(
 def format_metrics_table(metrics: dict[str, Any]) -> str:
     """One line per benchmark: `benchmark  count  name value, ...` (values as computed: fractions, metres)."""
     lines = []
-    for benchmark in BENCHMARKS:
+    for benchmark in registry.choices():
         result = metrics.get(benchmark)
         if not isinstance(result, dict):
             continue

@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from vidllm.artifacts import run_dir as rd
 from vidllm.data.scannet.annotations import Instruction
 from vidllm.errors import DataError, VidLLMError
-from vidllm.eval import run_dir as rd
+from vidllm.eval.benchmarks import registry
 from vidllm.eval.geometry_metrics import backproject_depth
-from vidllm.eval.predictions import BENCHMARKS, PROTOCOLS, write_predictions
+from vidllm.eval.predictions import PROTOCOLS, write_predictions
 
 
 @dataclass
@@ -125,12 +126,12 @@ def predict(
     `patch_geometry` (default: the model's config): "ground_truth" places the 3D patches with
     the sample's depth and poses (the upper-bound ablation).
     """
-    from vidllm.checkpoint import load_pretrained
+    from vidllm.artifacts.model_dir import load_pretrained
     from vidllm.data.shards.format import ShardDataset
-    from vidllm.tokenizer import GROUNDING_TASKS, build_prompt
+    from vidllm.tokenizer import build_prompt
 
-    if benchmark not in BENCHMARKS:
-        raise VidLLMError(f"unknown benchmark '{benchmark}' (choose from {', '.join(BENCHMARKS)})")
+    spec = registry.get(benchmark)
+    task = spec.task
     if protocol not in PROTOCOLS:
         raise VidLLMError(f"unknown evaluation protocol '{protocol}' (choose from {', '.join(PROTOCOLS)})")
     out_path = Path(out_path)
@@ -157,7 +158,7 @@ def predict(
         scene_id = meta["scene_id"]
         where = f"{shards_uri}:{sample['key']}"
         instructions = _instructions(sample, benchmark, split)
-        if benchmark != "recon" and not instructions:
+        if task.kind != "geometry" and not instructions:
             continue
         alignment = np.asarray(meta.get("axis_alignment", np.eye(4)), dtype=np.float64)
         gt_poses = alignment @ sample["camera_to_world"].double().numpy()  # [S,4,4] axis-aligned world
@@ -170,10 +171,10 @@ def predict(
 
         start = time.perf_counter()
         results: list[Any] = []
-        if benchmark == "recon":
+        if task.kind == "geometry":  # reconstruction only: one call per scene, no instruction
             results = model.generate(images, [build_prompt("Describe the room.")], tokenizer, max_new_tokens=1,
                                      first_camera_center=centre, geometry=geometry)
-        elif benchmark == "scan2cap":  # one call for the scene; each prompt's <obj> token carries its box
+        elif task.object_prompt:  # one call for the scene; each prompt's <obj> token carries its box
             boxes = []
             for inst in instructions:
                 box = objects.get(inst.target_object_ids[0])
@@ -185,20 +186,20 @@ def predict(
                                      object_boxes=torch.as_tensor(np.stack(boxes), dtype=torch.float32),
                                      first_camera_center=centre, geometry=geometry)
         else:
-            candidates: torch.Tensor | str | None = "own" if benchmark in GROUNDING_TASKS else None
-            if benchmark in GROUNDING_TASKS and proposals == "gt" and objects:
+            candidates: torch.Tensor | str | None = "own" if task.grounding else None
+            if task.grounding and proposals == "gt" and objects:
                 ids = sorted(objects)
                 scene_boxes = np.stack([objects[i] for i in ids])
                 scene_boxes[:, :3] -= gt_poses[0, :3, 3]
                 candidates = torch.as_tensor(scene_boxes, dtype=torch.float32)[None]
-            prompts = [build_prompt(i.text, i.situation, grounding=benchmark in GROUNDING_TASKS) for i in instructions]
+            prompts = [build_prompt(i.text, i.situation, grounding=task.grounding) for i in instructions]
             results = model.generate(images, prompts, tokenizer, max_new_tokens=max_new_tokens,
                                      proposals=candidates, first_camera_center=centre, geometry=geometry)
         seconds.append(time.perf_counter() - start)
 
         geometry = results[0]
         world = scene_to_world_map(protocol, geometry.camera_to_world.double().cpu().numpy(), gt_poses)
-        if benchmark == "recon":
+        if task.kind == "geometry":
             depth_gt = sample["depths"].numpy()
             intrinsics = sample["intrinsics"].double().numpy()
             points_gt = np.concatenate([backproject_depth(d, k, p) for d, k, p in zip(depth_gt, intrinsics, gt_poses)])
@@ -223,16 +224,16 @@ def predict(
                 # One box per <ground>. Multi3DRefer keeps them all, and an answer without
                 # <ground> (the zero-target answer "none") is the empty prediction scoring expects.
                 boxes = world.boxes(_np(result.boxes))
-                if (benchmark in ("nr3d", "sr3d") and proposals == "gt" and result.match_logits is not None
+                if (spec.answers_with_gt_instance and proposals == "gt" and result.match_logits is not None
                         and len(result.match_logits)):
                     logits = result.match_logits[0]
                     # The last column, "referent not among the proposals", is no answer here: a
                     # ReferIt3D target is always one of the scene's instances.
                     choice = int(logits[:-1].argmax())
                     boxes = np.stack([objects[sorted(objects)[choice]]])
-                elif benchmark == "scanrefer":
+                elif spec.first_box_only:
                     boxes = boxes[:1]
-                elif benchmark == "scan2cap":
+                elif task.object_prompt:
                     # The caption describes the prompted object: its (ground-truth) box is the
                     # line's box, so the m@0.5 gate is the GT-box setting, recorded as such.
                     boxes = objects[inst.target_object_ids[0]][None]
@@ -246,9 +247,9 @@ def predict(
     write_predictions(out_path, records, meta={
         "benchmark": benchmark, "protocol": protocol, "model": str(model_dir), "shards": str(shards_uri),
         "split": split, "scenes": summary.scenes, "seconds_per_scene": summary.seconds_per_scene,
-        "scan2cap_prompt_box": "ground-truth object box" if benchmark == "scan2cap" else None,
+        "scan2cap_prompt_box": "ground-truth object box" if task.object_prompt else None,
         "proposals": ({"own": "own proposals", "gt": "ground-truth instances"}[proposals]
-                      if benchmark in GROUNDING_TASKS else None),
+                      if task.grounding else None),
         "patch_geometry": "ground_truth" if gt_geometry else "predicted",
     })
     return summary

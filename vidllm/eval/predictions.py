@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import typing
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from vidllm.artifacts.files import atomic_write_text
 from vidllm.config import EvalConfig
 from vidllm.errors import DataError
+from vidllm.eval.benchmarks.registry import BENCHMARKS, choices
 
-TEXT_BENCHMARKS = ("scanqa", "sqa3d", "scan2cap")
-BOX_BENCHMARKS = ("scanrefer", "multi3drefer", "nr3d", "sr3d")
-BENCHMARKS = TEXT_BENCHMARKS + BOX_BENCHMARKS + ("recon",)
 # Named evaluation protocols: how predicted geometry is mapped to ScanNet's axis-aligned world.
 PROTOCOLS: tuple[str, ...] = typing.get_args(EvalConfig.model_fields["protocol"].annotation)
 
@@ -64,7 +61,8 @@ def read_predictions(path: str | Path, benchmark: str) -> dict[str, Prediction]:
     """Read and validate a predictions JSONL for `benchmark`; errors name the file and line."""
     path = Path(path)
     if benchmark not in BENCHMARKS:
-        raise DataError(path, f"unknown benchmark '{benchmark}' (choose from {', '.join(BENCHMARKS)})")
+        raise DataError(path, f"unknown benchmark '{benchmark}' (choose from {', '.join(choices())})")
+    kind = BENCHMARKS[benchmark].task.kind  # what each line must carry
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -98,13 +96,13 @@ def read_predictions(path: str | Path, benchmark: str) -> dict[str, Prediction]:
             if not isinstance(record["geometry"], str) or not record["geometry"]:
                 raise DataError(path, f"{where}: 'geometry' must be a path string")
             pred.geometry = path.parent / record["geometry"]
-        if benchmark in TEXT_BENCHMARKS and pred.text is None:
+        if kind == "text" and pred.text is None:
             raise DataError(path, f"{where}: {benchmark} predictions need a 'text' field (id {pred_id!r})")
-        if benchmark in BOX_BENCHMARKS and "boxes" not in record:
+        if kind == "box" and "boxes" not in record:
             raise DataError(path, f"{where}: {benchmark} predictions need a 'boxes' field (id {pred_id!r})")
-        if benchmark == "recon" and pred.geometry is None:
-            raise DataError(path, f"{where}: recon predictions need a 'geometry' field (id {pred_id!r})")
-        if benchmark == "recon" and not pred.geometry.is_file():
+        if kind == "geometry" and pred.geometry is None:
+            raise DataError(path, f"{where}: {benchmark} predictions need a 'geometry' field (id {pred_id!r})")
+        if kind == "geometry" and not pred.geometry.is_file():
             raise DataError(path, f"{where}: geometry file {record['geometry']!r} not found (relative to this file)")
         predictions[pred_id] = pred
     if not predictions:
@@ -122,21 +120,6 @@ def match_ids(path: str | Path, predictions: dict[str, Prediction], gt_ids: Sequ
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise DataError(path, f"no prediction for ground-truth id {missing[0]!r}{more}")
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temp file in the same directory + os.replace, so no half-written file is visible."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name opened with "x" (not mkstemp, whose 0600 mode would make reports unreadable to others).
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("x", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_predictions(path: str | Path, records: Iterable[dict[str, Any]], meta: dict[str, Any] | None = None) -> None:

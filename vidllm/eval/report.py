@@ -1,15 +1,16 @@
-"""Paper-style report of a run directory (layout in vidllm.eval.run_dir): markdown, HTML and PNG plots.
+"""Paper-style report of a run directory (layout in vidllm.artifacts.run_dir): markdown, HTML and PNG plots.
 
 Tables follow the paper: 3D QA (Tab. 1), dense captioning (Tab. 2), grounding (Tab. 3, 4),
-joint reconstruction–reasoning with time per scene (Tab. 5), ablations (Tab. 6), pose, depth
-and reconstruction (Tab. 7–9). Missing benchmarks show "—". Every table says which evaluation
-protocol produced it.
+joint reconstruction–reasoning with time per scene (Tab. 5), pose, depth and reconstruction
+(Tab. 7–9), then the `vidllm ablate` table when the run has one. Each registered benchmark's
+spec says which columns it adds to which table (`vidllm.eval.benchmarks.tables`). Missing
+benchmarks show "—". Every table says which evaluation protocol produced it.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,12 @@ from typing import Any
 import numpy as np
 import yaml
 
+from vidllm.artifacts import run_dir as rd
+from vidllm.artifacts.files import atomic_path, atomic_write_text
 from vidllm.errors import DataError
-from vidllm.eval import run_dir as rd
-from vidllm.eval.predictions import atomic_write_text, read_meta
+from vidllm.eval.benchmarks import registry
+from vidllm.eval.benchmarks.tables import OURS, Column, Table, TableColumns, fmt
+from vidllm.eval.predictions import read_meta
 
 # Plot sizes in inches at PLOT_DPI; the PNGs are exactly these × dpi pixels.
 PLOT_DPI = 100
@@ -28,29 +32,6 @@ DEPTH_PLOT_SIZE = (12.0, 6.0)
 TOPDOWN_PLOT_SIZE = (8.0, 8.0)
 MAX_DEPTH_FRAMES = 4
 MAX_TOPDOWN_POINTS = 60_000
-
-# The paper's own Vid-LLM rows (real ScanNet data), shown under ours for comparison. Tables 7 and 8
-# are on other datasets (Co3Dv2, NYU-v2).
-PAPER = "Vid-LLM (paper)"
-PAPER_ROWS: dict[str, list[str]] = {
-    "qa": [PAPER, "101.9", "15.8", "18.3", "49.5", "27.6", "57.3"],
-    "scan2cap": [PAPER, "81.5", "40.9", "28.7", "61.8"],
-    "grounding": [PAPER, "63.2", "56.4", "—", "—", "61.6", "56.1"],
-    "referit3d": [PAPER, "65.4", "—", "57.9", "61.9", "—", "77.8", "—", "72.2", "63.1", "—"],
-    "joint": [PAPER, "0.582", "45.7", "53.2", "59.8", "1.6"],
-    "pose": [PAPER + " (Co3Dv2)", "96.8", "93.4", "88.5"],
-    "depth": [PAPER + " (NYU-v2)", "0.987", "0.025", "0.109", "0.010"],
-    "recon": [PAPER, "0.071", "0.042", "0.634", "0.885", "0.582"],
-}
-
-# Tables 5 and 6 summarise a benchmark by "the mean of the metrics for each benchmark" (paper §4.1):
-# Scan2Cap 53.2 = mean(81.5, 40.9, 28.7, 61.8), ScanRefer 59.8 = mean(63.2, 56.4). The paper does not
-# list ScanQA's; we take its five Table-1 metrics.
-SUMMARY_METRICS: dict[str, tuple[str, ...]] = {
-    "scanqa": ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L", "EM@1"),
-    "scan2cap": ("CIDEr@0.5", "BLEU-4@0.5", "METEOR@0.5", "ROUGE-L@0.5"),
-    "scanrefer": ("Acc@0.25", "Acc@0.5"),
-}
 
 Block = tuple[str, Any]  # ("h2", text) | ("p", text) | ("table", (header, rows)) | ("img", (path, alt))
 
@@ -65,8 +46,7 @@ class Report:
 # ----------------------------------------------------------------------------- metric access
 
 
-def _metric(metrics: dict[str, Any], benchmark: str, name: str, group: str | None = None) -> float | None:
-    result = metrics.get(benchmark)
+def _metric(result: Any, name: str, group: str | None = None) -> float | None:
     if not isinstance(result, dict):
         return None
     source = result.get("subgroups", {}).get(group, {}) if group else result.get("metrics", {})
@@ -74,22 +54,11 @@ def _metric(metrics: dict[str, Any], benchmark: str, name: str, group: str | Non
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def _fmt(value: float | None, scale: float = 100.0, digits: int = 1) -> str:
-    return "—" if value is None or not np.isfinite(value) else f"{value * scale:.{digits}f}"
-
-
-def _pct(metrics: dict[str, Any], benchmark: str, name: str, group: str | None = None) -> str:
-    return _fmt(_metric(metrics, benchmark, name, group))
-
-
-def _raw(metrics: dict[str, Any], benchmark: str, name: str, digits: int = 3) -> str:
-    return _fmt(_metric(metrics, benchmark, name), 1.0, digits)
-
-
-def _summary(metrics: dict[str, Any], benchmark: str) -> str:
-    """Mean of the benchmark's SUMMARY_METRICS in percent; "—" unless all of them were scored."""
-    values = [_metric(metrics, benchmark, name) for name in SUMMARY_METRICS[benchmark]]
-    return "—" if any(v is None for v in values) else _fmt(float(np.mean(values)))
+def _cell(result: Any, column: Column) -> str:
+    if isinstance(column.metric, tuple):  # a summary: "—" unless every metric was scored
+        values = [_metric(result, name, column.group) for name in column.metric]
+        return "—" if any(v is None for v in values) else fmt(float(np.mean(values)), column.scale, column.digits)
+    return fmt(_metric(result, column.metric, column.group), column.scale, column.digits)
 
 
 def _protocols(metrics: dict[str, Any], benchmarks: Sequence[str]) -> str:
@@ -101,88 +70,48 @@ def _protocols(metrics: dict[str, Any], benchmarks: Sequence[str]) -> str:
 # ----------------------------------------------------------------------------- tables
 
 
+def report_tables() -> list[tuple[Table, list[tuple[str, TableColumns]]]]:
+    """Every table a registered benchmark adds columns to, in `Table.number` order, with its
+    (benchmark, columns) parts in `position` then registration order."""
+    parts: dict[Table, list[tuple[int, int, str, TableColumns]]] = {}
+    for index, spec in enumerate(registry.specs()):
+        for part in spec.tables:
+            parts.setdefault(part.table, []).append((part.position, index, spec.name, part))
+    ordered = sorted(parts.items(), key=lambda item: item[0].number)
+    return [(table, [(name, part) for *_, name, part in sorted(found, key=lambda p: p[:2])])
+            for table, found in ordered]
+
+
 def _tables(metrics: dict[str, Any], seconds_per_scene: float | None) -> list[Block]:
-    m = metrics
+    run_values = {"metrics": {"seconds_per_scene": seconds_per_scene}}
     blocks: list[Block] = []
-
-    def table(title: str, benchmarks: Sequence[str], header: list[str], rows: list[list[str]], note: str = "") -> None:
-        blocks.append(("h2", title))
-        blocks.append(("p", f"Evaluation protocol: {_protocols(m, benchmarks)}." + (f" {note}" if note else "")))
+    for table, parts in report_tables():
+        benchmarks = [name for name, _ in parts]
+        if table.only_if_scored and not any(b in metrics for b in benchmarks):
+            continue
+        columns = [(name, column) for name, part in parts for column in part.columns]
+        header = [table.first_header, *(c.header for _, c in columns), *(c.header for c in table.run_columns)]
+        rows = [[OURS, *(_cell(metrics.get(name), c) for name, c in columns),
+                 *(_cell(run_values, c) for c in table.run_columns)]]
+        if table.paper_label is not None:
+            rows.append([table.paper_label, *(c.paper for _, c in columns), *(c.paper for c in table.run_columns)])
+        if table.title is not None:
+            blocks.append(("h2", table.title))
+            note = _note(table, parts, metrics, columns)
+            protocol = f"Evaluation protocol: {_protocols(metrics, benchmarks)}."
+            blocks.append(("p", protocol + (f" {note}" if note else "")))
         blocks.append(("table", (header, rows)))
-
-    table("Table 1 — 3D question answering (ScanQA, SQA3D)", ["scanqa", "sqa3d"],
-          ["Method", "ScanQA C", "B-4", "M", "R", "EM@1", "SQA3D EM@1"],
-          [["Vid-LLM (this run)", *(_pct(m, "scanqa", k) for k in ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L", "EM@1")),
-            _pct(m, "sqa3d", "EM@1")], PAPER_ROWS["qa"]],
-          _qa_note(m))
-    sqa_types = ("what", "is", "how", "can", "which", "others")
-    if "sqa3d" in m:
-        blocks.append(("table", (["SQA3D EM@1 by type", *sqa_types],
-                                 [["Vid-LLM (this run)", *(_pct(m, "sqa3d", "EM@1", t) for t in sqa_types)]])))
-
-    scan2cap = m.get("scan2cap") if isinstance(m.get("scan2cap"), dict) else {}
-    gate, recall = scan2cap.get("gate", "—"), _fmt(scan2cap.get("box_recall"))
-    table("Table 2 — 3D dense captioning (Scan2Cap)", ["scan2cap"],
-          ["Method", "C@0.5", "B-4@0.5", "M@0.5", "R@0.5"],
-          [["Vid-LLM (this run)", *(_pct(m, "scan2cap", f"{k}@0.5") for k in ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L"))],
-           PAPER_ROWS["scan2cap"]],
-          f"IoU gate against {gate}; boxes passing the gate: {recall}%.")
-
-    table("Table 3 — 3D visual grounding (ScanRefer, Multi3DRefer)", ["scanrefer", "multi3drefer"],
-          ["Method", "ScanRefer Acc@0.25", "Acc@0.5", "unique @0.25", "multiple @0.25", "Multi3DRefer F1@0.25", "F1@0.5"],
-          [["Vid-LLM (this run)", _pct(m, "scanrefer", "Acc@0.25"), _pct(m, "scanrefer", "Acc@0.5"),
-            _pct(m, "scanrefer", "Acc@0.25", "unique"), _pct(m, "scanrefer", "Acc@0.25", "multiple"),
-            _pct(m, "multi3drefer", "F1@0.25"), _pct(m, "multi3drefer", "F1@0.5")], PAPER_ROWS["grounding"]],
-          _boxes_note(m, ["scanrefer", "multi3drefer"]))
-
-    table("Table 4 — 3D visual grounding (Nr3D, Sr3D)", ["nr3d", "sr3d"],
-          ["Method", "Nr3D Overall", "Easy", "Hard", "View Dep", "View Indep",
-           "Sr3D Overall", "Easy", "Hard", "View Dep", "View Indep"],
-          [["Vid-LLM (this run)", *(v for b in ("nr3d", "sr3d") for v in (
-              _pct(m, b, "Acc"), *(_pct(m, b, "Acc", g) for g in ("easy", "hard", "view_dependent", "view_independent"))))],
-           PAPER_ROWS["referit3d"]],
-          "Accuracy = the predicted box selects the target among the ground-truth instances (ReferIt3D).")
-
-    time_text = "—" if seconds_per_scene is None else f"{seconds_per_scene:.2f}"
-    table("Table 5 — joint reconstruction and 3D VL reasoning", ["recon", "scanqa", "scan2cap", "scanrefer"],
-          ["Method", "Recon ScanNet F-score", "ScanQA", "Scan2Cap", "ScanRefer", "Time (s / scene)"],
-          [["Vid-LLM (this run)", _raw(m, "recon", "recon/F-score"), *(_summary(m, b) for b in SUMMARY_METRICS),
-            time_text], PAPER_ROWS["joint"]],
-          _summary_note())
-
-    ablations = m.get("ablations")
-    if isinstance(ablations, dict) and ablations:
-        rows = [[name, *(_summary(r, b) for b in SUMMARY_METRICS), _raw(r, "recon", "recon/F-score")]
-                for name, r in ablations.items() if isinstance(r, dict)]
-        blocks.append(("h2", "Table 6 — ablations (Cross-Task Adapter, metric depth)"))
-        blocks.append(("p", _summary_note()))
-        blocks.append(("table", (["Variant", "ScanQA", "Scan2Cap", "ScanRefer", "Recon F-score"], rows)))
-
-    table("Table 7 — camera pose", ["recon"], ["Method", "RRA@15", "RTA@15", "AUC@30 (mAA)"],
-          [["Vid-LLM (this run)", _pct(m, "recon", "pose/RRA@15"), _pct(m, "recon", "pose/RTA@15"),
-            _pct(m, "recon", "pose/AUC@30")], PAPER_ROWS["pose"]], "All frame pairs per scene, averaged over scenes.")
-    table("Table 8 — depth", ["recon"], ["Method", "δ1 ↑", "AbsRel ↓", "RMSE ↓", "log10 ↓"],
-          [["Vid-LLM (this run)", *(_raw(m, "recon", f"depth/{k}") for k in ("delta1", "abs_rel", "rmse", "log10"))], PAPER_ROWS["depth"]],
-          "Valid mask 0 < GT < 10 m, metric scale (no per-image alignment).")
-    table("Table 9 — reconstruction", ["recon"], ["Method", "Comp ↓", "Acc ↓", "Recall ↑", "Prec ↑", "F-score ↑"],
-          [["Vid-LLM (this run)", *(_raw(m, "recon", f"recon/{k}") for k in ("Comp", "Acc", "Recall", "Precision", "F-score"))], PAPER_ROWS["recon"]],
-          "Metres; 2 cm voxel down-sampling, 5 cm threshold.")
     return blocks
 
 
-def _summary_note() -> str:
-    parts = "; ".join(f"{b}: mean of {', '.join(names)}" for b, names in SUMMARY_METRICS.items())
-    return f"Each 3D VL column is the mean of that benchmark's metrics, as in the paper ({parts})."
-
-
-def _qa_note(m: dict[str, Any]) -> str:
-    result = m.get("scanqa")
-    return f"ScanQA captions tokenised with '{result.get('tokenize')}'." if isinstance(result, dict) and result.get("tokenize") else ""
-
-
-def _boxes_note(m: dict[str, Any], benchmarks: Sequence[str]) -> str:
-    sources = sorted({str(m[b]["gt_boxes"]) for b in benchmarks if isinstance(m.get(b), dict) and m[b].get("gt_boxes")})
-    return f"Ground-truth boxes: {'; '.join(sources)}." if sources else ""
+def _note(table: Table, parts: list[tuple[str, TableColumns]], metrics: dict[str, Any],
+          columns: list[tuple[str, Column]]) -> str:
+    notes = [table.note(metrics, columns) if callable(table.note) else table.note]
+    for name, part in parts:
+        if part.note is not None:
+            result = metrics.get(name)
+            notes.append(part.note(result if isinstance(result, Mapping) else {}))
+    return " ".join(n for n in notes if n)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -198,11 +127,11 @@ def _figure(size: tuple[float, float]):
 
 
 def _save(plt, fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=PLOT_DPI)  # no bbox_inches="tight": the pixel size stays fixed
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path, keep_suffix=True) as tmp:  # savefig takes the format from the suffix
+            fig.savefig(tmp, dpi=PLOT_DPI)  # no bbox_inches="tight": the pixel size stays fixed
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -323,7 +252,7 @@ def _predicted_boxes(predictions_dir: Path, scene_id: str) -> np.ndarray:
     from vidllm.eval.predictions import read_predictions
 
     boxes = [np.zeros((0, 6))]
-    for benchmark in ("scanrefer", "multi3drefer"):
+    for benchmark in (spec.name for spec in registry.specs() if spec.plot_boxes):
         path = predictions_dir / f"{benchmark}.jsonl"
         if path.is_file():
             preds = read_predictions(path, benchmark)
@@ -331,10 +260,8 @@ def _predicted_boxes(predictions_dir: Path, scene_id: str) -> np.ndarray:
     return np.concatenate(boxes)
 
 
-def _seconds_per_scene(metrics: dict[str, Any], predictions_dir: Path) -> float | None:
-    timing = metrics.get("timing")
-    if isinstance(timing, dict) and isinstance(timing.get("seconds_per_scene"), (int, float)):
-        return float(timing["seconds_per_scene"])
+def _seconds_per_scene(predictions_dir: Path) -> float | None:
+    """Mean of the seconds per scene `vidllm predict` recorded in the predictions' meta files."""
     values = [read_meta(p).get("seconds_per_scene") for p in sorted(predictions_dir.glob("*.jsonl"))]
     values = [float(v) for v in values if isinstance(v, (int, float))]
     return float(np.mean(values)) if values else None
@@ -342,7 +269,7 @@ def _seconds_per_scene(metrics: dict[str, Any], predictions_dir: Path) -> float 
 
 def _ablation_blocks(run: Path) -> list[Block]:
     """The ablation table (`vidllm ablate`, or the demo's blind control) when the run has one."""
-    from vidllm.ablate import ABLATION_FILE, COLUMNS
+    from vidllm.ablate import ABLATION_FILE, columns
 
     path = run / ABLATION_FILE
     if not path.is_file():
@@ -350,8 +277,9 @@ def _ablation_blocks(run: Path) -> list[Block]:
     result = rd.read_json(path)
     if not isinstance(result, dict) or not isinstance(result.get("variants"), dict):
         raise DataError(path, "must hold {variants: {name: {table: ...}}} (vidllm ablate's output)")
-    header = ["variant", *(h for h, *_ in COLUMNS)]
-    rows = [[name, *(_fmt(entry.get("table", {}).get(h)) for h, *_ in COLUMNS)]
+    headers = [h for h, *_ in columns()]
+    header = ["variant", *headers]
+    rows = [[name, *(fmt(entry.get("table", {}).get(h)) for h in headers)]
             for name, entry in result["variants"].items()]
     return [("h2", "Ablations (held-out scenes)"),
             ("p", "Each variant trained on the same data, seeds and steps; `blind` is the same model with no vision "
@@ -384,7 +312,7 @@ def build_report(run: str | Path, max_scenes: int = 2, progress: Callable[[str],
         blocks.append(("p", f"Recipe: {recipe}. Configured evaluation protocol: {protocol}."))
     if not metrics:
         blocks.append(("p", f"No {rd.METRICS_FILE} in this run: the tables below are empty."))
-    blocks += _tables(metrics, _seconds_per_scene(metrics, run / rd.PREDICTIONS_DIR))
+    blocks += _tables(metrics, _seconds_per_scene(run / rd.PREDICTIONS_DIR))
     blocks += _ablation_blocks(run)
 
     figures: list[Block] = []

@@ -12,12 +12,7 @@ from typing import Any
 
 from vidllm.errors import DataError, VidLLMError
 from vidllm.eval.captions import TokenizePreset
-from vidllm.eval.predictions import BENCHMARKS, BOX_BENCHMARKS, PROTOCOLS, match_ids, read_meta, read_predictions
-
-# Benchmarks whose ground truth needs object boxes from the scenes.
-NEEDS_BOXES = (*BOX_BENCHMARKS, "scan2cap")
-# Default caption tokenisation: Scan2Cap as its peers (sos … eos), ScanQA as coco-caption.
-DEFAULT_TOKENIZE: dict[str, TokenizePreset] = {"scan2cap": "scan2cap", "scanqa": "coco_ptb"}
+from vidllm.eval.predictions import PROTOCOLS, match_ids, read_meta, read_predictions
 
 
 def score_predictions(
@@ -44,12 +39,14 @@ def score_predictions(
         proposal (the peers' protocol) instead of the prediction's own box.
     protocol: how predicted geometry met ScanNet's world frame; default: the predictions'
         `.meta.json`, else "unspecified". Recorded in the result either way.
+    tokenize: caption tokenisation (ScanQA, Scan2Cap); default: the benchmark's own.
+    The benchmark's scorer (`BenchmarkSpec.score`) adds metrics, subgroups and its own keys.
     """
     from vidllm.data.scannet.annotations import load_annotations
-    from vidllm.eval import benchmarks as bm
+    from vidllm.eval.benchmarks import ground_truth
+    from vidllm.eval.benchmarks.registry import ScoreInputs, get
 
-    if benchmark not in BENCHMARKS:
-        raise VidLLMError(f"unknown benchmark '{benchmark}' (choose from {', '.join(BENCHMARKS)})")
+    spec = get(benchmark)
     if protocol is not None and protocol not in PROTOCOLS:
         raise VidLLMError(f"unknown evaluation protocol '{protocol}' (choose from {', '.join(PROTOCOLS)})")
     pred_path = Path(pred_path)
@@ -65,9 +62,8 @@ def score_predictions(
     }
     if meta.get("proposals"):
         result["proposals"] = meta["proposals"]
-    if benchmark == "recon":
-        result["gt"] = "geometry files (depth_gt, camera_to_world_gt, points_gt)"
-        result.update(bm.score_recon(preds))
+    if not spec.task.annotation_files:  # the ground truth came with the predictions (recon's geometry files)
+        result.update(spec.score(ScoreInputs(predictions=preds, meta=meta)))
         return result
 
     if gt is None:
@@ -78,39 +74,22 @@ def score_predictions(
     match_ids(pred_path, preds, [inst.id for inst in instructions])
     result["gt"] = str(gt)
 
-    scene_boxes: bm.SceneBoxes = {}
+    scene_boxes: ground_truth.SceneBoxes = {}
     boxes_source = ""
-    if benchmark in NEEDS_BOXES:
+    if spec.task.needs_boxes:
         if boxes is not None:
-            scene_boxes, boxes_source = bm.load_boxes_json(boxes), str(boxes)
+            scene_boxes, boxes_source = ground_truth.load_boxes_json(boxes), str(boxes)
             result["gt_boxes"] = f"boxes file {boxes}"
         elif scans is not None:
-            scene_boxes = bm.load_boxes_from_scans(scans, [inst.scene_id for inst in instructions])
+            scene_boxes = ground_truth.load_boxes_from_scans(scans, [inst.scene_id for inst in instructions])
             boxes_source = str(scans)
             result["gt_boxes"] = f"ScanNet scenes in {scans} (aggregation + segs + mesh, axis-aligned)"
         else:
             raise VidLLMError(f"{benchmark} needs ground-truth boxes: pass --scans DIR or --boxes JSON")
 
-    preset = tokenize or DEFAULT_TOKENIZE.get(benchmark, "coco_ptb")
-    if benchmark == "scanqa":
-        result.update(bm.score_scanqa(instructions, preds, str(gt), preset, meteor))
-    elif benchmark == "sqa3d":
-        result.update(bm.score_sqa3d(instructions, preds, str(gt)))
-    elif benchmark == "scanrefer":
-        result.update(bm.score_scanrefer(instructions, preds, scene_boxes, boxes_source))
-    elif benchmark == "multi3drefer":
-        result.update(bm.score_multi3drefer(instructions, preds, scene_boxes, boxes_source))
-    elif benchmark in ("nr3d", "sr3d"):
-        result.update(bm.score_referit3d(instructions, preds, scene_boxes, boxes_source))
-    elif benchmark == "scan2cap":
-        scene_proposals = (bm.load_proposals(proposals, [inst.scene_id for inst in instructions])
-                           if proposals is not None else None)
-        result.update(bm.score_scan2cap(instructions, preds, scene_boxes, boxes_source, scene_proposals,
-                                        iou_threshold, preset, meteor))
-        own = "the prediction's own box"
-        if meta.get("scan2cap_prompt_box"):
-            own += f" (the prompt's {meta['scan2cap_prompt_box']})"
-        result["gate"] = f"proposals in {proposals}" if proposals is not None else own
+    result.update(spec.score(ScoreInputs(
+        predictions=preds, meta=meta, instructions=instructions, gt=str(gt), boxes=scene_boxes,
+        boxes_source=boxes_source, proposals=proposals, tokenize=tokenize, meteor=meteor, iou_threshold=iou_threshold)))
     return result
 
 

@@ -63,8 +63,9 @@ def stage2_loss(model_outputs: dict, batch: dict, weights: Stage2LossWeights | N
             VL terms are used when present). `{"recon": vision.recon, "scene_rotation":
             vision.scene_rotation}` from `encode_video` gives a reconstruction-only step.
         batch: `reconstruction_targets(...)` output (pose_enc, depth, points, valid_mask,
-            depth_metric, scene_rotation, sequence_valid); the VL terms need nothing from it
-            (GIoU uses the targets the model assigned to its `<ground>`s).
+            depth_metric, scene_rotation, sequence_valid), plus for the `<ground>` terms the
+            rows' box_targets, target_mask and target_proposals (see `vl_loss`; without
+            box_targets only the LM term of L_VL is computed).
     Returns:
         dict of scalars: total, recon, md, vl and every individual term (camera, camera_trans,
         camera_rot, camera_fov, depth, depth_conf, depth_reg, depth_grad, point*, rotation,
@@ -111,7 +112,7 @@ def stage2_loss(model_outputs: dict, batch: dict, weights: Stage2LossWeights | N
             total_md = total_md + w.md_chamfer * out["md_chamfer"]
 
     vl_weights = VLLossWeights(lm=w.lm, box=w.box, giou=w.giou, match=w.match, refine=w.refine)
-    vl = vl_loss(model_outputs, vl_weights)
+    vl = vl_loss(model_outputs, batch, vl_weights)
     out.update({k: v for k, v in vl.items() if k != "total"})
     out["recon"], out["md"], out["vl"] = total_recon, total_md, vl["total"].to(total_recon.device)
     votes = model_outputs.get("proposal_votes")

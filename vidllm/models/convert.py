@@ -306,12 +306,10 @@ def export_vggt_dino(checkpoint: str | Path, out_dir: str | Path, num_heads: int
     """Write a VGGT checkpoint's DINO patch embed as a Hugging Face `Dinov2WithRegistersModel`
     directory: the Stage-1 geometry teacher (`teachers.geometry`), which is the encoder whose
     features VGGT's aggregator was trained on. Written under a temporary name, then renamed."""
-    import shutil
-    import tempfile
 
     from transformers import Dinov2WithRegistersModel
 
-    from vidllm.checkpoint import commit_dir
+    from vidllm.artifacts.files import atomic_dir
 
     sd = read_checkpoint(checkpoint)
     try:
@@ -324,12 +322,6 @@ def export_vggt_dino(checkpoint: str | Path, out_dir: str | Path, num_heads: int
     if missing:
         raise DataError(checkpoint, f"DINO weights missing for {missing[:3]}")
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp))
-        commit_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

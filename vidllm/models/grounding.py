@@ -1,6 +1,7 @@
-"""Grounding heads: each `<ground>` token's hidden state → a box and proposal
-scores; the Scan2Cap object prompt (box → embedding at the `<obj>` placeholder); which target
-each `<ground>` is supervised with (`assign_targets`).
+"""Grounding heads: each `<ground>` token's hidden state → a box, proposal scores and
+refined proposals; the Scan2Cap object prompt (box → embedding at the `<obj>` placeholder).
+Which target each `<ground>` is supervised with is the losses' business
+(`vidllm.losses.vl.assign_targets`).
 
 Boxes are `[cx, cy, cz, dx, dy, dz]` in metres in the scene frame (gravity-aligned, origin
 at the first camera).
@@ -16,11 +17,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from vidllm.config import GroundingConfig
-from vidllm.losses.vl import box_iou_3d
 
 
 class BoxEncoder(nn.Module):
@@ -53,9 +52,12 @@ class GroundingHeads(nn.Module):
         nn.init.zeros_(self.refine[-1].bias)
 
     def refine_box(self, ground_hidden: Tensor, proposal: Tensor) -> Tensor:
-        """The `<ground>` query's correction of the proposal it selected: ground_hidden `[..., D]`,
-        proposal `[..., 6]` → box `[..., 6]` (centre shifted, size scaled by at most e^±1)."""
-        delta = self.refine(torch.cat([self.query_proj(ground_hidden), self.proposal_encoder(proposal)], dim=-1))
+        """The `<ground>` query's correction of a proposal: ground_hidden `[..., D]`, proposal
+        `[..., 6]` → box `[..., 6]` (centre shifted, size scaled by at most e^±1). Leading dims
+        broadcast: `[B, G, 1, D]` with `[B, 1, M, 6]` refines every proposal for every query
+        (`[B, G, M, 6]`), each side encoded once."""
+        query, key = torch.broadcast_tensors(self.query_proj(ground_hidden), self.proposal_encoder(proposal))
+        delta = self.refine(torch.cat([query, key], dim=-1))
         return torch.cat([proposal[..., :3] + delta[..., :3],
                           proposal[..., 3:] * torch.exp(torch.tanh(delta[..., 3:]))], dim=-1)
 
@@ -83,44 +85,3 @@ class GroundingHeads(nn.Module):
     def object_embedding(self, boxes: Tensor) -> Tensor:
         """boxes `[B, 6]` → `[B, D]` embeddings placed at the `<obj>` token (Scan2Cap prompt)."""
         return self.object_prompt(boxes)
-
-
-def assignment_cost(pred: Tensor, targets: Tensor) -> Tensor:
-    """Cost of supervising each predicted box with each target: pred `[..., G, 6]`, targets
-    `[..., T, 6]` → `[..., G, T]` = L1 over centre and size (mean of the 6) + (1 − GIoU), the
-    two box terms of the loss with unit weights."""
-    pred, targets = pred[..., :, None, :].float(), targets[..., None, :, :].float()
-    return (pred - targets).abs().mean(-1) + 1.0 - box_iou_3d(pred, targets)[1]
-
-
-@torch.no_grad()
-def assign_targets(pred: Tensor, pred_mask: Tensor, targets: Tensor, target_mask: Tensor) -> Tensor:
-    """Which target each `<ground>` of a row is supervised with (box and match).
-
-    The targets of a row are a set: no benchmark fixes an order for them in the text
-    (Multi3DRefer lists object ids, "all the chairs" has no first chair), so the k-th `<ground>`
-    is not tied to the k-th id. Instead each row's `<ground>`s and targets are matched
-    one-to-one by the Hungarian algorithm on `assignment_cost` of the current predictions
-    (DETR-style; computed without gradient). With fewer `<ground>`s than targets (an answer cut
-    by the token budget) the extra targets go unsupervised, and vice versa; a single target
-    goes to the single `<ground>`.
-
-    Args:
-        pred: `[B, G, 6]` predicted boxes, one per `<ground>` slot; pred_mask `[B, G]` real slots.
-        targets: `[B, T, 6]` target boxes; target_mask `[B, T]` real targets.
-    Returns:
-        `[B, G]` long: index into the row's targets, −1 for a slot without a target.
-    """
-    rows, slots = pred_mask.shape
-    out = torch.full((rows, slots), -1, dtype=torch.long)
-    if slots and targets.shape[1]:
-        # Non-finite costs (a diverged prediction) would make the solver raise: make them maximal.
-        cost = torch.nan_to_num(assignment_cost(pred, targets), nan=1e6, posinf=1e6, neginf=1e6).cpu()
-        pred_mask, target_mask = pred_mask.cpu(), target_mask.cpu()
-        for b in range(rows):
-            g = pred_mask[b].nonzero().flatten()
-            t = target_mask[b].nonzero().flatten()
-            if len(g) and len(t):
-                chosen_g, chosen_t = linear_sum_assignment(cost[b][g][:, t].numpy())
-                out[b, g[chosen_g]] = t[chosen_t]
-    return out.to(pred.device)

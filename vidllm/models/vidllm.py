@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import DynamicCache, PretrainedConfig
 
@@ -20,7 +19,7 @@ from vidllm.config import ModelConfig
 from vidllm.geometry import patch_centers_to_world, patch_depth, scene_to_scannet_world, se3_inverse, unproject_depth
 from vidllm.models.cross_task_adapter import CrossTaskAdapter
 from vidllm.models.encoder import SharedEncoder
-from vidllm.models.grounding import GroundingHeads, assign_targets
+from vidllm.models.grounding import GroundingHeads
 from vidllm.models.llm import build_causal_lm, decoder_of, run_shared_prefix, select_cache, splice_vision_tokens
 from vidllm.models.patches3d import Patch3DEmbedding, SceneFrameHead, voxel_pool
 from vidllm.models.proposals import ProposalHead, decode_proposals
@@ -80,7 +79,7 @@ class VidLLM(nn.Module):
         llm_config: PretrainedConfig | None = None,
     ):
         """`encoder_config` / `llm_config` rebuild a saved model's exact transformers
-        architectures (used by `vidllm.checkpoint`); otherwise they come from `cfg`."""
+        architectures (used by `vidllm.artifacts.model_dir`); otherwise they come from `cfg`."""
         super().__init__()
         self.config = cfg
         self.encoder = SharedEncoder(cfg.encoder, hf_config=encoder_config)
@@ -160,45 +159,38 @@ class VidLLM(nn.Module):
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
-        box_targets: Tensor | None = None,
-        target_mask: Tensor | None = None,
         proposals: Tensor | None = None,
         proposal_mask: Tensor | None = None,
-        target_proposals: Tensor | None = None,
         object_boxes: Tensor | None = None,
         vision: VisionOutput | None = None,
         scene_index: Tensor | None = None,
         share_prefix: bool = True,
         return_logits: bool | None = None,
     ) -> dict:
-        """
+        """Predictions only; the losses (`vidllm.losses.vl.vl_loss`) compare them with the targets.
+
         Args:
             images: `[B_scene, S, 3, H, W]` in [0, 1] (or None when `vision` is given).
             input_ids, attention_mask, labels: `[B, L]`, one `<image>` per row; labels −100 = ignored.
-            box_targets: `[B, T, 6]` the scene-frame boxes of each row's targets (`[B, 6]`: one per
-                row), target_mask `[B, T]` the real ones (default all). Every `<ground>` of a row is
-                supervised with one of them, one-to-one by `assign_targets` (Hungarian on box cost);
-                a row without targets (zero-target, answered without `<ground>`) gets none.
-            proposals: `[B, M, 6]`, proposal_mask `[B, M]`; target_proposals `[B, T]` the index of
-                each target among its row's proposals (−1: not among them, which trains the match
-                head's last column). Needs box_targets (the assignment is made on boxes).
+                Labels only choose where the LM head runs (and which token each position predicts).
+            proposals: `[B, M, 6]` scene-frame boxes every `<ground>` scores and refines;
+                proposal_mask `[B, M]` the real ones (default all).
             object_boxes: `[B, 6]` Scan2Cap object box embedded at `<obj>`.
             vision: a previous `encode_video` result; scene_index `[B]` maps rows to its scenes.
             share_prefix: run the LLM over each scene's vision tokens once and the rows' text
                 against that prefix (`run_shared_prefix`); False splices the vision tokens into
                 every row. Same results to float tolerance.
             return_logits: also return `logits [B, T, V]` over every position (default: only
-                when no labels are given; the loss applies the LM head to supervised positions only).
-        Returns dict: loss (sum of present terms), loss_lm, loss_box (mean L1 over assigned
-            `<ground>`s), loss_match (mean cross-entropy over them), logits, recon, vision,
-            scene_rotation `[B_scene, 3, 3]`, and per `<ground>` slot (G = most `<ground>`s in a
-            row, in answer order): ground_mask `[B, G]`, ground_hidden `[B, G, D]`, box_pred
-            `[B, G, 6]`, match_logits `[B, G, M + 1]`; with box_targets also assignment `[B, G]`
-            (target index, −1 = none), assigned_targets `[B, G, 6]`, box_l1 `[B, G]` and
-            match_nll `[B, G]` (each slot's own term, 0 where unassigned).
+                when no labels are given).
+        Returns dict: recon, vision, scene_rotation `[B_scene, 3, 3]`; logits (see return_logits);
+            with labels supervised_logits `[N, V]` and supervised_targets `[N]`, the N positions
+            that have a label, in row-major order (N may be 0); and per `<ground>` slot (G = most
+            `<ground>`s in a row, in answer order): ground_mask `[B, G]`, ground_hidden
+            `[B, G, D]`, box_pred `[B, G, 6]`, with proposals also match_logits `[B, G, M + 1]`
+            (last column: "not among them") and refined_boxes `[B, G, M, 6]` (every proposal
+            refined by every slot: the loss needs the target's proposal, which the model never
+            sees; M is small).
         """
-        if target_proposals is not None and box_targets is None:
-            raise ValueError("target_proposals needs box_targets: <ground>s are assigned to targets by their boxes")
         if vision is None:
             vision = self.encode_video(images)
         if scene_index is None:
@@ -211,11 +203,12 @@ class VidLLM(nn.Module):
         result: dict = {"recon": vision.recon, "vision": vision, "scene_rotation": vision.scene_rotation}
         if return_logits or (return_logits is None and labels is None):
             result["logits"] = self.llm.get_output_embeddings()(hidden)
-        losses: dict[str, Tensor] = {}
-        supervised = targets != -100
-        if supervised.any():  # the LM head only where a label is (mean CE over those tokens)
-            logits = self.llm.get_output_embeddings()(hidden[supervised])
-            losses["loss_lm"] = F.cross_entropy(logits.float(), targets[supervised])
+        if labels is not None:
+            # The LM head only where a label is: [N, V] instead of [B, T, V], most of which
+            # (vision tokens, prompt, padding) no loss reads.
+            supervised = targets != -100
+            result["supervised_logits"] = self.llm.get_output_embeddings()(hidden[supervised])
+            result["supervised_targets"] = targets[supervised]
 
         # Every <ground> is a box query: its hidden state (it is an input token of the answer).
         # Slots [B, G] hold each row's <ground> columns in answer order, padding past the end.
@@ -227,47 +220,12 @@ class VidLLM(nn.Module):
         ground_mask = columns < length
         positions = text_index.gather(1, columns.clamp_max(length - 1))
         ground_hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device)[:, None], positions]  # [B, G, D]
-        box_pred = self.grounding.predict_box(ground_hidden)
-        result.update(ground_mask=ground_mask, ground_hidden=ground_hidden, box_pred=box_pred)
-        match_logits = None
+        result.update(ground_mask=ground_mask, ground_hidden=ground_hidden,
+                      box_pred=self.grounding.predict_box(ground_hidden))
         if proposals is not None:
-            match_logits = self.grounding.match_logits(ground_hidden, proposals.to(ground_hidden.dtype), proposal_mask)
-            result["match_logits"] = match_logits  # [B, G, M + 1]
-        if box_targets is not None:
-            box_targets = box_targets[:, None] if box_targets.dim() == 2 else box_targets
-            if target_mask is None:
-                target_mask = torch.ones(box_targets.shape[:2], dtype=torch.bool, device=box_targets.device)
-            if box_targets.shape[1] == 0:  # no row has a target: one padding column keeps the gathers valid
-                rows = box_targets.shape[0]
-                box_targets, target_mask = box_targets.new_zeros(rows, 1, 6), target_mask.new_zeros(rows, 1)
-                if target_proposals is not None:
-                    target_proposals = target_proposals.new_full((rows, 1), -1)
-            assignment = assign_targets(box_pred.detach(), ground_mask, box_targets, target_mask.bool())
-            assigned = assignment >= 0
-            pick = assignment.clamp_min(0)
-            assigned_targets = box_targets.gather(1, pick[..., None].expand(-1, -1, 6)).to(box_pred.dtype)
-            box_l1 = torch.where(assigned, (box_pred - assigned_targets).abs().mean(-1), 0.0)
-            result.update(assignment=assignment, assigned_targets=assigned_targets, box_l1=box_l1)
-            if assigned.any():
-                losses["loss_box"] = box_l1[assigned].mean()
-            if match_logits is not None and target_proposals is not None:
-                index = target_proposals.gather(1, pick)
-                index = torch.where(index >= 0, index, match_logits.shape[-1] - 1)  # not proposed → last column
-                log_probs = torch.log_softmax(match_logits.float(), dim=-1)
-                match_nll = -log_probs.gather(-1, index[..., None]).squeeze(-1).masked_fill(~assigned, 0.0)
-                result["match_nll"] = match_nll
-                if assigned.any():
-                    losses["loss_match"] = match_nll[assigned].mean()
-                # The selected proposal, refined towards its target: trained on every assigned
-                # `<ground>` whose target is among the proposals (jittered in training).
-                proposed = assigned & (target_proposals.gather(1, pick) >= 0)
-                if proposed.any():
-                    chosen = proposals.gather(1, target_proposals.gather(1, pick).clamp_min(0)[..., None].expand(-1, -1, 6))
-                    refined = self.grounding.refine_box(ground_hidden, chosen.to(ground_hidden.dtype))
-                    refine_l1 = (refined.float() - assigned_targets.float()).abs().mean(-1)
-                    losses["loss_refine"] = refine_l1[proposed].mean()
-        result.update(losses)
-        result["loss"] = sum(losses.values()) if losses else None
+            proposals = proposals.to(ground_hidden.dtype)
+            result["match_logits"] = self.grounding.match_logits(ground_hidden, proposals, proposal_mask)
+            result["refined_boxes"] = self.grounding.refine_box(ground_hidden[:, :, None], proposals[:, None])
         return result
 
     def _language_hidden(self, text_embeds: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None,

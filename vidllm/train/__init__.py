@@ -1,11 +1,15 @@
 """Stage-1 distillation and Stage-2 joint training (single process or Ray Train).
 
-Entry points: `train_stage1(cfg, shards_uri, teacher_cache_uri, run_dir, *, init_model=None,
-use_ray=False, fresh=False)` and `train_stage2(cfg, shards_uri, run_dir, *, init_model, use_ray=False,
-fresh=False)`, both returning `TrainResult(model_dir, steps, final_losses)`. A re-run resumes from the
-newest intact checkpoint; under a changed config it is refused unless `fresh` (`vidllm.train.jobs`).
+Entry point: `train(stage, cfg, StageInputs(shards_uri, cache_uri, init_model), run_dir, *,
+use_ray=False, fresh=False)` over the `STAGES` table, returning `TrainResult(model_dir, steps,
+final_losses)`; `train_stage1` / `train_stage2` spell it per stage. A re-run resumes from the newest
+intact checkpoint; under a changed config it is refused unless `fresh` (`vidllm.train.jobs`).
+
+Layout: `jobs` (STAGES, the stage builders, the entry), `loop` (the Trainer), `checkpoint`
+(training checkpoints), `ray_launcher` (the same loop in Ray Train workers), `batches`, `stage1`,
+`stage2` (objectives and models per stage).
 """
 
-from vidllm.train.jobs import TrainResult, train_stage1, train_stage2
+from vidllm.train.jobs import STAGES, StageInputs, TrainResult, train, train_stage1, train_stage2
 
-__all__ = ["TrainResult", "train_stage1", "train_stage2"]
+__all__ = ["STAGES", "StageInputs", "TrainResult", "train", "train_stage1", "train_stage2"]

@@ -8,8 +8,8 @@ Stage-2 text rows: `build_prompt(...)` then the answer and `</s>`; labels are �
 prompt (the model marks vision positions −100 when it splices them in). Answers:
 - scanqa / sqa3d / scan2cap: the first reference answer (scan2cap carries the object box at `<obj>`).
 - scanrefer / nr3d / sr3d / multi3drefer: one `<ground>` per target (its hidden state is the box
-  query), every target of the row in `box_targets` / `target_proposals`; the model supervises each
-  `<ground>` with one of them (Hungarian assignment, `vidllm.models.grounding.assign_targets`).
+  query), every target of the row in `box_targets` / `target_proposals`; the loss supervises each
+  `<ground>` with one of them (Hungarian assignment, `vidllm.losses.vl.assign_targets`).
   A zero-target Multi3DRefer row answers "none" with no `<ground>`: "no target" is the answer,
   trained by the LM loss, and read the same way at inference (no `<ground>` → no box).
 Proposals are the scene's objects; when it has more than `max_proposals`, each row keeps all its
@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vidllm.data.scannet.annotations import TASKS, trained_tasks
 from vidllm.errors import DataError
 from vidllm.losses import reconstruction_targets
-from vidllm.tokenizer import GROUND, GROUNDING_TASKS, build_prompt
+from vidllm.tokenizer import GROUND, build_prompt
 
-ANSWER_TASKS = ("scanqa", "sqa3d", "scan2cap")
 NO_TARGET_ANSWER = "none"
 
 
@@ -55,16 +55,18 @@ def train_instructions(sample: dict[str, Any], split: str = "train") -> list[dic
     splits = {r.get("split") for r in records} - {None}
     scene_split = next(iter(splits)) if len(splits) == 1 else None
     objects = {int(o["object_id"]) for o in sample["meta"].get("objects", [])}
+    trained = trained_tasks()
     out = []
     for r in records:
         task = r.get("task")
-        if task not in GROUNDING_TASKS + ANSWER_TASKS:
+        if task not in trained:
             continue
+        spec = TASKS[task]
         if (r.get("split") or scene_split) not in (split, None):
             continue
-        if task in ANSWER_TASKS and not r.get("answers"):
+        if spec.kind == "text" and not r.get("answers"):
             continue
-        if task in (*GROUNDING_TASKS, "scan2cap") and not objects.issuperset(
+        if spec.needs_boxes and not objects.issuperset(
                 int(i) for i in r.get("target_object_ids") or []):
             continue
         out.append(r)
@@ -102,6 +104,7 @@ def encode_row(record: dict[str, Any], tokenizer, objects: dict[int, list[float]
                max_tokens: int) -> TextRow:
     """One instruction record → token ids and labels (prompt −100, answer + eos supervised)."""
     task = record["task"]
+    spec = TASKS[task]
 
     def scene_box(object_id: int) -> list[float]:
         box = objects[object_id]
@@ -110,23 +113,23 @@ def encode_row(record: dict[str, Any], tokenizer, objects: dict[int, list[float]
     # Duplicate ids would ask for two <ground>s on one object.
     targets = list(dict.fromkeys(int(i) for i in record.get("target_object_ids") or []))
     missing = [i for i in targets if i not in objects]
-    if missing and task in (*GROUNDING_TASKS, "scan2cap"):  # dropping them would teach a wrong count, or "none"
+    if missing and spec.needs_boxes:  # dropping them would teach a wrong count, or "none"
         raise DataError(record.get("id", "?"), f"{task} target object {missing[0]} is not in the scene")
     target_ids: list[int] = []
     object_box = None
-    prompt = build_prompt(record["text"], record.get("situation"), with_object=task == "scan2cap",
-                          grounding=task in GROUNDING_TASKS)
-    if task in GROUNDING_TASKS:
+    prompt = build_prompt(record["text"], record.get("situation"), with_object=spec.object_prompt,
+                          grounding=spec.grounding)
+    if spec.grounding:
         answer = " ".join([GROUND] * len(targets)) if targets else NO_TARGET_ANSWER
         target_ids = targets
     else:
         answer = str(record["answers"][0])
-        if task == "scan2cap":
+        if spec.object_prompt:
             if not targets:
-                raise DataError(record.get("id", "?"), "scan2cap record names no target object")
+                raise DataError(record.get("id", "?"), f"{task} record names no target object")
             object_box = scene_box(targets[0])
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    if task in GROUNDING_TASKS and targets:
+    if spec.grounding and targets:
         # Bare <ground> tokens: spaced (" <ground>") each would start with a " " token, a first
         # answer token shared by every grounding row that QA rows would then have to unlearn.
         answer_ids = [tokenizer.convert_tokens_to_ids(GROUND)] * len(targets) + [tokenizer.eos_token_id]

@@ -1,6 +1,7 @@
-"""The two training jobs — `train_stage1` and `train_stage2` — called by the CLI, Prefect flows and DVC.
+"""The training entry: `train(stage, cfg, inputs, run_dir)` over the `STAGES` table (called by the
+CLI, the Prefect flow, DVC and `ablate`; `train_stage1` / `train_stage2` are its two spellings).
 
-Run directory (besides `vidllm.eval.run_dir`'s files)::
+Run directory (besides `vidllm.artifacts.run_dir`'s files)::
 
     RUN_DIR/config.yaml, train_log.csv     (both stages append to one log; `stage` column)
     RUN_DIR/checkpoints/stage{1,2}/step-NNNNNNNN/   single-process checkpoints (Ray: under storage_path)
@@ -21,31 +22,37 @@ import itertools
 import logging
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from vidllm.checkpoint import load_state_fitting
-from vidllm.config import VidLLMConfig, config_to_yaml
+from vidllm.artifacts import run_dir as rd
+from vidllm.artifacts.model_dir import load_state_fitting
+from vidllm.config import ConfigError, VidLLMConfig, config_to_yaml
 from vidllm.data.prefetch import Prefetcher
 from vidllm.errors import DataError
-from vidllm.eval import run_dir as rd
 from vidllm.train.batches import cycle_samples, is_training_scene, stage1_batch, stage2_batch, to_device
-from vidllm.train.loop import (
+from vidllm.train.checkpoint import (
     CHECKPOINTS_DIR,
-    StageJob,
     checkpoint_name,
     checkpoint_problems,
     load_latest_intact,
     prune_checkpoints,
     remove_orphaned_checkpoint_dirs,
-    run_loop,
     save_checkpoint,
-    seed_everything,
     step_checkpoints,
+)
+from vidllm.train.loop import (
+    SetupFn,
+    StageInputs,
+    StageJob,
+    StageSetup,
+    TrainResult,
+    run_loop,
+    seed_everything,
 )
 
 log = logging.getLogger(__name__)
@@ -58,8 +65,8 @@ def verify_artifacts(path: str | Path) -> list[dict[str, Any]]:
     """Check digests under `path`: a model or Stage-1 directory, a training checkpoint
     (`step-NNNNNNNN`), or a run directory (its stage1_model/, model/ and every checkpoint).
     One {path, kind, ok, problems} entry per artifact; DataError if `path` holds none."""
-    from vidllm.checkpoint import CONFIG_NAME, verify_model_dir
-    from vidllm.train.loop import STATE_FILE
+    from vidllm.artifacts.model_dir import CONFIG_NAME, verify_model_dir
+    from vidllm.train.checkpoint import STATE_FILE
 
     root = Path(path)
     if not root.exists():
@@ -88,23 +95,6 @@ def verify_artifacts(path: str | Path) -> list[dict[str, Any]]:
     return entries
 
 
-@dataclass
-class TrainResult:
-    model_dir: Path
-    steps: int
-    final_losses: dict[str, float] = field(default_factory=dict)
-    resumed_from: int = 0
-
-
-@dataclass
-class StageSetup:
-    """Everything one process needs for a stage: the objective, its batches, and how to export it."""
-
-    job: StageJob
-    export: Any  # callable(objective: nn.Module, out_dir: Path) -> Path
-    tokenizer: Any = None  # Stage 2: the tokenizer its prompts are encoded with
-
-
 class Stage1Objective(nn.Module):
     def __init__(self, student: nn.Module, sc_weight: float, sc_tokens: int, seed: int, teachers: str = "both"):
         super().__init__()
@@ -128,10 +118,19 @@ class Stage1Objective(nn.Module):
         return list(self.student.encoder.backbone.encoder.layer)
 
 
-def rank_samples(shards_uri: str, rank: int, world_size: int):
+def rank_samples(shards_uri: str, rank: int, world_size: int, reader: str = "local"):
     """A factory of this rank's stream of training scenes (`is_training_scene`: val/test-split
     scenes never train): whole shards per rank when there are enough shards, else every
-    `world_size`-th training scene (small datasets)."""
+    `world_size`-th training scene (small datasets). `reader` "ray" reads the Ray Train datasets
+    the launcher attached (`vidllm.data.shards.ray_reader.train_datasets`), "local" the files."""
+    if reader == "ray":
+        from vidllm.data.shards.ray_reader import iter_worker_samples, train_dataset_plan
+
+        name = train_dataset_plan(shards_uri, world_size)[rank]
+        if name == "train-all":
+            return lambda: itertools.islice(filter(is_training_scene, iter_worker_samples(name)), rank, None,
+                                            world_size)
+        return lambda: filter(is_training_scene, iter_worker_samples(name))
     from vidllm.data.shards.format import ShardDataset
 
     dataset = ShardDataset(shards_uri, rank=rank, world_size=world_size)
@@ -147,8 +146,11 @@ def _batched(stream: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[
         yield [next(stream) for _ in range(size)]
 
 
-def stage1_setup(cfg: VidLLMConfig, shards_uri: str, cache_uri: str, init_model: str | Path | None,
-                 rank: int = 0, world_size: int = 1) -> StageSetup:
+def stage1_setup(cfg: VidLLMConfig, inputs: StageInputs, rank: int = 0, world_size: int = 1) -> StageSetup:
+    """Stage 1 (distillation, eqs. 5–7): the student encoder + CTA against cached teacher features."""
+    shards_uri, cache_uri, init_model = inputs.shards_uri, inputs.cache_uri, inputs.init_model
+    if cache_uri is None:
+        raise ConfigError("Stage 1 needs a teacher cache (`vidllm teachers`, then --teacher-cache)")
     from vidllm.data.teacher_cache import feature_keys, load_teacher_features
     from vidllm.train.stage1 import build_student, save_stage1_model
 
@@ -162,7 +164,7 @@ def stage1_setup(cfg: VidLLMConfig, shards_uri: str, cache_uri: str, init_model:
     objective = Stage1Objective(student, cfg.train.distill_lambda, cfg.train.distill_sc_tokens, cfg.train.seed,
                                 cfg.train.distill_teachers)
     stage_cfg = cfg.train.stage1
-    samples = rank_samples(shards_uri, rank, world_size)
+    samples = rank_samples(shards_uri, rank, world_size, inputs.reader)
 
     def build(start_step: int) -> Iterator[tuple[dict[str, Any], int]]:
         stream = cycle_samples(samples, skip=start_step * stage_cfg.batch_size)
@@ -181,9 +183,10 @@ def stage1_setup(cfg: VidLLMConfig, shards_uri: str, cache_uri: str, init_model:
     return StageSetup(job, export)
 
 
-def stage2_setup(cfg: VidLLMConfig, shards_uri: str, init_model: str | Path | None,
-                 rank: int = 0, world_size: int = 1) -> StageSetup:
-    from vidllm.checkpoint import save_pretrained
+def stage2_setup(cfg: VidLLMConfig, inputs: StageInputs, rank: int = 0, world_size: int = 1) -> StageSetup:
+    """Stage 2 (joint training, eq. 8): the whole model on reconstruction, metric depth and VL tasks."""
+    shards_uri, init_model = inputs.shards_uri, inputs.init_model
+    from vidllm.artifacts.model_dir import save_pretrained
     from vidllm.train.stage2 import Stage2Objective, build_stage2_model
 
     seed_everything(cfg.train.seed)
@@ -193,7 +196,7 @@ def stage2_setup(cfg: VidLLMConfig, shards_uri: str, init_model: str | Path | No
     objective = Stage2Objective(model, Stage2LossWeights.from_mapping(cfg.train.loss_weights),
                                 share_vision_prefix=cfg.train.share_vision_prefix)
     stage_cfg = cfg.train.stage2
-    samples = rank_samples(shards_uri, rank, world_size)
+    samples = rank_samples(shards_uri, rank, world_size, inputs.reader)
     pad_id = model.special_ids.pad
 
     def build(start_step: int) -> Iterator[tuple[dict[str, Any], int]]:
@@ -217,7 +220,7 @@ def stage2_setup(cfg: VidLLMConfig, shards_uri: str, init_model: str | Path | No
 
 
 def _write_config(cfg: VidLLMConfig, run_dir: Path) -> None:
-    from vidllm.eval.predictions import atomic_write_text
+    from vidllm.artifacts.files import atomic_write_text
 
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / rd.CONFIG_FILE, config_to_yaml(cfg))
@@ -275,7 +278,7 @@ def prepare_run_dir(cfg: VidLLMConfig, run_dir: Path, stage: str, model_dir: Pat
                     use_ray: bool = False) -> None:
     """Before training `stage` in `run_dir`: delete its checkpoints if `fresh`, remove what killed saves
     left, refuse a resume under a different config (`check_resume_config`), then write config.yaml."""
-    from vidllm.checkpoint import remove_orphaned_dirs
+    from vidllm.artifacts.model_dir import remove_orphaned_dirs
 
     ckpt_root = run_dir / CHECKPOINTS_DIR / stage
     if fresh:
@@ -283,7 +286,7 @@ def prepare_run_dir(cfg: VidLLMConfig, run_dir: Path, stage: str, model_dir: Pat
             log.info("%s: --fresh, removing the %s checkpoints", ckpt_root, stage)
             shutil.rmtree(ckpt_root)
         if use_ray:
-            from vidllm import storage
+            from vidllm.artifacts import storage
             from vidllm.train.ray_launcher import run_name, storage_path
 
             experiment = storage.join(storage_path(cfg), run_name(run_dir, stage))
@@ -301,8 +304,9 @@ def prepare_run_dir(cfg: VidLLMConfig, run_dir: Path, stage: str, model_dir: Pat
     _write_config(cfg, run_dir)
 
 
-def _train_local(stage: str, setup: StageSetup, cfg: VidLLMConfig, run_dir: Path, model_dir: Path,
-                 stop_after: int | None, progress: bool) -> TrainResult:
+def train_local(stage: str, setup: StageSetup, cfg: VidLLMConfig, run_dir: Path, model_dir: Path,
+                stop_after: int | None = None, progress: bool = True) -> TrainResult:
+    """The single-process launcher: resume from the newest intact local checkpoint, train, export."""
     ckpt_root = run_dir / CHECKPOINTS_DIR / stage
     latest, resume = load_latest_intact(ckpt_root)
     if latest is not None:
@@ -323,42 +327,51 @@ def _train_local(stage: str, setup: StageSetup, cfg: VidLLMConfig, run_dir: Path
     return TrainResult(model_dir, result.steps, result.final_losses, result.start_step)
 
 
-def train_stage1(cfg: VidLLMConfig, shards_uri: str, teacher_cache_uri: str, run_dir: str | Path, *,
-                 init_model: str | Path | None = None, use_ray: bool = False, stop_after: int | None = None,
-                 progress: bool = True, fresh: bool = False) -> TrainResult:
-    """Stage-1 distillation → RUN_DIR/stage1_model (encoder + CTA, loadable as Stage-2 init).
+@dataclass(frozen=True)
+class Stage:
+    """One training stage: the function that builds it and the run-directory folder of its model."""
+
+    name: str
+    setup: SetupFn
+    model_dir: str
+    summary: str
+
+
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (
+    Stage("stage1", stage1_setup, STAGE1_MODEL_DIR, "distillation → RUN_DIR/stage1_model (encoder + CTA)"),
+    Stage("stage2", stage2_setup, STAGE2_MODEL_DIR, "joint training → RUN_DIR/model (a full model directory)"),
+)}
+
+
+def train(stage: str, cfg: VidLLMConfig, inputs: StageInputs, run_dir: str | Path, *, use_ray: bool = False,
+          stop_after: int | None = None, progress: bool = True, fresh: bool = False) -> TrainResult:
+    """Train one of `STAGES` into RUN_DIR (single process, or Ray Train with `use_ray`).
 
     `stop_after` ends after that many steps without exporting (tests: an interrupted run).
     `fresh` deletes the stage's checkpoints first (`prepare_run_dir`)."""
-    if cfg.train.single_stage:
-        from vidllm.config import ConfigError
-
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
+    if stage == "stage1" and cfg.train.single_stage:
         raise ConfigError("train.single_stage is set (the no-Stage-1 ablation): there is no Stage 1 to run")
+    spec = STAGES[stage]
     run_dir = Path(run_dir)
-    model_dir = run_dir / STAGE1_MODEL_DIR
-    prepare_run_dir(cfg, run_dir, "stage1", model_dir, fresh=fresh, use_ray=use_ray)
+    model_dir = run_dir / spec.model_dir
+    prepare_run_dir(cfg, run_dir, stage, model_dir, fresh=fresh, use_ray=use_ray)
     if use_ray:
         from vidllm.train.ray_launcher import fit_with_ray
 
-        return fit_with_ray("stage1", cfg, shards_uri, run_dir, model_dir, cache_uri=teacher_cache_uri,
-                            init_model=init_model)
-    setup = stage1_setup(cfg, shards_uri, teacher_cache_uri, init_model)
-    return _train_local("stage1", setup, cfg, run_dir, model_dir, stop_after, progress)
+        return fit_with_ray(stage, spec.setup, cfg, inputs, run_dir, model_dir)
+    return train_local(stage, spec.setup(cfg, inputs, 0, 1), cfg, run_dir, model_dir, stop_after, progress)
+
+
+def train_stage1(cfg: VidLLMConfig, shards_uri: str, teacher_cache_uri: str, run_dir: str | Path, *,
+                 init_model: str | Path | None = None, **options: Any) -> TrainResult:
+    """`train("stage1", ...)`: Stage-1 distillation → RUN_DIR/stage1_model (loadable as Stage-2 init)."""
+    return train("stage1", cfg, StageInputs(shards_uri, teacher_cache_uri, init_model), run_dir, **options)
 
 
 def train_stage2(cfg: VidLLMConfig, shards_uri: str, run_dir: str | Path, *, init_model: str | Path | None,
-                 use_ray: bool = False, stop_after: int | None = None, progress: bool = True,
-                 fresh: bool = False) -> TrainResult:
-    """Stage-2 joint training → RUN_DIR/model (a full model directory with LoRA adapters and tokenizer).
-
-    init_model: RUN_DIR/stage1_model, a `vidllm init` directory, or None (all from the config).
-    `fresh` deletes the stage's checkpoints first (`prepare_run_dir`)."""
-    run_dir = Path(run_dir)
-    model_dir = run_dir / STAGE2_MODEL_DIR
-    prepare_run_dir(cfg, run_dir, "stage2", model_dir, fresh=fresh, use_ray=use_ray)
-    if use_ray:
-        from vidllm.train.ray_launcher import fit_with_ray
-
-        return fit_with_ray("stage2", cfg, shards_uri, run_dir, model_dir, init_model=init_model)
-    setup = stage2_setup(cfg, shards_uri, init_model)
-    return _train_local("stage2", setup, cfg, run_dir, model_dir, stop_after, progress)
+                 **options: Any) -> TrainResult:
+    """`train("stage2", ...)`: Stage-2 joint training → RUN_DIR/model. init_model: RUN_DIR/stage1_model,
+    a `vidllm init` directory, or None (all from the config)."""
+    return train("stage2", cfg, StageInputs(shards_uri, None, init_model), run_dir, **options)

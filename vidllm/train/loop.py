@@ -3,16 +3,10 @@
 - AdamW (β from `train.betas`, weight decay on matrices only), gradient clipping, linear
   warm-up then cosine decay to 0; seeded. `train.precision`: bf16 autocast on CUDA by default,
   on any device with "bf16"; `train.compile` compiles the objective's `compile_targets()`.
-- Logs every `log_every` steps to RUN_DIR/train_log.csv (`vidllm.eval.run_dir` format, plus
+- Logs every `log_every` steps to RUN_DIR/train_log.csv (`vidllm.artifacts.run_dir` format, plus
   tokens_per_s, data_wait_share = time waiting for data / step time, and mfu on CUDA).
-- Checkpoints every `checkpoint_every` steps (and at the end): a directory with
-  model.safetensors (trainable module state), optimizer.safetensors (keyed by parameter name
-  whatever the strategy; param groups in its metadata), rng.safetensors and state.json (step,
-  python RNG, and the sha256 of the other files). Written under a temporary name
-  (`.step-NNNNNNNN.tmp-*`) and renamed into place; resume loads the newest checkpoint that reads
-  and verifies (`load_latest_intact`: a corrupt one is skipped with a warning) and continues from
-  its step. Temporary directories of killed saves are removed at the next start
-  (`remove_orphaned_checkpoint_dirs`).
+- Hands a full model + optimizer state to `checkpoint_fn` every `checkpoint_every` steps (and at
+  the end); `vidllm.train.checkpoint` writes and verifies them.
 
 Determinism: batches are a pure function of the step (data order is fixed, per-step draws are
 seeded by step), and the RNG state is checkpointed, so a resumed run reaches the same weights
@@ -21,14 +15,10 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import random
-import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,24 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from vidllm.checkpoint import file_sha256
+from vidllm.artifacts import run_dir as rd
 from vidllm.config import StageConfig, TrainConfig
-from vidllm.errors import DataError, TrainingError
-from vidllm.eval import run_dir as rd
+from vidllm.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
-MODEL_FILE = "model.safetensors"
-OPTIMIZER_FILE = "optimizer.safetensors"
-RNG_FILE = "rng.safetensors"
-STATE_FILE = "state.json"
 EXTRA_LOG_COLUMNS = ("tokens_per_s", "data_wait_share", "mfu")
-_STEP_DIR = re.compile(r"^step-(\d{8})$")
-_TMP_STEP_DIR = re.compile(r"^\.step-\d{8}\.tmp-")  # save_checkpoint's temporary directories
 
 # Dense bf16 peak of common accelerators, for MFU (override with VIDLLM_PEAK_TFLOPS).
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0,
@@ -75,6 +56,38 @@ class StageJob:
     stage_cfg: StageConfig
     train_cfg: TrainConfig
     to_device: Callable[[Any, torch.device], Any]
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """Where a stage reads from: shards, the teacher cache (Stage 1), the model to start from."""
+
+    shards_uri: str
+    cache_uri: str | None = None
+    init_model: str | Path | None = None
+    reader: str = "local"  # "ray": inside Ray Train, the shards come as the trainer's Ray Datasets
+
+
+@dataclass
+class StageSetup:
+    """Everything one process needs for a stage: the objective, its batches, and how to export it."""
+
+    job: StageJob
+    export: Callable[[nn.Module, Path], Path]  # (trained objective, out_dir) → the model directory
+    tokenizer: Any = None  # Stage 2: the tokenizer its prompts are encoded with
+
+
+# What builds a stage in one process: (cfg, inputs, rank, world_size) → StageSetup. Launchers
+# receive it and never import a stage themselves.
+SetupFn = Callable[[Any, StageInputs, int, int], StageSetup]
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    steps: int
+    final_losses: dict[str, float] = field(default_factory=dict)
+    resumed_from: int = 0
 
 
 @dataclass
@@ -158,7 +171,9 @@ def _full_states(module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[d
     The optimizer state is keyed by parameter name (not position), for every strategy, so a
     checkpoint resumes under DDP, FSDP or a single process alike."""
     from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
     )
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -231,166 +246,6 @@ def _clip_sharded_grad_norm(module: nn.Module, max_norm: float) -> None:
     torch._foreach_mul_(local, coef.to(local[0].dtype))
 
 
-def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Tensor], str]:
-    tensors: dict[str, Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for param_id, values in state["state"].items():
-        for name, value in values.items():
-            if torch.is_tensor(value):
-                tensors[f"{param_id}\t{name}"] = value.detach().contiguous().cpu()
-            else:
-                scalars.setdefault(str(param_id), {})[name] = value
-    meta = json.dumps({"param_groups": state["param_groups"], "scalars": scalars,
-                       "id_types": {str(k): type(k).__name__ for k in state["state"]}})
-    return tensors, meta
-
-
-def _unflatten_optimizer(tensors: dict[str, Tensor], meta: str) -> dict[str, Any]:
-    info = json.loads(meta)
-    cast = {k: (int if t == "int" else str) for k, t in info["id_types"].items()}
-    state: dict[Any, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        param_id, name = key.split("\t", 1)
-        state.setdefault(cast[param_id](param_id), {})[name] = value
-    for param_id, values in info["scalars"].items():
-        state.setdefault(cast[param_id](param_id), {}).update(values)
-    return {"state": state, "param_groups": info["param_groups"]}
-
-
-def save_checkpoint(out_dir: Path, step: int, model_state: dict[str, Tensor], optimizer_state: dict[str, Any],
-                    extra: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint directory atomically (temp dir beside it, then rename)."""
-    from vidllm.checkpoint import _dedupe
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        weights, tied = _dedupe(model_state)
-        save_file(weights, str(tmp / MODEL_FILE), metadata={"tied": json.dumps(tied)})
-        opt_tensors, opt_meta = _flatten_optimizer(optimizer_state)
-        save_file(opt_tensors, str(tmp / OPTIMIZER_FILE), metadata={"optimizer": opt_meta})
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state()
-        save_file(rng, str(tmp / RNG_FILE))
-        state = {"step": step, "python_rng": _jsonable_random_state(), **(extra or {}),
-                 "sha256": {name: file_sha256(tmp / name) for name in (MODEL_FILE, OPTIMIZER_FILE, RNG_FILE)}}
-        (tmp / STATE_FILE).write_text(json.dumps(state))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
-
-
-def _jsonable_random_state() -> list:
-    version, internal, gauss = random.getstate()
-    return [version, list(internal), gauss]
-
-
-def load_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
-    """{step, model, optimizer, rng, python_rng, ...} from a checkpoint directory; DataError if broken
-    (a missing, truncated or unparsable file, or one whose sha256 differs from state.json's)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        state = json.loads((ckpt_dir / STATE_FILE).read_text())
-        if not isinstance(state, dict) or "step" not in state:
-            raise ValueError(f"{STATE_FILE} has no step")
-        for name, expected in (state.get("sha256") or {}).items():  # older checkpoints have no digests
-            if file_sha256(ckpt_dir / name) != expected:
-                raise ValueError(f"{name} does not match its sha256 in {STATE_FILE}")
-        model = load_file(str(ckpt_dir / MODEL_FILE))
-        with safe_open(str(ckpt_dir / MODEL_FILE), "pt") as f:
-            tied = json.loads((f.metadata() or {}).get("tied", "{}"))
-        for alias, source in tied.items():
-            model[alias] = model[source]
-        with safe_open(str(ckpt_dir / OPTIMIZER_FILE), "pt") as f:
-            opt_meta = f.metadata()["optimizer"]
-            opt_tensors = {k: f.get_tensor(k) for k in f.keys()}
-        rng = load_file(str(ckpt_dir / RNG_FILE))
-        optimizer = _unflatten_optimizer(opt_tensors, opt_meta)
-    except (OSError, KeyError, ValueError, TypeError, SafetensorError) as exc:
-        raise DataError(ckpt_dir, f"unreadable training checkpoint ({exc})") from None
-    state.pop("sha256", None)
-    return {**state, "model": model, "optimizer": optimizer, "rng": rng}
-
-
-def checkpoint_problems(ckpt_dir: Path) -> list[str]:
-    """What is wrong with a training checkpoint directory without loading it: a missing or
-    unparsable state.json, a missing file, or one whose sha256 differs from state.json's."""
-    try:
-        state = json.loads((ckpt_dir / STATE_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        return [f"{STATE_FILE}: unreadable ({exc.__class__.__name__})"]
-    digests = state.get("sha256") if isinstance(state, dict) else None
-    if not isinstance(digests, dict):
-        return [f"{STATE_FILE} records no digests (written before they were recorded)"]
-    problems = []
-    for name in (MODEL_FILE, OPTIMIZER_FILE, RNG_FILE):
-        if not (ckpt_dir / name).is_file():
-            problems.append(f"{name}: missing")
-        elif name in digests and file_sha256(ckpt_dir / name) != digests[name]:
-            problems.append(f"{name}: sha256 differs from {STATE_FILE} (modified or corrupted)")
-    return problems
-
-
-def step_checkpoints(checkpoints_dir: Path) -> list[Path]:
-    """Every `step-NNNNNNNN` directory (complete or not), newest first."""
-    if not checkpoints_dir.is_dir():
-        return []
-    found = sorted((int(m.group(1)), p) for p in checkpoints_dir.iterdir() if (m := _STEP_DIR.match(p.name)))
-    return [p for _, p in reversed(found)]
-
-
-def load_latest_intact(checkpoints_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
-    """(path, `load_checkpoint` dict) of the newest checkpoint that loads; a corrupt newer one is
-    skipped with a logged warning naming it. (None, None) if there is none; DataError if there are
-    checkpoints but none of them is intact."""
-    candidates = step_checkpoints(checkpoints_dir)
-    for path in candidates:
-        try:
-            return path, load_checkpoint(path)
-        except DataError as exc:
-            log.warning("skipping corrupt checkpoint %s; falling back to an older one", exc)
-    if candidates:
-        raise DataError(checkpoints_dir, f"no intact checkpoint ({len(candidates)} corrupt, see the warnings): "
-                                         "start over with `vidllm train --fresh`")
-    return None, None
-
-
-def remove_orphaned_checkpoint_dirs(checkpoints_dir: Path) -> list[Path]:
-    """Delete the temporary directories (`.step-NNNNNNNN.tmp-*`) of saves that were killed. Returns them."""
-    if not checkpoints_dir.is_dir():
-        return []
-    removed = [p for p in checkpoints_dir.iterdir() if _TMP_STEP_DIR.match(p.name)]
-    for path in removed:
-        log.warning("%s: removing the temporary directory of an interrupted checkpoint save", path)
-        shutil.rmtree(path, ignore_errors=True)
-    return removed
-
-
-def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
-    """The complete `step-NNNNNNNN` directory with the highest step (temp dirs are ignored)."""
-    if not checkpoints_dir.is_dir():
-        return None
-    found = sorted((int(m.group(1)), p) for p in checkpoints_dir.iterdir()
-                   if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file())
-    return found[-1][1] if found else None
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:08d}"
-
-
-def prune_checkpoints(checkpoints_dir: Path, keep: int) -> None:
-    found = sorted(p for p in checkpoints_dir.iterdir() if _STEP_DIR.match(p.name))
-    for old in found[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 # ----------------------------------------------------------------------------- log
 
 
@@ -430,7 +285,7 @@ class TrainLogWriter:
         writer = csv.DictWriter(buffer, fieldnames=header, restval="", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(self.rows)
-        from vidllm.eval.predictions import atomic_write_text
+        from vidllm.artifacts.files import atomic_write_text
 
         atomic_write_text(self.path, buffer.getvalue())
 
@@ -441,6 +296,167 @@ class TrainLogWriter:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+class Trainer:
+    """One stage's training state, split like the loop reads: `train_step` (forward, backward,
+    optimiser step), `log` (throughput and losses over the last window), `maybe_checkpoint`.
+
+    `fit` runs them from the resumed step to `stage_cfg.steps`; see `run_loop` for the arguments.
+    """
+
+    def __init__(self, job: StageJob, run_dir: Path | None, *, device: torch.device | None = None,
+                 resume: dict[str, Any] | None = None,
+                 checkpoint_fn: Callable[[int, dict[str, Tensor], dict[str, Any], dict[str, float]], None] | None = None,
+                 report_fn: Callable[[int, dict[str, float]], None] | None = None,
+                 is_main: bool = True, world_size: int = 1) -> None:
+        self.job, self.cfg, self.train_cfg = job, job.stage_cfg, job.train_cfg
+        self.device = device or torch.device("cpu")
+        self.module = job.objective
+        self.checkpoint_fn, self.report_fn = checkpoint_fn, report_fn
+        self.is_main, self.world_size = is_main, world_size
+        self.run_dir = run_dir
+        self.optimizer = build_optimizer(self.module, self.cfg, self.train_cfg)
+        self.start = 0
+        self.resumed_losses: dict[str, float] = {}
+        if resume is not None:
+            self.start = int(resume["step"])
+            self.resumed_losses = dict(resume.get("final_losses", {}))
+            _load_optimizer(self.module, self.optimizer, resume["optimizer"])
+            torch.set_rng_state(resume["rng"]["torch"])
+            if "cuda" in resume["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state(resume["rng"]["cuda"])
+            version, internal, gauss = resume["python_rng"]
+            random.setstate((version, tuple(internal), gauss))
+        self.final: dict[str, float] = {}
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        self.window = {"time": 0.0, "wait": 0.0, "samples": 0, "tokens": 0.0, "steps": 0}
+        self.window_losses: dict[str, float] = {}
+
+    def _setup_run(self) -> None:
+        """What only a run that trains needs (a finished resume returns before it)."""
+        self.amp = autocast_dtype(self.train_cfg, self.device)
+        if self.train_cfg.compile:
+            compile_objective(_unwrap(self.module), self.train_cfg.compile_backend)
+        self.peak = peak_flops(self.device)
+        self.num_params = sum(p.numel() for p in self.module.parameters())
+        self.log_writer = (TrainLogWriter(self.run_dir / rd.TRAIN_LOG_FILE, self.job.stage, self.start)
+                           if (self.is_main and self.run_dir is not None) else None)
+
+    def train_step(self, step: int, batch: dict[str, Any]) -> tuple[dict[str, Tensor], float]:
+        """One optimiser step at learning rate `learning_rate(step)`; returns (losses, tokens)."""
+        module, lr = self.module, learning_rate(step, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            losses = module(batch)
+        tokens = float(losses.pop("tokens", torch.zeros(())))
+        total = losses["total"]
+        if not torch.isfinite(total):
+            bad = [k for k, v in losses.items() if k != "total" and torch.is_tensor(v) and not torch.isfinite(v).all()]
+            stage = self.job.stage
+            raise TrainingError(f"{stage} step {step}: non-finite loss ({float(total)}"
+                                f"{'; from ' + ', '.join(bad) if bad else ''}) on scene(s) "
+                                f"{', '.join(map(str, batch.get('keys') or ['?']))}: lower the learning rate "
+                                f"(train.{stage}.lr) or check those scenes' data")
+        used = _used_on_any_rank(module, total) if _is_fsdp(module) else None
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if used is not None:
+            for param, param_used in zip((p for p in module.parameters() if p.requires_grad), used):
+                if not param_used:
+                    param.grad = None
+        if _is_fsdp(module):
+            _clip_sharded_grad_norm(module, self.train_cfg.grad_clip)
+        else:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), self.train_cfg.grad_clip)
+        self.optimizer.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return losses, tokens
+
+    def _accumulate(self, losses: dict[str, Tensor], tokens: float, num_samples: int, seconds: float,
+                    waited: float) -> None:
+        window = self.window
+        window["time"] += seconds
+        window["wait"] += waited
+        window["samples"] += num_samples
+        window["tokens"] += tokens
+        window["steps"] += 1
+        for name, value in losses.items():
+            self.window_losses[name] = self.window_losses.get(name, 0.0) + float(value.detach())
+
+    def log(self, step: int) -> None:
+        """Mean losses and throughput over the window since the last log, to the train log and `report_fn`."""
+        window, world_size = self.window, self.world_size
+        final = {k: v / window["steps"] for k, v in self.window_losses.items()}
+        samples, tokens_seen = float(window["samples"]), window["tokens"]
+        if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Log the mean over ranks (each term over the ranks that had it) and the summed throughput.
+            gathered: list[Any] = [None] * world_size
+            torch.distributed.all_gather_object(gathered, (final, samples, tokens_seen))
+            final = {k: sum(g[0][k] for g in gathered if k in g[0]) / sum(k in g[0] for g in gathered)
+                     for k in dict.fromkeys(k for g in gathered for k in g[0])}
+            samples, tokens_seen = sum(g[1] for g in gathered), sum(g[2] for g in gathered)
+        else:
+            samples, tokens_seen = samples * world_size, tokens_seen * world_size
+        elapsed = max(window["time"], 1e-9)
+        metrics = {
+            "samples_per_s": samples / elapsed,
+            "tokens_per_s": tokens_seen / elapsed,
+            "data_wait_share": window["wait"] / elapsed,
+            "mfu": (6.0 * self.num_params * window["tokens"] / elapsed / self.peak) if self.peak else float("nan"),
+        }
+        lr = learning_rate(step - 1, self.cfg)  # the rate the window's last step used
+        if self.log_writer is not None:
+            self.log_writer.log(step, lr, metrics["samples_per_s"], final,
+                                {k: v for k, v in metrics.items() if k != "samples_per_s"})
+        if self.report_fn is not None:
+            self.report_fn(step, {**{f"loss/{k}": v for k, v in final.items()}, **metrics, "lr": lr})
+        self.final = final
+        self._reset_window()
+
+    def maybe_checkpoint(self, step: int) -> None:
+        """Hand the full state to `checkpoint_fn` every `checkpoint_every` steps and at the end."""
+        if self.checkpoint_fn is not None and (step % self.cfg.checkpoint_every == 0 or step == self.cfg.steps):
+            model_state, optimizer_state = _full_states(self.module, self.optimizer)
+            self.checkpoint_fn(step, model_state, optimizer_state, self.final)
+
+    def fit(self, stop_after: int | None = None, progress: bool = True) -> LoopResult:
+        from tqdm import tqdm
+
+        cfg, start = self.cfg, self.start
+        if start >= cfg.steps:
+            return LoopResult(steps=start, start_step=start, final_losses=self.resumed_losses)
+        self._setup_run()
+        batches = self.job.batches(start)
+        self.module.train()
+        bar = tqdm(total=cfg.steps, initial=start, desc=self.job.stage, unit="step",
+                   disable=not (progress and self.is_main))
+        step = start
+        try:
+            while step < cfg.steps:
+                t0 = time.perf_counter()
+                batch, num_samples = next(batches)
+                batch = self.job.to_device(batch, self.device)
+                t_data = time.perf_counter()
+                losses, tokens = self.train_step(step, batch)
+                step += 1
+                self._accumulate(losses, tokens, num_samples, time.perf_counter() - t0, t_data - t0)
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    self.log(step)
+                    bar.set_postfix(loss=f"{self.final.get('total', float('nan')):.4f}")
+                self.maybe_checkpoint(step)
+                if stop_after is not None and step - start >= stop_after:
+                    break
+        finally:
+            bar.close()
+            if hasattr(batches, "close"):  # stop a prefetch thread / generator
+                batches.close()
+        return LoopResult(steps=step, start_step=start, final_losses=self.final)
 
 
 def run_loop(
@@ -464,113 +480,6 @@ def run_loop(
     is loaded here. report_fn(step, metrics) is called at every log step on every rank.
     `stop_after` ends the run early after that many steps (simulates a crash in tests).
     """
-    from tqdm import tqdm
-
-    cfg, train_cfg = job.stage_cfg, job.train_cfg
-    device = device or torch.device("cpu")
-    module = job.objective
-    optimizer = build_optimizer(module, cfg, train_cfg)
-    start = 0
-    if resume is not None:
-        start = int(resume["step"])
-        _load_optimizer(module, optimizer, resume["optimizer"])
-        torch.set_rng_state(resume["rng"]["torch"])
-        if "cuda" in resume["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state(resume["rng"]["cuda"])
-        version, internal, gauss = resume["python_rng"]
-        random.setstate((version, tuple(internal), gauss))
-    if start >= cfg.steps:
-        return LoopResult(steps=start, start_step=start, final_losses=dict(resume.get("final_losses", {})))
-    amp = autocast_dtype(train_cfg, device)
-    if train_cfg.compile:
-        compile_objective(_unwrap(module), train_cfg.compile_backend)
-    peak = peak_flops(device)
-    num_params = sum(p.numel() for p in module.parameters())
-    log = TrainLogWriter(run_dir / rd.TRAIN_LOG_FILE, job.stage, start) if (is_main and run_dir is not None) else None
-    batches = job.batches(start)
-    module.train()
-    window = {"time": 0.0, "wait": 0.0, "samples": 0, "tokens": 0.0, "steps": 0}
-    window_losses: dict[str, float] = {}
-    final: dict[str, float] = {}
-    bar = tqdm(total=cfg.steps, initial=start, desc=job.stage, unit="step", disable=not (progress and is_main))
-    step = start
-    try:
-        while step < cfg.steps:
-            t0 = time.perf_counter()
-            batch, num_samples = next(batches)
-            batch = job.to_device(batch, device)
-            t_data = time.perf_counter()
-            lr = learning_rate(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                losses = module(batch)
-            tokens = float(losses.pop("tokens", torch.zeros(())))
-            total = losses["total"]
-            if not torch.isfinite(total):
-                bad = [k for k, v in losses.items() if k != "total" and torch.is_tensor(v) and not torch.isfinite(v).all()]
-                raise TrainingError(f"{job.stage} step {step}: non-finite loss ({float(total)}"
-                                    f"{'; from ' + ', '.join(bad) if bad else ''}) on scene(s) "
-                                    f"{', '.join(map(str, batch.get('keys') or ['?']))}: lower the learning rate "
-                                    f"(train.{job.stage}.lr) or check those scenes' data")
-            used = _used_on_any_rank(module, total) if _is_fsdp(module) else None
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if used is not None:
-                for param, param_used in zip((p for p in module.parameters() if p.requires_grad), used):
-                    if not param_used:
-                        param.grad = None
-            if _is_fsdp(module):
-                _clip_sharded_grad_norm(module, train_cfg.grad_clip)
-            else:
-                torch.nn.utils.clip_grad_norm_(module.parameters(), train_cfg.grad_clip)
-            optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            step += 1
-            now = time.perf_counter()
-            window["time"] += now - t0
-            window["wait"] += t_data - t0
-            window["samples"] += num_samples
-            window["tokens"] += tokens
-            window["steps"] += 1
-            for name, value in losses.items():
-                window_losses[name] = window_losses.get(name, 0.0) + float(value.detach())
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                final = {k: v / window["steps"] for k, v in window_losses.items()}
-                samples, tokens_seen = float(window["samples"]), window["tokens"]
-                if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-                    # Log the mean over ranks (each term over the ranks that had it) and the summed throughput.
-                    gathered: list[Any] = [None] * world_size
-                    torch.distributed.all_gather_object(gathered, (final, samples, tokens_seen))
-                    final = {k: sum(g[0][k] for g in gathered if k in g[0]) / sum(k in g[0] for g in gathered)
-                             for k in dict.fromkeys(k for g in gathered for k in g[0])}
-                    samples, tokens_seen = sum(g[1] for g in gathered), sum(g[2] for g in gathered)
-                else:
-                    samples, tokens_seen = samples * world_size, tokens_seen * world_size
-                elapsed = max(window["time"], 1e-9)
-                metrics = {
-                    "samples_per_s": samples / elapsed,
-                    "tokens_per_s": tokens_seen / elapsed,
-                    "data_wait_share": window["wait"] / elapsed,
-                    "mfu": (6.0 * num_params * window["tokens"] / elapsed / peak) if peak else float("nan"),
-                }
-                if log is not None:
-                    log.log(step, lr, metrics["samples_per_s"], final,
-                            {k: v for k, v in metrics.items() if k != "samples_per_s"})
-                bar.set_postfix(loss=f"{final.get('total', float('nan')):.4f}")
-                if report_fn is not None:
-                    report_fn(step, {**{f"loss/{k}": v for k, v in final.items()}, **metrics, "lr": lr})
-                window = {"time": 0.0, "wait": 0.0, "samples": 0, "tokens": 0.0, "steps": 0}
-                window_losses = {}
-            if checkpoint_fn is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-                model_state, optimizer_state = _full_states(module, optimizer)
-                checkpoint_fn(step, model_state, optimizer_state, final)
-            if stop_after is not None and step - start >= stop_after:
-                break
-    finally:
-        bar.close()
-        if hasattr(batches, "close"):  # stop a prefetch thread / generator
-            batches.close()
-    return LoopResult(steps=step, start_step=start, final_losses=final)
+    trainer = Trainer(job, run_dir, device=device, resume=resume, checkpoint_fn=checkpoint_fn,
+                      report_fn=report_fn, is_main=is_main, world_size=world_size)
+    return trainer.fit(stop_after=stop_after, progress=progress)

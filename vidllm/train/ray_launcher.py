@@ -11,6 +11,10 @@
   (`run_name`: two run directories with the same name never share a Ray run; local or s3://,
   the endpoint from the AWS environment); `FailureConfig(max_failures=train.max_failures)`
   restarts from the last reported checkpoint; re-running with the same name resumes.
+- Data: the shards reach the workers as the trainer's Ray Datasets
+  (`vidllm.data.shards.ray_reader.train_datasets`): each rank reads its own shards through
+  `ray.train.get_dataset_shard`, in manifest order and never re-split, so a step's batch is the same
+  in every run (resume = uninterrupted run). Read/decode tasks reserve `train.data_cpus` CPUs.
 - Rank 0 writes RUN_DIR/train_log.csv (RUN_DIR must be shared storage on multi-node clusters)
   and reports checkpoints with `ray.train.report(..., checkpoint=...)`; the driver exports the
   final model from the last checkpoint into RUN_DIR.
@@ -18,6 +22,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -26,10 +31,11 @@ from typing import Any
 
 import torch
 
+from vidllm.artifacts.model_dir import load_state_fitting
 from vidllm.config import TrainConfig, VidLLMConfig
-from vidllm.checkpoint import load_state_fitting
 from vidllm.errors import VidLLMError
 from vidllm.ray_session import absolute_local, cluster_has_gpus, init_ray
+from vidllm.train.loop import SetupFn, StageInputs, TrainResult
 
 
 def storage_path(cfg: VidLLMConfig) -> str:
@@ -78,18 +84,14 @@ def _worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from vidllm.train.jobs import stage1_setup, stage2_setup
-    from vidllm.train.loop import load_checkpoint, run_loop, save_checkpoint
+    from vidllm.train.checkpoint import load_checkpoint, save_checkpoint
+    from vidllm.train.loop import run_loop
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     cfg = VidLLMConfig.model_validate(config["cfg"])
-    stage = config["stage"]
-    if stage == "stage1":
-        setup = stage1_setup(cfg, config["shards_uri"], config["cache_uri"], config["init_model"], rank, world_size)
-    else:
-        setup = stage2_setup(cfg, config["shards_uri"], config["init_model"], rank, world_size)
+    setup = config["setup_fn"](cfg, dataclasses.replace(config["inputs"], reader="ray"), rank, world_size)
     resume = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -124,25 +126,32 @@ def _worker(config: dict[str, Any]) -> None:
              is_main=rank == 0, world_size=world_size, progress=False)
 
 
-def fit_with_ray(stage: str, cfg: VidLLMConfig, shards_uri: str, run_dir: Path, model_dir: Path, *,
-                 cache_uri: str | None = None, init_model: str | Path | None = None):
-    """Run one stage as a Ray Train job, then export the final model into `model_dir` (driver side)."""
+def fit_with_ray(stage: str, setup_fn: SetupFn, cfg: VidLLMConfig, inputs: StageInputs, run_dir: Path,
+                 model_dir: Path) -> TrainResult:
+    """Run one stage as a Ray Train job, then export the final model into `model_dir` (driver side).
+
+    `setup_fn(cfg, inputs, rank, world_size)` builds the stage in each worker (it travels pickled by
+    reference, so this launcher imports no stage)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from vidllm.train.jobs import TrainResult, stage1_setup, stage2_setup
-    from vidllm.train.loop import load_checkpoint
+    from vidllm.train.checkpoint import load_checkpoint
+
+    # Relative paths mean the driver's working directory; workers may run elsewhere.
+    worker_inputs = StageInputs(
+        absolute_local(inputs.shards_uri), None if inputs.cache_uri is None else absolute_local(inputs.cache_uri),
+        None if inputs.init_model is None else str(Path(inputs.init_model).absolute()))
+    from vidllm.data.shards.ray_reader import train_datasets, worker_data_config
 
     started = init_ray()  # a private local Ray, or the cluster at RAY_ADDRESS (see vidllm.ray_session)
     try:
         trainer = TorchTrainer(
             _worker,
-            train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage,
-                               "shards_uri": absolute_local(shards_uri),
-                               "cache_uri": None if cache_uri is None else absolute_local(cache_uri),
-                               "init_model": None if init_model is None else str(Path(init_model).absolute()),
-                               "run_dir": str(Path(run_dir).absolute())},
+            train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage, "setup_fn": setup_fn,
+                               "inputs": worker_inputs, "run_dir": str(Path(run_dir).absolute())},
+            datasets=train_datasets(worker_inputs.shards_uri, cfg.train.num_workers, cfg.train.data_cpus),
+            dataset_config=worker_data_config(),
             scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cluster_has_gpus()),
             run_config=RunConfig(
                 name=run_name(Path(run_dir), stage), storage_path=storage_path(cfg),
@@ -160,8 +169,7 @@ def fit_with_ray(stage: str, cfg: VidLLMConfig, shards_uri: str, run_dir: Path, 
         raise VidLLMError(f"Ray Train {stage} finished without a checkpoint")
     with result.checkpoint.as_directory() as directory:
         final = load_checkpoint(Path(directory))
-    setup = (stage1_setup(cfg, shards_uri, cache_uri, init_model) if stage == "stage1"
-             else stage2_setup(cfg, shards_uri, init_model))
+    setup = setup_fn(cfg, inputs, 0, 1)
     load_state_fitting(setup.job.objective, final["model"], f"Ray Train checkpoint {result.checkpoint.path}")
     setup.export(setup.job.objective, model_dir)
     return TrainResult(model_dir, int(final["step"]), dict(final.get("final_losses", {})))

@@ -14,8 +14,6 @@ from them.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from vidllm.checkpoint import DIGESTS_KEY, commit_dir, load_state_fitting, warn_if_modified, weight_digests
+from vidllm.artifacts.files import atomic_dir
+from vidllm.artifacts.model_dir import DIGESTS_KEY, load_state_fitting, warn_if_modified, weight_digests
 from vidllm.config import ModelConfig, VidLLMConfig
 from vidllm.errors import DataError
 from vidllm.losses.distill import distill_loss, resample_tokens
@@ -77,9 +76,7 @@ def save_stage1_model(student: DistillStudent, cfg: VidLLMConfig, out_dir: str |
     """Write the Stage-1 model directory atomically: config.json, model.safetensors (encoder + CTA),
     distill_projections.safetensors."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         save_file(student_state(student), str(tmp / STUDENT_WEIGHTS), metadata={"format": "pt"})
         projections = {k: v.detach().contiguous().cpu() for k, v in student.state_dict().items()
                        if k.startswith(("proj_geom.", "proj_lang."))}
@@ -92,10 +89,6 @@ def save_stage1_model(student: DistillStudent, cfg: VidLLMConfig, out_dir: str |
                 "teacher_dims": [student.proj_geom.out_features, student.proj_lang.out_features]}
         meta[DIGESTS_KEY] = weight_digests(tmp)
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-        commit_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -145,7 +138,7 @@ def build_student(cfg: VidLLMConfig, geometry_dim: int, semantic_dim: int,
     if not config_path.is_file():
         raise DataError(init_model, f"not a model directory (no {CONFIG_NAME})")
     meta = json.loads(config_path.read_text())
-    from vidllm.checkpoint import hf_config_from_dict
+    from vidllm.artifacts.model_dir import hf_config_from_dict
 
     student = DistillStudent(cfg.model, geometry_dim, semantic_dim,
                              encoder_hf_config=hf_config_from_dict(meta["encoder_hf_config"]))

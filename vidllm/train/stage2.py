@@ -69,13 +69,12 @@ class Stage2Objective(nn.Module):
             return {**losses, "tokens": vision.mask.sum().detach()}
         has_object = bool((batch["input_ids"] == self.model.special_ids.obj).any())
         out = self.model(
-            None, batch["input_ids"], batch["attention_mask"], batch["labels"],
-            box_targets=batch["box_targets"], target_mask=batch["target_mask"], proposals=batch["proposals"],
-            proposal_mask=batch["proposal_mask"], target_proposals=batch["target_proposals"],
-            object_boxes=batch["object_boxes"] if has_object else None,
+            None, batch["input_ids"], batch["attention_mask"], batch["labels"], proposals=batch["proposals"],
+            proposal_mask=batch["proposal_mask"], object_boxes=batch["object_boxes"] if has_object else None,
             vision=vision, scene_index=batch["scene_index"], share_prefix=self.share_vision_prefix,
         )
-        losses = stage2_loss({**out, "proposal_votes": votes}, batch["targets"], self.weights)
+        vl_targets = {key: batch[key] for key in ("box_targets", "target_mask", "target_proposals")}
+        losses = stage2_loss({**out, "proposal_votes": votes}, {**batch["targets"], **vl_targets}, self.weights)
         tokens = batch["attention_mask"].sum() + vision.mask[batch["scene_index"]].sum()
         return {**losses, "tokens": tokens.detach()}
 
@@ -106,9 +105,9 @@ def build_stage2_model(cfg: VidLLMConfig, shards_uri: str, init_model: str | Pat
     from the config alone. The tokenizer is the LLM's own, or a BPE trained on the shards'
     annotation text. Under `train.single_stage` a Stage-1 directory is refused.
     """
+    from vidllm.artifacts.model_dir import load_pretrained
     from vidllm.assemble import assemble_model, assembly_tokenizer
     from vidllm.attention_select import select_attn_implementation
-    from vidllm.checkpoint import load_pretrained
     from vidllm.train.stage1 import is_stage1_dir
 
     model_cfg = cfg.model

@@ -9,9 +9,13 @@
 | multi3drefer | multi3drefer_{split}.json                                                |
 | nr3d / sr3d  | nr3d.csv / sr3d.csv (all scans; a split keeps the scans listed in        |
 |              | {split}_scans.txt or scannetv2_{split}.txt beside the csv)               |
+| vsibench     | VSI-Bench_{split}.jsonl (rows of the release's question file; given as a |
+|              | file, also a JSON list or parquet; only its ScanNet rows are read)       |
 
 `load_annotations(task, path, split)` takes a file or a folder (searched recursively for the
-published name). Malformed input raises DataError naming the file and the record.
+published name). Malformed input raises DataError naming the file and the record. `TASKS` holds
+each task's published file names and reader (`Task`); `vidllm.eval.benchmarks` adds every
+benchmark's scorer and report columns.
 
 Instruction ids (the `id` of a prediction line, unique per file):
 
@@ -24,6 +28,7 @@ Instruction ids (the `id` of a prediction line, unique per file):
 | scan2cap     | `scene_id|object_id|object_name`                                             |
 | nr3d         | `assignmentid`                                                               |
 | sr3d         | `scan_id|target_id|csv row` (the csv has no id column; row 2 = first record) |
+| vsibench     | `id`                                                                         |
 """
 
 from __future__ import annotations
@@ -32,25 +37,40 @@ import ast
 import csv
 import io
 import json
+import logging
 import re
-from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from vidllm.data.scannet.writers import atomic_write_json, atomic_write_text
+from vidllm.artifacts.files import atomic_write_json, atomic_write_text
 from vidllm.errors import DataError
 
-TASKS = ("scanqa", "sqa3d", "scanrefer", "scan2cap", "multi3drefer", "nr3d", "sr3d")
 MULTI3DREFER_EVAL_TYPES = ("zt_w_d", "zt_wo_d", "st_w_d", "st_wo_d", "mt")
-SQA3D_QUESTION_TYPES = ("what", "is", "how", "can", "which")
+# SQA3D's question-type breakdown: the question's first word, "others" for every other opening.
+SQA3D_QUESTION_TYPES = ("what", "is", "how", "can", "which", "others")
 # ReferIt3D's view-dependent vocabulary (referit3d analysis / M3DRef-CLIP evaluation labels).
 VIEW_DEPENDENT_WORDS = frozenset(
     {"front", "behind", "back", "right", "left", "facing", "leftmost", "rightmost", "looking", "across"}
 )
 # Scan2Cap has no question: the object is given by its box; this is the fixed text prompt.
 SCAN2CAP_PROMPT = "Describe the object at the given location in the room."
+# VSI-Bench's question types: numeric answers, then multiple choice (an option letter).
+VSIBENCH_NUMERIC_TYPES = ("object_counting", "object_abs_distance", "object_size_estimation", "room_size_estimation")
+VSIBENCH_CHOICE_TYPES = ("object_rel_distance", "object_rel_direction_easy", "object_rel_direction_medium",
+                         "object_rel_direction_hard", "route_planning", "obj_appearance_order")
+VSIBENCH_QUESTION_TYPES = VSIBENCH_NUMERIC_TYPES + VSIBENCH_CHOICE_TYPES
+VSIBENCH_DATASET = "scannet"  # the release's other datasets (arkitscenes, scannetpp) have no ScanNet scans
+# VSI-Bench's post-prompts, after the question (and the options).
+VSIBENCH_CHOICE_PROMPT = "Answer with the option's letter from the given choices directly."
+VSIBENCH_NUMERIC_PROMPT = "Please answer the question using a single word or phrase."
+# A numeric answer as written: "4", "2.5", "1e1" (no "inf", "nan" or digit separators).
+VSIBENCH_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_VSIBENCH_OPTION = re.compile(r"\s*([A-Za-z])\s*[.)]")
+
+log = logging.getLogger(__name__)
 
 NR3D_COLUMNS = (
     "assignmentid", "stimulus_id", "utterance", "correct_guess", "speaker_id", "listener_id",
@@ -90,9 +110,86 @@ class Instruction:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown Instruction fields: {sorted(unknown)}")
-        if data.get("task") not in TASKS:
-            raise ValueError(f"unknown task {data.get('task')!r} (choose from {', '.join(TASKS)})")
+        tasks = annotation_tasks()
+        if data.get("task") not in tasks:
+            raise ValueError(f"unknown task {data.get('task')!r} (choose from {', '.join(tasks)})")
         return cls(**data)
+
+
+# ----------------------------------------------------------------------------- the tasks
+
+# What a task's answer (and prediction line) is: text, boxes (one `<ground>` per target), or
+# geometry only (reconstruction, no instruction).
+Kind = Literal["text", "box", "geometry"]
+KINDS: tuple[str, ...] = ("text", "box", "geometry")
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the data layer and training know of a benchmark task.
+
+    The prompt and the training answer follow from `kind` (`vidllm.tokenizer.build_prompt`): a
+    "box" task is grounding, answered with one `<ground>` per target; a "text" one with its first
+    reference answer, its prompt carrying the object's box at `<obj>` when `object_prompt`.
+    """
+
+    name: str
+    kind: Kind
+    # Published file names looked up in an annotation folder, in order (the first found is read);
+    # "{split}" stands for the split. Empty: no annotation ground truth (reconstruction).
+    annotation_files: tuple[str, ...] = ()
+    load: Callable[[Path, str | None], list[Instruction]] | None = None  # (annotation file, split) -> records
+    built_from: str | None = None  # its records are built from this task's file (synthetic data writes that one)
+    object_prompt: bool = False  # the prompt carries the target object's box at <obj> (dense captioning)
+
+    @property
+    def grounding(self) -> bool:
+        return self.kind == "box"
+
+    @property
+    def needs_boxes(self) -> bool:
+        """Scoring needs ground-truth object boxes, and a training row needs its targets in the clip."""
+        return self.kind == "box" or self.object_prompt
+
+    @property
+    def split_files(self) -> bool:
+        """One annotation file per split (else one file covers every scan and a split is a scan list)."""
+        return any("{split}" in name for name in self.annotation_files)
+
+
+# name -> task: the published benchmarks below, then those `vidllm.eval.benchmarks` registers.
+TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    if task.name in TASKS:
+        raise ValueError(f"task '{task.name}' is already registered")
+    if task.kind not in KINDS:
+        raise ValueError(f"task '{task.name}': kind must be one of {', '.join(KINDS)}, got {task.kind!r}")
+    if bool(task.annotation_files) != (task.load is not None):
+        raise ValueError(f"task '{task.name}': annotation files and a reader go together")
+    if task.built_from is not None and task.built_from not in TASKS:
+        raise ValueError(f"task '{task.name}' is built from '{task.built_from}', which is not registered")
+    TASKS[task.name] = task
+    return task
+
+
+def unregister_task(name: str) -> None:
+    del TASKS[name]
+
+
+def annotation_tasks() -> tuple[str, ...]:
+    """Tasks whose ground truth is a published annotation file (`load_annotations` reads them)."""
+    return tuple(t.name for t in TASKS.values() if t.annotation_files)
+
+
+def trained_tasks() -> tuple[str, ...]:
+    """Tasks with an instruction per record, the ones stage 2 trains on."""
+    return tuple(t.name for t in TASKS.values() if t.kind != "geometry")
+
+
+def grounding_tasks() -> tuple[str, ...]:
+    return tuple(t.name for t in TASKS.values() if t.grounding)
 
 
 def sqa3d_question_type(question: str) -> str:
@@ -114,23 +211,17 @@ def is_view_dependent(tokens: Iterable[str]) -> bool:
 
 
 def _published_names(task: str, split: str | None) -> list[str]:
-    if task in ("nr3d", "sr3d"):
-        return [f"{task}.csv"] + (["sr3d+.csv"] if task == "sr3d" else [])
-    if split is None:
+    spec = TASKS[task]
+    if spec.split_files and split is None:
         raise DataError(task, f"a split is needed to find the {task} file in a folder")
-    return {
-        "scanqa": [f"ScanQA_v1.0_{split}.json"],
-        "sqa3d": [f"v1_balanced_questions_{split}_scannetv2.json"],
-        "scanrefer": [f"ScanRefer_filtered_{split}.json"],
-        "scan2cap": [f"ScanRefer_filtered_{split}.json"],
-        "multi3drefer": [f"multi3drefer_{split}.json"],
-    }[task]
+    return [name.format(split=split) for name in spec.annotation_files]
 
 
 def find_annotation_file(task: str, path: str | Path, split: str | None = None) -> Path:
     """The published file for `task` (and `split`) at `path`, a file or a folder."""
-    if task not in TASKS:
-        raise DataError(path, f"unknown task '{task}' (choose from {', '.join(TASKS)})")
+    tasks = annotation_tasks()
+    if task not in tasks:
+        raise DataError(path, f"unknown task '{task}' (choose from {', '.join(tasks)})")
     path = Path(path)
     if path.is_file():
         return path
@@ -220,7 +311,7 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 # ----------------------------------------------------------------------------- loaders
 
 
-def _load_scanqa(path: Path) -> list[Instruction]:
+def load_scanqa(path: Path) -> list[Instruction]:
     out = []
     for index, raw in enumerate(_json_records(path)):
         rec = _Record(path, f"record {index}", raw)
@@ -246,7 +337,7 @@ def _sqa3d_annotation_path(questions: Path) -> Path:
     return questions.with_name(name)
 
 
-def _load_sqa3d(path: Path) -> list[Instruction]:
+def load_sqa3d(path: Path) -> list[Instruction]:
     if "_sqa_annotations_" in path.name:  # given the other half of the pair
         path = path.with_name(path.name.replace("_sqa_annotations_", "_questions_"))
     ann_path = _sqa3d_annotation_path(path)
@@ -317,7 +408,7 @@ def _scanrefer_records(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _load_scanrefer(path: Path) -> list[Instruction]:
+def load_scanrefer(path: Path) -> list[Instruction]:
     return [
         Instruction(
             task="scanrefer", id=f"{r['scene_id']}|{r['object_id']}|{r['ann_id']}", scene_id=r["scene_id"],
@@ -328,7 +419,7 @@ def _load_scanrefer(path: Path) -> list[Instruction]:
     ]
 
 
-def _load_scan2cap(path: Path) -> list[Instruction]:
+def load_scan2cap(path: Path) -> list[Instruction]:
     groups: OrderedDict[tuple[str, int, str], list[dict[str, Any]]] = OrderedDict()
     for row in _scanrefer_records(path):
         groups.setdefault((row["scene_id"], row["object_id"], row["object_name"]), []).append(row)
@@ -344,7 +435,7 @@ def _load_scan2cap(path: Path) -> list[Instruction]:
     return out
 
 
-def _load_multi3drefer(path: Path) -> list[Instruction]:
+def load_multi3drefer(path: Path) -> list[Instruction]:
     out = []
     for index, raw in enumerate(_json_records(path)):
         rec = _Record(path, f"record {index}", raw)
@@ -411,7 +502,7 @@ def _split_scans(path: Path, split: str | None) -> set[str] | None:
                           f"scannetv2_{split}.txt is beside it")
 
 
-def _load_referit3d(task: str, path: Path, split: str | None) -> list[Instruction]:
+def load_referit3d(task: str, path: Path, split: str | None) -> list[Instruction]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -469,21 +560,122 @@ def _load_referit3d(task: str, path: Path, split: str | None) -> list[Instructio
     return out
 
 
+def vsibench_prompt(question: str, options: Sequence[str] | None) -> str:
+    """The instruction text as VSI-Bench asks it: question, options, post-prompt, one per line."""
+    if options is None:
+        return f"{question}\n{VSIBENCH_NUMERIC_PROMPT}"
+    return "\n".join([question, "Options:", *options, VSIBENCH_CHOICE_PROMPT])
+
+
+def option_letter(option: str) -> str | None:
+    """"A. table" -> "A"; None when the option does not open with a letter."""
+    match = _VSIBENCH_OPTION.match(option)
+    return match.group(1).upper() if match else None
+
+
+def vsibench_instruction(row_id: str, scene_id: str, question_type: str, question: str,
+                         options: Sequence[str] | None, truth: str, dataset: str = VSIBENCH_DATASET) -> Instruction:
+    """One VSI-Bench question (the loader and the synthetic generator build them alike)."""
+    return Instruction(
+        task="vsibench", id=row_id, scene_id=scene_id, text=vsibench_prompt(question, options), answers=[truth],
+        eval_subgroup={"question_type": question_type},
+        extra={"dataset": dataset, "question": question, "options": None if options is None else list(options)},
+    )
+
+
+def _vsibench_rows(path: Path) -> list[Any]:
+    """A JSON list, JSON lines or (by its suffix) parquet file's rows."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        if not path.is_file():
+            raise DataError(path, "annotation file not found")
+        try:
+            return pq.read_table(path).to_pylist()
+        except (OSError, ValueError) as exc:  # pyarrow's errors subclass these
+            raise DataError(path, f"not a readable parquet file: {exc}") from None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(path, "annotation file not found") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(path, f"not UTF-8 text: {exc}") from None
+    if text.lstrip().startswith("["):
+        return _json_records(path)
+    rows = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(path, f"line {line_no}: not valid JSON: {exc}") from None
+    return rows
+
+
+def load_vsibench(path: Path) -> list[Instruction]:
+    """The ScanNet rows of a VSI-Bench question file; the other datasets' rows are counted in the log."""
+    out, skipped = [], Counter()
+    for index, raw in enumerate(_vsibench_rows(path)):
+        rec = _Record(path, f"row {index}", raw)
+        row_id = str(rec.get("id", (int, str), nonempty=True))
+        rec.where = f"row {index} (id {row_id})"
+        dataset = rec.get("dataset", str, nonempty=True)
+        if dataset != VSIBENCH_DATASET:
+            skipped[dataset] += 1
+            continue
+        question_type = rec.get("question_type", str)
+        if question_type not in VSIBENCH_QUESTION_TYPES:
+            raise rec.fail(f"question_type should be one of {', '.join(VSIBENCH_QUESTION_TYPES)}, "
+                           f"got {question_type!r}")
+        truth = str(rec.get("ground_truth", (str, int, float), nonempty=True)).strip()
+        options = rec.get("options", list, None)
+        if question_type in VSIBENCH_NUMERIC_TYPES:
+            if options is not None:
+                raise rec.fail(f"a {question_type} question has no options, got {options!r}")
+            if not VSIBENCH_NUMBER.fullmatch(truth) or not float(truth) > 0:
+                raise rec.fail(f"ground_truth of a {question_type} question should be a positive number, "
+                               f"got {truth!r}")
+        else:
+            options = rec.str_list("options") if options else None
+            if not options:
+                raise rec.fail(f"a {question_type} question needs 'options', a list of strings")
+            letters = [option_letter(o) for o in options]
+            if None in letters:
+                raise rec.fail(f"options should read 'A. ...', got {options!r}")
+            if truth.upper() not in letters:
+                raise rec.fail(f"ground_truth {truth!r} is not one of the option letters {', '.join(letters)}")
+        out.append(vsibench_instruction(row_id, rec.get("scene_name", str, nonempty=True), question_type,
+                                        rec.get("question", str, nonempty=True), options, truth))
+    if skipped:
+        log.info("vsibench: %s: skipped %d row(s) of other datasets than %s (%s)", path, sum(skipped.values()),
+                 VSIBENCH_DATASET, ", ".join(f"{name} {n}" for name, n in sorted(skipped.items())))
+    return out
+
+
+# The published benchmarks' tasks, in the order synthetic data and `prepare` handle them.
+SCANQA = register_task(Task("scanqa", "text", ("ScanQA_v1.0_{split}.json",), lambda path, split: load_scanqa(path)))
+SQA3D = register_task(Task("sqa3d", "text", ("v1_balanced_questions_{split}_scannetv2.json",),
+                           lambda path, split: load_sqa3d(path)))
+SCANREFER = register_task(Task("scanrefer", "box", ("ScanRefer_filtered_{split}.json",),
+                               lambda path, split: load_scanrefer(path)))
+MULTI3DREFER = register_task(Task("multi3drefer", "box", ("multi3drefer_{split}.json",),
+                                  lambda path, split: load_multi3drefer(path)))
+SCAN2CAP = register_task(Task("scan2cap", "text", ("ScanRefer_filtered_{split}.json",),
+                              lambda path, split: load_scan2cap(path), built_from="scanrefer", object_prompt=True))
+NR3D = register_task(Task("nr3d", "box", ("nr3d.csv",), lambda path, split: load_referit3d("nr3d", path, split)))
+# sr3d+.csv, the augmented release, is read when sr3d.csv is absent.
+SR3D = register_task(Task("sr3d", "box", ("sr3d.csv", "sr3d+.csv"),
+                          lambda path, split: load_referit3d("sr3d", path, split)))
+# The release is one file (test.jsonl) over ScanNet val scenes: saved as VSI-Bench_val.jsonl it is
+# read with the other benchmarks' val split.
+VSIBENCH = register_task(Task("vsibench", "text", ("VSI-Bench_{split}.jsonl",),
+                              lambda path, split: load_vsibench(path)))
+
+
 def load_annotations(task: str, path: str | Path, split: str | None = None) -> list[Instruction]:
     """Read `task`'s published annotation file(s) at `path` (a file or a folder) into Instructions."""
     file = find_annotation_file(task, path, split)
-    if task == "scanqa":
-        instructions = _load_scanqa(file)
-    elif task == "sqa3d":
-        instructions = _load_sqa3d(file)
-    elif task == "scanrefer":
-        instructions = _load_scanrefer(file)
-    elif task == "scan2cap":
-        instructions = _load_scan2cap(file)
-    elif task == "multi3drefer":
-        instructions = _load_multi3drefer(file)
-    else:
-        instructions = _load_referit3d(task, file, split)
+    instructions = TASKS[task].load(file, split)
     # Predictions and scores are keyed by id, so two records with one id would silently merge.
     seen: set[str] = set()
     for instruction in instructions:
@@ -508,8 +700,9 @@ def write_annotations(task: str, instructions: Sequence[Instruction], out_dir: s
     not also write scanrefer for the same split into the same folder. nr3d/sr3d write one csv
     holding every given instruction (the split lives in the scan lists, see `write_split_lists`).
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
+    tasks = annotation_tasks()
+    if task not in tasks:
+        raise ValueError(f"unknown task {task!r} (choose from {', '.join(tasks)})")
     out_dir = Path(out_dir)
     for instr in instructions:
         if instr.task != task:
@@ -569,6 +762,14 @@ def write_annotations(task: str, instructions: Sequence[Instruction], out_dir: s
                     "eval_type": i.eval_subgroup["eval_type"]} for i in instructions]
         path = out_dir / f"multi3drefer_{split}.json"
         atomic_write_json(path, records, indent=1)
+        return [path]
+    if task == "vsibench":
+        rows = [{"id": int(i.id) if i.id.isdigit() else i.id, "dataset": i.extra.get("dataset", VSIBENCH_DATASET),
+                 "scene_name": i.scene_id, "question_type": i.eval_subgroup["question_type"],
+                 "question": i.extra["question"], "options": i.extra.get("options"), "ground_truth": i.answers[0]}
+                for i in instructions]
+        path = out_dir / f"VSI-Bench_{split}.jsonl"
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
         return [path]
     # nr3d / sr3d
     buffer = io.StringIO()

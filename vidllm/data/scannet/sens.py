@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vidllm.artifacts.files import atomic_file
 from vidllm.errors import DataError
 
 SENS_VERSION = 4
@@ -364,7 +364,7 @@ def write_sens(
     colors: N x uint8 [H,W,3]; depths: N x uint16 [h,w] in 1/depth_shift metres;
     camera_to_world: [N,4,4] (non-finite rows mark frames without tracking);
     timestamps: N microsecond values used for colour and depth (default 30 fps from 0).
-    The file appears atomically (temp file in the same folder + os.replace).
+    The file appears atomically (vidllm.artifacts.files.atomic_file).
     """
     path = Path(path)
     n = len(colors)
@@ -394,40 +394,31 @@ def write_sens(
             _HEADER_TAIL.pack(2, 1, color_w, color_h, depth_w, depth_h, depth_shift, n),
         ]
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            for i in range(n):
-                color = np.asarray(colors[i])
-                depth = np.asarray(depths[i])
-                if color.shape != (color_h, color_w, 3) or color.dtype != np.uint8:
-                    raise ValueError(
-                        f"write_sens: colour frame {i} must be uint8 [{color_h},{color_w},3], "
-                        f"got {color.dtype} {list(color.shape)}"
-                    )
-                if depth.shape != (depth_h, depth_w) or depth.dtype != np.uint16:
-                    raise ValueError(
-                        f"write_sens: depth frame {i} must be uint16 [{depth_h},{depth_w}], "
-                        f"got {depth.dtype} {list(depth.shape)}"
-                    )
-                jpeg = io.BytesIO()
-                Image.fromarray(color, "RGB").save(jpeg, format="JPEG", quality=jpeg_quality)
-                color_bytes = jpeg.getvalue()
-                depth_bytes = zlib.compress(depth.astype("<u2", copy=False).tobytes(), 3)
-                ts = int(timestamps[i])
-                f.write(
-                    _FRAME_HEADER.pack(
-                        *poses[i].ravel(), ts, ts, len(color_bytes), len(depth_bytes)
-                    )
+    with atomic_file(path) as f:
+        f.write(header)
+        for i in range(n):
+            color = np.asarray(colors[i])
+            depth = np.asarray(depths[i])
+            if color.shape != (color_h, color_w, 3) or color.dtype != np.uint8:
+                raise ValueError(
+                    f"write_sens: colour frame {i} must be uint8 [{color_h},{color_w},3], "
+                    f"got {color.dtype} {list(color.shape)}"
                 )
-                f.write(color_bytes)
-                f.write(depth_bytes)
-            f.write(struct.pack("<Q", 0))  # num_imu_frames
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+            if depth.shape != (depth_h, depth_w) or depth.dtype != np.uint16:
+                raise ValueError(
+                    f"write_sens: depth frame {i} must be uint16 [{depth_h},{depth_w}], "
+                    f"got {depth.dtype} {list(depth.shape)}"
+                )
+            jpeg = io.BytesIO()
+            Image.fromarray(color, "RGB").save(jpeg, format="JPEG", quality=jpeg_quality)
+            color_bytes = jpeg.getvalue()
+            depth_bytes = zlib.compress(depth.astype("<u2", copy=False).tobytes(), 3)
+            ts = int(timestamps[i])
+            f.write(
+                _FRAME_HEADER.pack(
+                    *poses[i].ravel(), ts, ts, len(color_bytes), len(depth_bytes)
+                )
+            )
+            f.write(color_bytes)
+            f.write(depth_bytes)
+        f.write(struct.pack("<Q", 0))  # num_imu_frames

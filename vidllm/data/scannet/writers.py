@@ -7,44 +7,20 @@
 - `sceneXXXX_XX.aggregation.json`: `segGroups[{id, objectId, segments, label}]`.
 - `scannetv2-labels.combined.tsv`: raw category -> nyu40 mapping.
 
-Every writer is atomic: a temporary file in the same folder, then os.replace.
+Every writer is atomic (vidllm.artifacts.files).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; datasets are shared read-only files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | Path, obj: Any, indent: int | None = None) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent))
+from vidllm.artifacts.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def write_scene_info(

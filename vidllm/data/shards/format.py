@@ -26,7 +26,7 @@ import json
 import os
 import tarfile
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from vidllm import storage
+from vidllm.artifacts import storage
 from vidllm.data.prefetch import Prefetcher
 from vidllm.errors import DataError
 
@@ -370,6 +370,12 @@ def iter_shard(shard_uri: str, entries: list[ManifestEntry], verify: bool = True
                                    "manifest were not found (truncated shard?)")
 
 
+def rank_shards(shards: Iterable[str], rank: int, world_size: int) -> list[str]:
+    """The shards rank `rank` of `world_size` reads: round-robin over the sorted names (every
+    reader — `ShardDataset`, the Ray Train datasets — splits by this rule)."""
+    return sorted(shards)[rank::world_size]
+
+
 class ShardDataset(torch.utils.data.IterableDataset):
     """Single-process (or DataLoader-worker) reader over a shard dataset, yielding `to_torch` samples.
 
@@ -394,7 +400,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         return self.num_samples
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        shards = sorted(self.groups)[self.rank::self.world_size]
+        shards = rank_shards(self.groups, self.rank, self.world_size)
         worker = torch.utils.data.get_worker_info()
         if worker is not None:
             shards = shards[worker.id::worker.num_workers]

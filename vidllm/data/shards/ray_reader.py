@@ -22,13 +22,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vidllm import storage
+from vidllm.artifacts import storage
 from vidllm.data.shards.format import (
     DEPTH_SCALE_M,
     check_shard_size,
     color_member,
     decode_sample,
     manifest_uri,
+    rank_shards,
     read_manifest,
     scaled_float32,
     shard_groups,
@@ -137,13 +138,18 @@ def _decode_clips(batch: dict[str, np.ndarray], expected: dict[str, tuple[str, s
         rows = rows[group:]
 
 
-def ray_shard_dataset(dataset_uri: str, *, verify: bool = True):
-    """The decoded `ray.data.Dataset` of a shard dataset (one row per scene clip)."""
+def ray_shard_dataset(dataset_uri: str, *, verify: bool = True, shards: list[str] | None = None,
+                      num_cpus: float | None = None):
+    """The decoded `ray.data.Dataset` of a shard dataset (one row per scene clip, in manifest order
+    when read with `preserve_order`), or of the listed `shards` of it only. `num_cpus`: what each
+    read/decode task reserves (Ray's default 1 when None)."""
     import ray
 
     entries = read_manifest(str(dataset_uri))
     if not entries:
         raise DataError(manifest_uri(str(dataset_uri)), "no manifest (or an empty one): run `vidllm prepare` first")
+    if shards is not None:
+        entries = [e for e in entries if e.shard in set(shards)]
     groups = shard_groups(entries)
     if verify:
         for shard, group in groups.items():
@@ -151,13 +157,13 @@ def ray_shard_dataset(dataset_uri: str, *, verify: bool = True):
     fs, base = storage.resolve(dataset_uri)
     expected = {e.key: (e.shard, e.digest, e.frames) for e in entries}
     ds = ray.data.read_webdataset([f"{base}/{shard}" for shard in sorted(groups)], filesystem=fs, decoder=None,
-                                  override_num_blocks=len(groups))
+                                  override_num_blocks=len(groups), num_cpus=num_cpus)
     # The whole read block (a shard's raw bytes) goes to one call, which yields decoded groups of
     # clips sized to Ray's target block size.
     with warnings.catch_warnings():  # copying Ray's DataContext touches its own deprecated fields
         warnings.simplefilter("ignore", DeprecationWarning)
         max_block_bytes = ds.context.target_max_block_size or 128 * 1024 * 1024
-    decoded = ds.map_batches(_decode_clips, batch_size=None, batch_format="numpy",
+    decoded = ds.map_batches(_decode_clips, batch_size=None, batch_format="numpy", num_cpus=num_cpus,
                              fn_kwargs={"expected": expected, "base": str(dataset_uri).rstrip("/"), "verify": verify,
                                         "max_block_bytes": max_block_bytes})
     with warnings.catch_warnings():
@@ -211,6 +217,66 @@ def pixels_to_float(batch: dict[str, Any], device: torch.device | str | None = N
     out["images"] = images.to(torch.float32).mul_(1.0 / 255.0)
     out["depths"] = depth_mm.to(torch.float32).mul_(1.0 / DEPTH_SCALE_M)
     return out
+
+
+# ----------------------------------------------------------------------------- Ray Train
+
+
+def train_dataset_plan(dataset_uri: str, world_size: int) -> dict[int, str]:
+    """rank → the Ray Train dataset it reads (`train_datasets`): its own shards (`rank_shards`)
+    when there are enough shards, else every rank reads one dataset of all of them and keeps
+    every `world_size`-th training scene (small datasets), as the single-process reader does."""
+    groups = shard_groups(read_manifest(str(dataset_uri)))
+    if len(groups) >= world_size:
+        return {rank: f"train-rank{rank}" for rank in range(world_size)}
+    return dict.fromkeys(range(world_size), "train-all")
+
+
+def train_datasets(dataset_uri: str, world_size: int, num_cpus: float | None = None) -> dict[str, Any]:
+    """The `datasets=` of a `TorchTrainer` that `iter_worker_samples` reads, one per name of
+    `train_dataset_plan` (`num_cpus` per read/decode task, `train.data_cpus`). Give the trainer
+    `worker_data_config()` so they are not re-split."""
+    groups = shard_groups(read_manifest(str(dataset_uri)))
+    names = train_dataset_plan(dataset_uri, world_size)
+    if set(names.values()) == {"train-all"}:
+        datasets = {"train-all": ray_shard_dataset(dataset_uri, num_cpus=num_cpus)}
+    else:
+        datasets = {name: ray_shard_dataset(dataset_uri, shards=rank_shards(groups, rank, world_size),
+                                            num_cpus=num_cpus) for rank, name in names.items()}
+    with warnings.catch_warnings():  # copying Ray's DataContext touches its own deprecated fields
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for dataset in datasets.values():
+            dataset.context.enable_progress_bars = False  # the training loop has its own
+    return datasets
+
+
+def worker_data_config():
+    """Ray Train's DataConfig for `train_datasets`: no re-splitting (each rank's data is decided
+    by `train_dataset_plan`, the same on every run) and the manifest order kept, so a step's batch
+    is the same in every run and resumes reproduce an uninterrupted run."""
+    from ray.data import ExecutionOptions
+    from ray.train import DataConfig
+
+    return DataConfig(datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True))
+
+
+def iter_worker_samples(name: str) -> Iterator[dict[str, Any]]:
+    """Inside a Ray Train worker: the samples of dataset `name` (`train_dataset_plan`), read through
+    `ray.train.get_dataset_shard`, one `to_torch`-style sample dict at a time (as `ShardDataset`)."""
+    import ray.train
+
+    rows = ray.train.get_dataset_shard(name).iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2)
+    try:
+        for batch in rows:
+            sample = batch_to_torch(batch)
+            yield {k: v[0] for k, v in sample.items()}
+    except DataError:
+        raise
+    except Exception as exc:
+        found = _find_data_error(exc)
+        if found is not None:
+            raise found from None
+        raise
 
 
 def _find_data_error(exc: BaseException) -> DataError | None:

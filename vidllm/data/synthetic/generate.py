@@ -7,8 +7,8 @@
                                sceneXXXX_00_vh_clean_2.ply             mesh (binary ply)
                                sceneXXXX_00_vh_clean_2.0.010000.segs.json
                                sceneXXXX_00.aggregation.json
-    out_dir/annotations/...    ScanQA, SQA3D, ScanRefer (→ Scan2Cap), Multi3DRefer, Nr3D, Sr3D
-                               files in their published schemas, plus scannetv2_{split}.txt
+    out_dir/annotations/...    ScanQA, SQA3D, ScanRefer (→ Scan2Cap), Multi3DRefer, Nr3D, Sr3D and
+                               VSI-Bench files in their published schemas, plus scannetv2_{split}.txt
     out_dir/scannetv2-labels.combined.tsv
 
 Rooms are rendered by ray casting (vidllm.data.synthetic.raycast), so depth is exact and every question's
@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vidllm.config import SynthConfig
-from vidllm.data.scannet.annotations import Instruction, load_annotations, write_annotations, write_split_lists
+from vidllm.data.scannet.annotations import TASKS, Instruction, load_annotations, write_annotations, write_split_lists
 from vidllm.data.scannet.meta import apply_transform
 from vidllm.data.scannet.sens import write_sens
 from vidllm.data.scannet.writers import write_aggregation, write_label_map, write_ply_mesh, write_scene_info, write_segs
@@ -34,7 +34,7 @@ from vidllm.data.synthetic import room_layout
 from vidllm.data.synthetic.questions import generate_instructions
 from vidllm.data.synthetic.raycast import ROOM_FACES, cast_view, shade
 from vidllm.data.synthetic.room_layout import CATEGORIES, COLORS, ROOM_CATEGORIES, RoomLayout
-from vidllm.data.synthetic.scene import SynthObject, SyntheticScene
+from vidllm.data.synthetic.scene import SyntheticScene, SynthObject
 
 # A furniture piece counts as visible if, in at least one clip frame, it covers this share of the image
 # inside the border below (which `prepare`'s crop to multiples of 14 may cut away).
@@ -43,7 +43,6 @@ from vidllm.data.synthetic.scene import SynthObject, SyntheticScene
 RENDER_VERSION = 3
 MIN_VISIBLE_FRACTION = 0.002
 CROP_BORDER_FRACTION = 0.05
-ANNOTATION_TASKS = ("scanqa", "sqa3d", "scanrefer", "multi3drefer", "nr3d", "sr3d")
 
 
 @dataclass
@@ -203,7 +202,9 @@ def generate_scene(scene_index: int, scan_dir: Path, cfg: SynthConfig, split: st
         # Furniture the clip never shows would make counting answers unanswerable: drop it and
         # render again (removing boxes only uncovers others, so one pass is enough).
         layout = RoomLayout(layout.size, [f for f, v in zip(layout.furniture, seen) if v >= min_fraction])
-        colors, depths, _ = _render(layout, camera_to_room, k_color, color_size, k_depth, depth_size)
+        colors, depths, visible = _render(layout, camera_to_room, k_color, color_size, k_depth, depth_size)
+    shown_visible = visible[shown] >= min_fraction  # [clip, M]; every kept piece is in some clip frame
+    first_visible = {i: int(np.argmax(shown_visible[:, i])) for i in range(len(layout.furniture))}
 
     # World frame = the room frame rotated about z and shifted, as in raw ScanNet scans.
     axis_alignment = room_layout.random_axis_alignment(rng)
@@ -233,7 +234,7 @@ def generate_scene(scene_index: int, scan_dir: Path, cfg: SynthConfig, split: st
         scene_id=scene_id, split=split, path=folder, camera_to_world=stored_poses,
         depths_m=depths.astype(np.float32) if keep_depths else None, intrinsic_color=k_color,
         intrinsic_depth=k_depth, axis_alignment=axis_alignment, objects=objects, room_size=layout.size.copy(),
-        invalid_frame_ids=invalid,
+        invalid_frame_ids=invalid, first_visible=first_visible,
     )
 
 
@@ -276,17 +277,24 @@ def generate_dataset(out_dir: str | Path, cfg: SynthConfig, progress: bool = Tru
     for scene in scenes:
         splits.setdefault(scene.split, []).append(scene.scene_id)
     write_split_lists(splits, annotations_dir)
+    # The tasks `generate_instructions` makes, each in its published file(s): one per split, or one
+    # over every scan whose splits come from scannetv2_{split}.txt.
+    generated = {task for by_task in per_split.values() for task in by_task}
+    own_file = [t.name for t in TASKS.values() if t.annotation_files and t.built_from is None and t.name in generated]
     for split, by_task in per_split.items():
-        for task in ("scanqa", "sqa3d", "scanrefer", "multi3drefer"):
-            write_annotations(task, by_task.get(task, []), annotations_dir, split=split)
-    for task in ("nr3d", "sr3d"):  # one csv for all scans; splits come from scannetv2_{split}.txt
-        rows = [i for split in splits for i in per_split[split].get(task, [])]
-        write_annotations(task, rows, annotations_dir)
+        for task in own_file:
+            if TASKS[task].split_files:
+                write_annotations(task, by_task.get(task, []), annotations_dir, split=split)
+    for task in own_file:
+        if not TASKS[task].split_files:
+            rows = [i for split in splits for i in per_split[split].get(task, [])]
+            write_annotations(task, rows, annotations_dir)
     # Hand back exactly what the loaders read from the files (Scan2Cap is built from the
     # ScanRefer files, as for the real benchmark), so both routes give the same records.
+    built = [t.name for t in TASKS.values() if t.built_from in own_file]
     instructions = {
         task: [i for split in splits for i in load_annotations(task, annotations_dir, split=split)]
-        for task in (*ANNOTATION_TASKS, "scan2cap")
+        for task in (*own_file, *built)
     }
     return SyntheticDataset(root=root, scan_dir=scan_dir, annotations_dir=annotations_dir, label_map=label_map,
                             scenes=scenes, splits=splits, instructions=instructions)

@@ -8,13 +8,20 @@ they pick out their target(s) uniquely.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vidllm.data.scannet.annotations import Instruction, multi3drefer_id, sqa3d_question_type, tokenize
+from vidllm.data.scannet.annotations import (
+    Instruction,
+    multi3drefer_id,
+    sqa3d_question_type,
+    tokenize,
+    vsibench_instruction,
+)
 from vidllm.data.synthetic.room_layout import CATEGORIES, COLORS
 
 if TYPE_CHECKING:
@@ -23,6 +30,8 @@ if TYPE_CHECKING:
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 RATIO_MARGIN = 1.25  # "closest"/"biggest" need a 25% lead over the runner-up
 DISTANCE_MARGIN = 0.4  # ... and at least 40 cm
+SIDE_MARGIN = 0.5  # a direction ("left", "front-right") needs the object 50 cm off each dividing line
+LETTERS = "ABCD"
 
 
 @dataclass
@@ -369,6 +378,94 @@ def _sqa3d(facts: SceneFacts, rng: np.random.Generator) -> list[Instruction]:
     return out
 
 
+def _centre_dist(a: _Obj, b: _Obj) -> float:
+    return float(np.linalg.norm(a.center - b.center))
+
+
+def _pick(rng: np.random.Generator, items: list, count: int) -> list:
+    """Up to `count` of `items`, drawn without replacement, in drawing order."""
+    return [items[i] for i in rng.permutation(len(items))[:count]] if items else []
+
+
+def _lettered(texts: list[str]) -> list[str]:
+    return [f"{letter}. {text}" for letter, text in zip(LETTERS, texts, strict=False)]
+
+
+def _vsibench(facts: SceneFacts, rng: np.random.Generator) -> list[Instruction]:
+    """VSI-Bench-style questions (its question types and wording; distances between box centres)."""
+    scene = facts.scene
+    rows: list[tuple[str, str, list[str] | None, str]] = []  # question_type, question, options, ground truth
+    labels = sorted({o.label for o in facts.objects})
+    # Objects a name picks out: "chair" (its class is unique) or "red chair" (its colour is, within the class).
+    names = {o.id: phrase.removeprefix("the ") for o in facts.objects if (phrase := facts.simple_phrase(o))}
+    named = [o for o in facts.objects if o.id in names]
+    for label in _pick(rng, labels, 2):
+        rows.append(("object_counting", f"How many {label}(s) are in this room?", None,
+                     str(sum(o.label == label for o in facts.objects))))
+    pairs = [(a, b) for n, a in enumerate(named) for b in named[n + 1:] if _centre_dist(a, b) >= 0.5]
+    for a, b in _pick(rng, pairs, 2):
+        rows.append(("object_abs_distance", f"Measuring from the centre of each object, what is the direct distance "
+                     f"between the {names[a.id]} and the {names[b.id]} (in meters)?", None,
+                     f"{_centre_dist(a, b):.1f}"))
+    for obj in _pick(rng, named, 2):
+        rows.append(("object_size_estimation", f"What is the length of the longest dimension (length, width, or "
+                     f"height) of the {names[obj.id]}, measured in centimeters?", None,
+                     str(round(float(obj.size.max()) * 100))))
+    room = np.asarray(scene.room_size)
+    rows.append(("room_size_estimation", "What is the size of this room (in square meters)? If multiple rooms are "
+                 "shown, estimate the size of the combined space.", None, f"{room[0] * room[1]:.1f}"))
+    for target in _pick(rng, named, len(named)):  # the first target with a clearly closest candidate
+        others = _pick(rng, [o for o in named if o.id != target.id], len(LETTERS))
+        dists = [_centre_dist(target, o) for o in others]
+        best = int(np.argmin(dists)) if dists else 0
+        if len(others) >= 2 and _clearly_min(dists[best], dists[:best] + dists[best + 1:]):
+            choices = [names[o.id] for o in others]
+            rows.append(("object_rel_distance", f"Measuring from the centre of each object, which of these objects "
+                         f"({', '.join(choices)}) is the closest to the {names[target.id]}?", _lettered(choices),
+                         LETTERS[best]))
+            break
+    easy, hard = [], []
+    for stand, face, obj in itertools.permutations(named, 3):
+        forward = face.xy - stand.xy
+        if np.linalg.norm(forward) < 1.0:
+            continue
+        forward = forward / np.linalg.norm(forward)
+        ahead, side = float((obj.xy - stand.xy) @ forward), float((obj.xy - stand.xy) @ [-forward[1], forward[0]])
+        start = (f"If I am standing by the {names[stand.id]} and facing the {names[face.id]}, "
+                 f"is the {names[obj.id]} to my")
+        if abs(side) >= SIDE_MARGIN:
+            easy.append((f"{start} left or the right?", ["left", "right"], "left" if side > 0 else "right"))
+        if abs(side) >= SIDE_MARGIN and abs(ahead) >= SIDE_MARGIN:
+            quadrant = f"{'front' if ahead > 0 else 'back'}-{'left' if side > 0 else 'right'}"
+            hard.append((f"{start} front-left, front-right, back-left, or back-right? The directions refer to the "
+                         "quadrants of a Cartesian plane (if I am standing at the origin and facing along the positive "
+                         "y-axis).", ["front-left", "front-right", "back-left", "back-right"], quadrant))
+    for question_type, found, count in (("object_rel_direction_easy", easy, 2), ("object_rel_direction_hard", hard, 1)):
+        for question, choices, answer in _pick(rng, found, count):
+            rows.append((question_type, question, _lettered(choices), LETTERS[choices.index(answer)]))
+    # A category appears with the first clip frame showing one of its objects; the categories asked
+    # first appear in different frames (one per frame), so there is one order.
+    first = {label: min(scene.first_visible[o.id] for o in facts.objects if o.label == label)
+             for label in labels if all(o.id in scene.first_visible for o in facts.objects if o.label == label)}
+    per_frame = [_pick(rng, [label for label in first if first[label] == frame], 1)[0]
+                 for frame in sorted(set(first.values()))]
+    if len(per_frame) >= 3:
+        asked = _pick(rng, per_frame, len(LETTERS))
+        order = sorted(asked, key=first.get)
+        orders = [order]
+        while len(orders) < min(len(LETTERS), math.factorial(len(order))):
+            other = _pick(rng, order, len(order))
+            if other not in orders:
+                orders.append(other)
+        orders = _pick(rng, orders, len(orders))
+        rows.append(("obj_appearance_order", "What will be the first-time appearance order of the following "
+                     f"categories in the video: {', '.join(asked)}?", _lettered([", ".join(o) for o in orders]),
+                     LETTERS[orders.index(order)]))
+    base_id = int(scene.scene_id[5:9]) * 1000
+    return [vsibench_instruction(str(base_id + n), scene.scene_id, question_type, question, options, truth)
+            for n, (question_type, question, options, truth) in enumerate(rows)]
+
+
 def generate_instructions(scene: SyntheticScene, rng: np.random.Generator) -> dict[str, list[Instruction]]:
     """Instructions for every task from one scene's ground truth (scan2cap comes from scanrefer)."""
     facts = SceneFacts(scene)
@@ -380,5 +477,7 @@ def generate_instructions(scene: SyntheticScene, rng: np.random.Generator) -> di
         "multi3drefer": _multi3drefer(facts, rng),
         "nr3d": nr3d,
         "sr3d": sr3d,
+        # Last: its draws follow every other task's, which stay what they were before it existed.
+        "vsibench": _vsibench(facts, rng),
     }
 

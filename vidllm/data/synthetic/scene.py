@@ -31,6 +31,8 @@ class SyntheticScene:
     objects: list[SynthObject]
     room_size: np.ndarray  # [3] metres; the room spans [0, size] in the axis-aligned frame
     invalid_frame_ids: list[int] = field(default_factory=list)
+    # object id -> position in the sampled clip of the first frame showing it (appearance order)
+    first_visible: dict[int, int] = field(default_factory=dict)
 
     @property
     def camera_to_aligned(self) -> np.ndarray:

@@ -23,9 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,11 +33,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
+from vidllm.artifacts.files import atomic_dir, remove_orphans
 from vidllm.attention_select import select_attn_implementation
-from vidllm.config import ModelConfig, VidLLMConfig
+from vidllm.config import ModelConfig
 from vidllm.errors import DataError
-from vidllm.lora import apply_lora, count_parameters, has_lora
-from vidllm.models.convert import LoadReport
+from vidllm.lora import has_lora
 from vidllm.tokenizer import SpecialTokenIds, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -111,8 +108,7 @@ def save_pretrained(
         "lora": lora,
         "tied": tied,
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         save_file(weights, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         if lora:
             # The base embeddings are in model.safetensors already (trained token rows are adapter
@@ -122,10 +118,6 @@ def save_pretrained(
             tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         meta[DIGESTS_KEY] = weight_digests(tmp)
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-        commit_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -213,29 +205,9 @@ def load_state_fitting(module: torch.nn.Module, state: dict[str, torch.Tensor], 
                                 + (f" (+{more} more)" if more > 0 else "")) from None
 
 
-def commit_dir(tmp: Path, out_dir: Path) -> None:
-    """Move a fully written temporary directory into place; an existing `out_dir` is swapped out
-    by rename, so readers see either the old or the new directory, never a mix."""
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
-
-
 def remove_orphaned_dirs(out_dir: str | Path) -> list[Path]:
-    """Delete what a killed `save_pretrained` / `commit_dir` left beside `out_dir`: its temporary
-    (`.<name>.tmp-*`) and swapped-out (`.<name>.old-*`) directories. Returns the removed paths."""
-    out_dir = Path(out_dir)
-    if not out_dir.parent.is_dir():
-        return []
-    prefixes = (f".{out_dir.name}.tmp-", f".{out_dir.name}.old-")
-    removed = [p for p in out_dir.parent.iterdir() if p.is_dir() and p.name.startswith(prefixes)]
-    for path in removed:
-        shutil.rmtree(path, ignore_errors=True)
-    return removed
+    """Delete what a killed `save_pretrained` left beside `out_dir`. Returns the removed paths."""
+    return remove_orphans(out_dir)
 
 
 def read_model_config(model_dir: str | Path) -> dict[str, Any]:
@@ -322,59 +294,6 @@ def load_pretrained(
             model.llm = model.llm.merge_and_unload()
     tokenizer = load_tokenizer(model_dir / TOKENIZER_DIR) if (model_dir / TOKENIZER_DIR).is_dir() else None
     return model.to(device), tokenizer
-
-
-@dataclass
-class InitSummary:
-    path: Path
-    parameters: int
-    trainable: int
-    tokenizer_size: int
-    vggt: LoadReport | None  # what a VGGT checkpoint provided, if one was loaded
-    sources: dict[str, str] = field(default_factory=dict)  # part → where its weights came from
-
-
-def _corpus_lines(paths: list[Path]) -> list[str]:
-    lines: list[str] = []
-    for path in paths:
-        if not path.is_file():
-            raise DataError(path, "corpus file not found")
-        try:
-            lines += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except UnicodeDecodeError as exc:
-            raise DataError(path, f"not UTF-8 text: {exc}") from None
-    return lines
-
-
-def init_model_dir(
-    cfg: VidLLMConfig,
-    out_dir: str | Path,
-    corpus_files: list[Path] | None = None,
-    tokenizer_dir: Path | None = None,
-    lora: bool = True,
-    seed: int = 0,
-) -> InitSummary:
-    """Write a model directory for `cfg` (what every `--model` argument accepts).
-
-    The model is assembled from the pretrained parts the config names (`vidllm.assemble`:
-    model.init.stage1, model.init.vggt, model.encoder.pretrained, model.llm.pretrained); every
-    other part is random (seeded). The tokenizer is `tokenizer_dir`, else the pretrained LLM's,
-    with the Vid-LLM tokens added, else a byte-level BPE trained on the built-in corpus plus the
-    lines of `corpus_files`.
-    """
-    from vidllm.assemble import assemble_model, assembly_tokenizer  # heavy imports kept local
-
-    texts = _corpus_lines([Path(p) for p in corpus_files or []])
-    tokenizer, tokenizer_source = assembly_tokenizer(cfg.model, texts, tokenizer_dir)
-    torch.manual_seed(seed)
-    attn = select_attn_implementation(cfg.model.llm.attn_implementation)
-    assembly = assemble_model(cfg.model, tokenizer, attn, tokenizer_source)
-    model = assembly.model
-    if lora:
-        apply_lora(model, cfg.model.llm)
-    path = save_pretrained(model, out_dir, tokenizer, recipe=cfg.recipe)
-    trainable, total = count_parameters(model)
-    return InitSummary(path, total, trainable, len(tokenizer), assembly.vggt, assembly.sources)
 
 
 def has_weights(model_dir: str | Path) -> bool:

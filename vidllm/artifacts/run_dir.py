@@ -4,8 +4,7 @@
       config.yaml                     the resolved VidLLMConfig (config_to_yaml)
       train_log.csv                   one row per logged step: TRAIN_LOG_COLUMNS, then one
                                       `loss/<term>` column per loss term (any number)
-      metrics.json                    {benchmark: `vidllm score --json` output, ...,
-                                       "ablations": {variant: {benchmark: score output}}}  (optional)
+      metrics.json                    {benchmark: `vidllm score --json` output, ...}
       predictions/<benchmark>.jsonl   prediction lines (vidllm.eval.predictions) + .meta.json
       geometry/<scene_id>.npz         GEOMETRY_KEYS (pred and GT, same frames)
       report.md, report.html, plots/*.png   written by `vidllm report`
@@ -27,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from vidllm.artifacts.files import atomic_path, atomic_write_text
 from vidllm.errors import DataError
-from vidllm.eval.predictions import atomic_write_text
 
 CONFIG_FILE = "config.yaml"
 TRAIN_LOG_FILE = "train_log.csv"
@@ -152,11 +151,8 @@ def write_geometry(path: str | Path, **arrays: np.ndarray) -> None:
     unknown = set(arrays) - set(GEOMETRY_KEYS)
     if unknown:
         raise ValueError(f"unknown geometry keys {sorted(unknown)} (known: {', '.join(GEOMETRY_KEYS)})")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-    tmp.replace(path)
+    with atomic_path(path, keep_suffix=True) as tmp:  # savez appends ".npz" to other names
+        np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
 
 
 def read_geometry(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.s3_server import free_ports
-from vidllm import storage
+from vidllm.artifacts import storage
 from vidllm.cli import main
 
 

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from vidllm.artifacts.files import atomic_file
 from vidllm.errors import VidLLMError
 
 S3_SCHEME = "s3://"
@@ -85,15 +86,6 @@ def _s3_errors(func: _F) -> _F:
             raise StorageError(message) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_current_umask()  # what a plain open() would have given (mkstemp uses 0600)
 
 
 @dataclass(frozen=True)
@@ -206,19 +198,8 @@ def atomic_output(uri: str | Path) -> Iterator[BinaryIO]:
     """Write a file that becomes visible at `uri` only if the block finishes without error."""
     text = str(uri)
     if not is_s3(text):
-        target = Path(text)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                yield f
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, _FILE_MODE)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(text) as f:
+            yield f
         return
     # S3: spool locally, then one upload of the finished file (PUT/multipart complete is atomic).
     with tempfile.NamedTemporaryFile(prefix="vidllm-upload-", suffix=".tmp") as spool:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vidllm.checkpoint import load_pretrained, read_model_config, save_pretrained
+from vidllm.artifacts.model_dir import load_pretrained, read_model_config, save_pretrained
 from vidllm.cli import main
 from vidllm.config import load_config
 from vidllm.errors import DataError

@@ -1,0 +1,73 @@
+"""Reconstruction from the video alone: depth, camera pose and point-cloud metrics per scene,
+averaged over scenes. The ground truth travels in each prediction's geometry file."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vidllm.data.scannet.annotations import Task
+from vidllm.errors import DataError
+from vidllm.eval.benchmarks.registry import BenchmarkSpec, ScoreInputs, register
+from vidllm.eval.benchmarks.tables import JOINT, PAPER, Column, Table, TableColumns, raw
+
+if TYPE_CHECKING:
+    from vidllm.eval.predictions import Prediction
+
+
+def score_recon(preds: Mapping[str, Prediction], threshold: float = 0.05, voxel_size: float = 0.02) -> dict[str, Any]:
+    """Depth, pose and point-cloud metrics per scene from geometry npz files, averaged over scenes."""
+    from vidllm.artifacts.run_dir import read_geometry
+    from vidllm.eval.geometry_metrics import depth_metrics, point_cloud_metrics, pose_metrics
+
+    per_scene: dict[str, dict[str, float]] = {}
+    for pred in sorted(preds.values(), key=lambda p: p.id):
+        geo = read_geometry(pred.geometry, required=("depth_pred", "depth_gt", "camera_to_world_pred",
+                                                    "camera_to_world_gt", "points_pred", "points_gt"))
+        for key in ("camera_to_world_pred", "camera_to_world_gt"):
+            if geo[key].ndim != 3 or geo[key].shape[1:] != (4, 4) or not np.isfinite(geo[key]).all():
+                raise DataError(pred.geometry, f"'{key}' must be finite [N,4,4], got shape {list(geo[key].shape)}")
+        if len(geo["depth_pred"]) != len(geo["depth_gt"]) or len(geo["camera_to_world_pred"]) != len(geo["camera_to_world_gt"]):
+            raise DataError(pred.geometry, "prediction and ground truth hold different numbers of frames")
+        scene = {f"depth/{k}": v for k, v in depth_metrics(geo["depth_pred"], geo["depth_gt"]).items()}
+        scene.update({f"pose/{k}": v for k, v in pose_metrics(geo["camera_to_world_pred"], geo["camera_to_world_gt"]).items()})
+        try:
+            cloud = point_cloud_metrics(geo["points_pred"], geo["points_gt"], threshold, voxel_size)
+        except ValueError as exc:
+            raise DataError(pred.geometry, str(exc)) from None
+        scene.update({f"recon/{k}": v for k, v in cloud.items()})
+        per_scene[pred.id] = scene
+    keys = [k for k in next(iter(per_scene.values())) if not k.endswith(("num_images", "num_pairs"))]
+    metrics = {k: float(np.nanmean([s[k] for s in per_scene.values()])) for k in keys}
+    return {"metrics": metrics, "subgroups": {"per_scene": per_scene}, "count": len(per_scene)}
+
+
+def _score(inputs: ScoreInputs) -> dict[str, Any]:
+    return {"gt": "geometry files (depth_gt, camera_to_world_gt, points_gt)", **score_recon(inputs.predictions)}
+
+
+POSE = Table("Table 7 — camera pose", number=7, note="All frame pairs per scene, averaged over scenes.",
+             paper_label=PAPER + " (Co3Dv2)")
+DEPTH = Table("Table 8 — depth", number=8, note="Valid mask 0 < GT < 10 m, metric scale (no per-image alignment).",
+              paper_label=PAPER + " (NYU-v2)")
+RECONSTRUCTION = Table("Table 9 — reconstruction", number=9, note="Metres; 2 cm voxel down-sampling, 5 cm threshold.")
+
+# The one task the data layer does not declare: it has no annotation file and no training row.
+SPEC = register(BenchmarkSpec(
+    Task("recon", "geometry"), _score,
+    tables=(
+        TableColumns(JOINT, (raw("Recon ScanNet F-score", "recon/F-score", paper="0.582"),), position=0),
+        TableColumns(POSE, (Column("RRA@15", "pose/RRA@15", paper="96.8"),
+                            Column("RTA@15", "pose/RTA@15", paper="93.4"),
+                            Column("AUC@30 (mAA)", "pose/AUC@30", paper="88.5"))),
+        TableColumns(DEPTH, (raw("δ1 ↑", "depth/delta1", "0.987"), raw("AbsRel ↓", "depth/abs_rel", "0.025"),
+                             raw("RMSE ↓", "depth/rmse", "0.109"), raw("log10 ↓", "depth/log10", "0.010"))),
+        TableColumns(RECONSTRUCTION, (raw("Comp ↓", "recon/Comp", "0.071"), raw("Acc ↓", "recon/Acc", "0.042"),
+                                      raw("Recall ↑", "recon/Recall", "0.634"),
+                                      raw("Prec ↑", "recon/Precision", "0.885"),
+                                      raw("F-score ↑", "recon/F-score", "0.582"))),
+    ),
+    ablation_columns=(Column("AUC@30", "pose/AUC@30"), Column("δ1", "depth/delta1")),
+))
