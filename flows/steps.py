@@ -225,9 +225,9 @@ def run_or_skip(step: str, paths: Paths, step_digest: str, outputs_valid: Callab
 
 
 def synth_digest(cfg: VidLLMConfig) -> str:
-    from vidllm.data.synthetic.generate import RENDER_VERSION
+    from vidllm.data.synthetic.generate import QUESTIONS_VERSION, RENDER_VERSION
 
-    return digest("synth", cfg.data.synth, RENDER_VERSION)
+    return digest("synth", cfg.data.synth, RENDER_VERSION, QUESTIONS_VERSION)
 
 
 def run_synth(inputs: StepInputs) -> StepResult:

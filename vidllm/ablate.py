@@ -111,10 +111,10 @@ def _prepare_data(cfg: VidLLMConfig, work: Path, progress: bool) -> dict[str, st
 
     data, shards, cache = work / "data", work / "shards", work / "teacher_cache"
     stamp = work / "data.digest"
-    from vidllm.data.synthetic.generate import RENDER_VERSION
+    from vidllm.data.synthetic.generate import QUESTIONS_VERSION, RENDER_VERSION
 
     data_digest = _digest(cfg.data.synth.model_dump(mode="json"), cfg.data.prep.model_dump(mode="json"),
-                          RENDER_VERSION)
+                          RENDER_VERSION, QUESTIONS_VERSION)
     if not (stamp.is_file() and stamp.read_text() == data_digest and read_manifest(str(shards))):
         for stale in (data, shards, cache):
             if stale.exists():

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -377,7 +377,10 @@ class TeacherConfig(_Section):
 
 
 class EvalConfig(_Section):
-    protocol: Literal["first_camera_gt", "umeyama_sim3"] = "first_camera_gt"
+    protocol: Literal["P0", "P1", "P2"] = Field(
+        "P1", description="evaluation protocol (vidllm.eval.protocols): P0 = ground-truth geometry given; P1 = "
+                          "predicted geometry at the GT first camera; P2 = predicted geometry, Umeyama Sim(3) of the "
+                          "camera centres. The former names first_camera_gt / umeyama_sim3 mean P1 / P2")
     blind_control: bool = Field(False, description="train-full also trains the blind control (Stage 2 with no vision "
                                                    "tokens, same init, data and steps) and writes RUN_DIR/ablation.json "
                                                    "with both rows")
@@ -386,6 +389,13 @@ class EvalConfig(_Section):
                            "gt = the ground-truth instances (a separately labelled protocol)")
     iou_thresholds: list[float] = [0.25, 0.5]
     max_new_tokens: int = Field(32, ge=1)
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _former_protocol_names(cls, value: object) -> object:
+        from vidllm.eval.protocols import LEGACY_NAMES
+
+        return LEGACY_NAMES.get(value, value) if isinstance(value, str) else value
 
 
 class VidLLMConfig(_Section):

@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -490,14 +489,6 @@ def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
         json.dump(manifest, f, indent=2, sort_keys=True)
 
 
-def _commit(tmp: Path, target: Path) -> None:
-    """Move one finished output from the staging folder into place (a directory swaps as a whole)."""
-    if tmp.is_dir():
-        commit_dir(tmp, target)
-    else:
-        os.replace(tmp, target)
-
-
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -602,7 +593,7 @@ def pretrain_teachers(cfg: VidLLMConfig, out_dir: str | Path, progress: bool = T
         # Outputs change only after the old manifest is gone, so a manifest never names stale files.
         (out / MANIFEST_NAME).unlink(missing_ok=True)
         for key, target in _paths(out).items():
-            _commit(work / target.name, target)
+            commit_dir(work / target.name, target)
         _write_manifest(out, manifest)
     finally:
         shutil.rmtree(work, ignore_errors=True)

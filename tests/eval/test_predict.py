@@ -40,12 +40,13 @@ def test_predict_scanrefer_then_score(shards_and_model, synthetic_dataset, tmp_p
     assert set(preds) == expected
     assert all(len(p.boxes) <= 1 for p in preds.values())
     meta = read_meta(out)
-    assert meta["protocol"] == "first_camera_gt" and meta["benchmark"] == "scanrefer" and meta["seconds_per_scene"] > 0
+    assert meta["protocol"] == "P1" and meta["benchmark"] == "scanrefer" and meta["seconds_per_scene"] > 0
+    assert meta["proposals"] == "own" and set(meta["scene_frames"]) <= {s.scene_id for s in ds.scenes}
     # The output scores as is; the protocol recorded by predict is carried into the score.
     assert main(["score", "--benchmark", "scanrefer", "--pred", str(out), "--gt", str(ds.annotations_dir),
                  "--split", split, "--scans", str(ds.scan_dir), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["protocol"] == "first_camera_gt" and 0.0 <= result["metrics"]["Acc@0.25"] <= 1.0
+    assert result["protocol"] == "P1" and result["proposals"] == "own" and 0.0 <= result["metrics"]["Acc@0.25"] <= 1.0
     assert result["count"] == len(expected)
 
 
@@ -68,14 +69,14 @@ def test_predict_nr3d_split_matches_the_scored_split(shards_and_model, synthetic
 
 
 def test_predict_scan2cap_lines_carry_the_prompted_box(shards_and_model, synthetic_dataset, tmp_path, capsys):
-    """Scan2Cap captions a given (ground-truth) object box: that box is the line's box, and the
-    score says the IoU gate was the GT-box setting."""
+    """With ground-truth proposals Scan2Cap captions the object's own box: that box is the line's
+    box, and the score says the IoU gate was the GT-box setting."""
     shards, model = shards_and_model
     ds = synthetic_dataset
     _, split = _scene_and_split(ds, "scan2cap")
     out = tmp_path / "scan2cap.jsonl"
     assert main(["predict", "--model", str(model), "--benchmark", "scan2cap", "--shards", str(shards), "--out", str(out),
-                 "--split", split, "--max-new-tokens", "2"]) == 0
+                 "--split", split, "--max-new-tokens", "2", "--proposals", "gt"]) == 0
     capsys.readouterr()
     preds = read_predictions(out, "scan2cap")
     expected = {i.id: i for i in ds.instructions["scan2cap"] if i.scene_id in ds.splits[split]}

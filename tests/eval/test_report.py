@@ -74,7 +74,7 @@ def test_score_with_scans_and_report(run_dir, synthetic_dataset, capsys):
     scanrefer = _score(capsys, "--benchmark", "scanrefer", "--pred", str(pred_path), "--gt", str(ds.annotations_dir),
                        "--split", split, "--scans", str(ds.scan_dir))
     assert scanrefer["metrics"]["Acc@0.25"] == 1.0
-    assert scanrefer["protocol"] == "first_camera_gt" and "ScanNet scenes" in scanrefer["gt_boxes"]
+    assert scanrefer["protocol"] == "P1" and "ScanNet scenes" in scanrefer["gt_boxes"]  # the former name, as P1
 
     recon_pred = run_dir / rd.PREDICTIONS_DIR / "recon.jsonl"
     write_predictions(recon_pred, [{"id": scene.scene_id, "geometry": f"../geometry/{scene.scene_id}.npz"}],
@@ -89,7 +89,7 @@ def test_score_with_scans_and_report(run_dir, synthetic_dataset, capsys):
     capsys.readouterr()
     md = (run_dir / rd.REPORT_MD).read_text()
     assert "Table 3" in md and "| Vid-LLM (this run) | 100.0 |" in md
-    assert "Evaluation protocol: first_camera_gt." in md
+    assert "## Protocol P1 — predicted geometry" in md and "Evaluation protocol: P1." in md
     assert "| 1.25 |" in md  # time per scene, from the predictions' meta
     # Table 5 summarises a benchmark by the mean of its metrics (paper §4.1).
     refer_mean = 100 * (scanrefer["metrics"]["Acc@0.25"] + scanrefer["metrics"]["Acc@0.5"]) / 2

@@ -223,7 +223,7 @@ def test_recon_scores_geometry_files(tmp_path, capsys):
     m = out["metrics"]
     assert m["depth/delta1"] == 1.0 and m["depth/abs_rel"] == 0.0
     assert m["pose/AUC@30"] == pytest.approx(1.0) and m["recon/F-score"] == 1.0
-    assert out["protocol"] == "umeyama_sim3"
+    assert out["protocol"] == "P2"  # the former name, as P2
     _jsonl(pred, [{"id": "scene0000_00", "geometry": "geometry/missing.npz"}])
     assert main(["score", "--benchmark", "recon", "--pred", str(pred)]) == 2
     assert "line 1: geometry file 'geometry/missing.npz' not found" in capsys.readouterr().err

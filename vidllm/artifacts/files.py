@@ -89,8 +89,12 @@ def atomic_write_json(path: str | Path, data: Any, indent: int | None = None) ->
 
 
 def commit_dir(tmp: str | Path, out_dir: str | Path) -> None:
-    """Move a fully written temporary directory into place (swapping out an existing `out_dir`)."""
+    """Move a fully written temporary directory into place (swapping out an existing `out_dir`);
+    a finished file is renamed over its target."""
     tmp, out_dir = Path(tmp), Path(out_dir)
+    if tmp.is_file():
+        os.replace(tmp, out_dir)
+        return
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}{OLD_DIR_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
         os.replace(out_dir, old)

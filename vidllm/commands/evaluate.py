@@ -7,7 +7,7 @@ import json
 
 from vidllm.config import add_config_options, config_from_args
 from vidllm.eval.benchmarks import registry
-from vidllm.eval.predictions import PROTOCOLS
+from vidllm.eval.protocols import PROTOCOL_HELP, PROTOCOLS, protocol_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,11 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="NAME", help=f"benchmarks to run (default: {' '.join(registry.names())})")
     add_config_options(parser, recipe_help="config recipe for the eval section (default: paper)",
                        set_help="dotted config override, repeatable (e.g. eval.max_new_tokens=16)")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default=None,
-                        help="geometry → ScanNet world mapping (default: config eval.protocol)")
-    parser.add_argument("--proposals", choices=("own", "gt"), default=None,
-                        help="what grounding chooses among: the model's own proposals or the ground-truth "
-                             "instances (default: config eval.proposals, own)")
+    parser.add_argument("--protocol", type=protocol_argument, choices=PROTOCOLS, default=None,
+                        help=f"evaluation protocol: {PROTOCOL_HELP} (default: config eval.protocol; P0 for a model "
+                             "with model.patch_geometry ground_truth)")
+    parser.add_argument("--proposals", default=None, metavar="own|gt|PATH",
+                        help="what grounding chooses among and Scan2Cap captions: the model's own proposals, the "
+                             "ground-truth instances or external detector proposals (a folder or JSON file, as "
+                             "`vidllm predict --proposals`); default: config eval.proposals, own")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves the ~20 s Java start per benchmark)")
     parser.add_argument("--json", action="store_true", help="print metrics.json's content instead of a table")
 

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from vidllm.config import EvalConfig
 from vidllm.eval.benchmarks import registry
-from vidllm.eval.predictions import PROTOCOLS
+from vidllm.eval.protocols import PROTOCOL_HELP, PROTOCOLS, protocol_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,19 +21,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", required=True, help="shard dataset folder or s3:// prefix (vidllm prepare output)")
     parser.add_argument("--out", required=True, type=Path,
                         help="predictions JSONL to write (plus <name>.meta.json); recon also writes geometry/<scene>.npz beside it")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default=defaults.protocol,
-                        help="how predicted geometry is mapped to ScanNet's axis-aligned world, recorded in the output "
-                             f"(default: {defaults.protocol})")
+    parser.add_argument("--protocol", type=protocol_argument, choices=PROTOCOLS, default=None,
+                        help="evaluation protocol, recorded in the output: " + PROTOCOL_HELP
+                             + f" (default: {defaults.protocol}, or P0 for a model with model.patch_geometry "
+                               "ground_truth)")
     parser.add_argument("--split", default=None,
                         help="keep only instructions of this split, e.g. val (default: all; Nr3D/Sr3D records have none)")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
                         help=f"generation length cap (default: {defaults.max_new_tokens})")
     parser.add_argument("--geometry-dir", type=Path, default=None,
                         help="where recon geometry goes (default: geometry/ beside OUT)")
-    parser.add_argument("--proposals", choices=("own", "gt"), default=defaults.proposals,
-                        help="grounding benchmarks choose among the model's own proposals (own, from the video "
-                             "alone) or the ground-truth instances (gt, a separately labelled protocol); "
-                             f"default: {defaults.proposals}")
+    parser.add_argument("--proposals", default=defaults.proposals, metavar="own|gt|PATH",
+                        help="what grounding chooses among and Scan2Cap captions: the model's own proposals (own, "
+                             "from the video alone), the ground-truth instances (gt) or external detector proposals "
+                             "(a folder of <scene_id>.npy|.npz|.json or one JSON {scene_id: [...]}; formats in the "
+                             f"README); default: {defaults.proposals}")
     parser.add_argument("--limit-scenes", type=int, default=None,
                         help="stop after this many scenes with instructions, for smoke runs (default: all)")
 
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
                           max_new_tokens=args.max_new_tokens, geometry_dir=args.geometry_dir,
                           limit_scenes=args.limit_scenes, progress=progress, proposals=args.proposals)
     print(json.dumps({"out": str(args.out), "benchmark": summary.benchmark, "protocol": summary.protocol,
+                      "proposals": summary.proposals,
                       "scenes": summary.scenes, "predictions": summary.predictions,
                       "seconds_per_scene": round(summary.seconds_per_scene, 3)}))
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vidllm.eval.benchmarks import registry
 from vidllm.eval.captions import TOKENIZE_PRESETS
-from vidllm.eval.predictions import PROTOCOLS
+from vidllm.eval.protocols import PROTOCOLS, protocol_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,15 +29,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proposals", type=Path, default=None,
                         help="Scan2Cap: folder of detector proposals <scene_id>.json|.npy; the IoU gate then uses the "
                              "best proposal (the peers' protocol) instead of the prediction's own box")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default=None,
-                        help="how predicted geometry was mapped to ScanNet's world frame (default: the value in the "
-                             "predictions' .meta.json, else 'unspecified')")
+    parser.add_argument("--protocol", type=protocol_argument, choices=PROTOCOLS, default=None,
+                        help="evaluation protocol to score under (P0, P1, P2; default: the one in the predictions' "
+                             ".meta.json, else 'unspecified'); P1 predictions rescore under P2 and back")
     parser.add_argument("--tokenize", choices=TOKENIZE_PRESETS, default=None,
                         help="caption tokenisation (default: scan2cap for Scan2Cap, coco_ptb for ScanQA)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves the ~20 s Java start)")
     parser.add_argument("--iou-threshold", type=float, default=0.5, help="Scan2Cap IoU gate (default: 0.5)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON result to this file")
+    parser.add_argument("--per-sample", type=Path, default=None, metavar="FILE",
+                        help="also write every item's scores to this JSONL, one line per prediction id: id, scene, "
+                             "subgroup labels and the benchmark's per-item metrics (EM, IoU and Acc@k, F1@k, "
+                             "per-caption scores, per-scene recon metrics), the values the metrics are computed from")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     result = score_predictions(
         args.benchmark, args.pred, args.gt, split=args.split, scans=args.scans, boxes=args.boxes,
         proposals=args.proposals, protocol=args.protocol, tokenize=args.tokenize, meteor=not args.no_meteor,
-        iou_threshold=args.iou_threshold,
+        iou_threshold=args.iou_threshold, per_sample=args.per_sample,
     )
     if args.out is not None:
         write_json(args.out, result)

@@ -115,6 +115,10 @@ class CaptionScores:
     corpus: dict[str, float] = field(default_factory=dict)
     per_sample: dict[str, np.ndarray] = field(default_factory=dict)
 
+    def by_id(self) -> dict[str, dict[str, float]]:
+        """id -> {metric: that caption's score}, for per-item output."""
+        return {i: {name: float(values[k]) for name, values in self.per_sample.items()} for k, i in enumerate(self.ids)}
+
 
 def score_captions(
     predictions: Mapping[str, str],

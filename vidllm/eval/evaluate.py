@@ -21,8 +21,11 @@ from vidllm.artifacts import run_dir as rd
 from vidllm.artifacts import storage
 from vidllm.errors import DataError, VidLLMError
 from vidllm.eval.benchmarks import registry
+from vidllm.eval.protocols import card_key, proposal_source
 
 log = logging.getLogger(__name__)
+
+BY_PROTOCOL = "by_protocol"  # metrics.json key: {"<protocol>/<proposals>": {benchmark: result}}
 
 _NO_INSTRUCTIONS = "instructions in these shards"  # predict's message when a benchmark has nothing to answer
 
@@ -60,11 +63,11 @@ def evaluate_run(
     scans: str | Path | None,
     split: str | None = "val",
     benchmarks: Sequence[str] | None = None,
-    protocol: str = "first_camera_gt",
+    protocol: str | None = None,
     max_new_tokens: int = 32,
     meteor: bool = True,
     progress: Callable[[str], None] | None = None,
-    proposals: str = "own",
+    proposals: str | Path = "own",
 ) -> EvaluationSummary:
     """Predict and score `benchmarks` on `split`; write RUN_DIR/metrics.json; see the module docstring.
 
@@ -73,7 +76,10 @@ def evaluate_run(
     A benchmark without any instruction in the shards (for this split) is skipped and reported,
     not scored; every other failure raises. `proposals`: what the grounding benchmarks choose
     among (`vidllm.eval.predict.predict`), recorded with their metrics. `benchmarks` default:
-    every registered one, in registration order.
+    every registered one, in registration order. `protocol`: P0, P1 or P2 (`predict`'s default
+    when None). metrics.json also keeps every evaluation's results under
+    "by_protocol" / "<protocol>/<proposals>" (e.g. "P1/own"), so a run evaluated under two
+    protocols reports both; the top-level benchmark entries are the latest evaluation's.
     """
     from vidllm.eval.predict import predict
     from vidllm.eval.scoring import score_predictions
@@ -107,12 +113,16 @@ def evaluate_run(
         # Without annotation files (recon) the ground truth is in the predictions' geometry files.
         gt = annotations_dir if registry.get(benchmark).task.annotation_files else None
         summary.metrics[benchmark] = score_predictions(benchmark, pred_path, gt, split=split, scans=scans_dir,
-                                                       protocol=protocol, meteor=meteor)
+                                                       meteor=meteor)  # the protocol predict recorded
 
     metrics_path = run / rd.METRICS_FILE
     kept = rd.read_json(metrics_path) if metrics_path.is_file() else {}
     kept = {k: v for k, v in kept.items() if k not in registry.BENCHMARKS} if isinstance(kept, dict) else {}
-    rd.write_json(metrics_path, {**summary.metrics, **kept})
+    by_protocol = kept.get(BY_PROTOCOL) if isinstance(kept.get(BY_PROTOCOL), dict) else {}
+    for key in {card_key(r["protocol"], proposal_source(str(proposals))) for r in summary.metrics.values()}:
+        by_protocol[key] = {**by_protocol.get(key, {}),
+                            **{b: r for b, r in summary.metrics.items() if r["protocol"] == key.split("/")[0]}}
+    rd.write_json(metrics_path, {**summary.metrics, **kept, **({BY_PROTOCOL: by_protocol} if by_protocol else {})})
     summary.seconds = time.monotonic() - start
     return summary
 

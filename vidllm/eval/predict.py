@@ -2,16 +2,19 @@
 
 Each shard sample is one scene clip carrying its benchmark instructions (`annotations.json`).
 Per scene the model sees the clip once per `generate` call; answers, boxes and geometry are
-mapped to ScanNet's axis-aligned world by the evaluation protocol:
+mapped to ScanNet's axis-aligned world by the declared evaluation protocol (P0, P1, P2; cards in
+`vidllm.eval.protocols`). Boxes given to the model (external or ground-truth proposals, Scan2Cap's
+prompted box) go the other way, world → scene frame; under P2 that needs the predicted cameras
+first, so such scenes get one extra reconstruction-only pass.
 
-- `first_camera_gt`: the model's gravity-aligned scene frame is moved to the GT first camera
-  centre (translation only: predicted rotation and metric scale errors still count).
-- `umeyama_sim3`: a Sim(3) fitted from predicted to GT camera centres is applied (needs ≥ 3
-  non-collinear frames); box sizes are scaled, boxes stay axis-aligned.
+Scan2Cap follows its published protocol: each ground-truth object is captioned from the proposal
+overlapping it most (own, external or ground-truth proposals), prompted with that proposal's box;
+the line's box is that proposal, so scoring's IoU gate (m@k) measures the proposals.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -27,7 +30,24 @@ from vidllm.data.scannet.annotations import Instruction
 from vidllm.errors import DataError, VidLLMError
 from vidllm.eval.benchmarks import registry
 from vidllm.eval.geometry_metrics import backproject_depth
-from vidllm.eval.predictions import PROTOCOLS, write_predictions
+from vidllm.eval.predictions import write_predictions
+from vidllm.eval.protocols import (
+    CARDS,
+    WorldMap,
+    canonical_protocol,
+    proposal_source,
+    scene_frame_record,
+    scene_to_world_map,
+)
+
+log = logging.getLogger(__name__)
+
+# What Scan2Cap's <obj> token carries, per proposal source (meta "scan2cap_prompt_box").
+SCAN2CAP_PROMPT_BOXES = {"own": "the own proposal overlapping the ground-truth object most",
+                         "external": "the external proposal overlapping the ground-truth object most",
+                         "gt": "ground-truth object box"}
+
+__all__ = ["PredictSummary", "WorldMap", "predict", "scene_to_world_map"]
 
 
 @dataclass
@@ -38,44 +58,7 @@ class PredictSummary:
     predictions: int = 0
     seconds_per_scene: float = 0.0
     geometry_files: list[str] = field(default_factory=list)
-
-
-@dataclass
-class WorldMap:
-    """Scene frame → ScanNet axis-aligned world: x_world = scale · R @ x + t."""
-
-    scale: float
-    rotation: np.ndarray  # [3,3]
-    translation: np.ndarray  # [3]
-
-    def points(self, xyz: np.ndarray) -> np.ndarray:
-        return self.scale * xyz @ self.rotation.T + self.translation
-
-    def boxes(self, boxes: np.ndarray) -> np.ndarray:
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 6)
-        return np.concatenate([self.points(boxes[:, :3]), self.scale * boxes[:, 3:]], axis=1)
-
-    def poses(self, camera_to_scene: np.ndarray) -> np.ndarray:
-        out = np.array(camera_to_scene, dtype=np.float64)
-        out[:, :3, :3] = self.rotation @ out[:, :3, :3]
-        out[:, :3, 3] = self.points(out[:, :3, 3])
-        return out
-
-
-def scene_to_world_map(protocol: str, pred_camera_to_scene: np.ndarray, gt_camera_to_aligned: np.ndarray) -> WorldMap:
-    if protocol == "first_camera_gt":
-        return WorldMap(1.0, np.eye(3), gt_camera_to_aligned[0, :3, 3] - pred_camera_to_scene[0, :3, 3])
-    if protocol == "umeyama_sim3":
-        from vidllm.geometry import umeyama_sim3
-
-        src = torch.as_tensor(pred_camera_to_scene[:, :3, 3], dtype=torch.float64)
-        dst = torch.as_tensor(gt_camera_to_aligned[:, :3, 3], dtype=torch.float64)
-        centred = src - src.mean(0)
-        if len(src) < 3 or torch.linalg.matrix_rank(centred, tol=1e-6) < 2:
-            raise VidLLMError("protocol umeyama_sim3 needs at least 3 non-collinear predicted camera centres")
-        scale, rot, trans = umeyama_sim3(src, dst)
-        return WorldMap(float(scale), rot.numpy(), trans.numpy())
-    raise VidLLMError(f"unknown evaluation protocol '{protocol}'")
+    proposals: str | None = None  # own | external | gt, for benchmarks that use proposals
 
 
 def _instructions(sample: dict[str, Any], benchmark: str, split: str | None) -> list[Instruction]:
@@ -99,41 +82,76 @@ def _np(t: torch.Tensor | None) -> np.ndarray:
     return np.zeros((0, 6)) if t is None else t.detach().float().cpu().numpy()
 
 
+def _resolve_protocol(protocol: str | None, config_gt_geometry: bool) -> str:
+    """The protocol a run actually follows. Without one: P0 for a model that places its patches
+    with ground-truth geometry, else P1 (the behaviour before protocols were declared)."""
+    if protocol is None:
+        return "P0" if config_gt_geometry else "P1"
+    if config_gt_geometry and protocol != "P0":
+        if protocol == "P2":
+            raise VidLLMError("protocol P2 aligns a predicted reconstruction, but this model places its 3D patches "
+                              "with ground-truth geometry (model.patch_geometry: ground_truth): that is P0")
+        log.warning("predict: the model places its 3D patches with ground-truth geometry: recorded as P0, not P1")
+        return "P0"
+    return protocol
+
+
+def _top_proposals(boxes: np.ndarray, scores: np.ndarray | None, limit: int) -> np.ndarray:
+    """At most `limit` proposals (the model's matcher size), the highest-scoring first when scored."""
+    if scores is not None:
+        boxes = boxes[np.argsort(-scores, kind="stable")]
+    return boxes[:limit]
+
+
 def predict(
     model_dir: str | Path,
     benchmark: str,
     shards_uri: str,
     out_path: str | Path,
-    protocol: str = "first_camera_gt",
+    protocol: str | None = None,
     split: str | None = None,
     max_new_tokens: int = 32,
     geometry_dir: str | Path | None = None,
     limit_scenes: int | None = None,
     progress: Callable[[int, int], None] | None = None,
-    proposals: str = "own",
+    proposals: str | Path = "own",
     patch_geometry: str | None = None,
 ) -> PredictSummary:
     """Predict every `benchmark` instruction found in the shards; write JSONL + `.meta.json` atomically.
 
+    `protocol`: P0, P1 or P2 (the former names first_camera_gt / umeyama_sim3 are P1 / P2);
+    default P1, or P0 for a model whose `patch_geometry` is ground_truth. P0 places the 3D
+    patches with the sample's GT depth and poses. Recorded in the meta with, per scene, the map
+    applied and the predicted and GT camera centres ("scene_frames"), so scoring can change it.
     `geometry_dir` (default: `<out dir>/geometry` for recon) receives `<scene>.npz` files in the
     run-directory format; recon prediction lines point at them. `progress(samples_read, total)` is
     called after every shard sample (scene clip).
 
-    `proposals` (grounding benchmarks: ScanRefer, Multi3DRefer, Nr3D, Sr3D): "own" = each
-    `<ground>` selects among the model's own proposals (from the video alone) and refines the
-    chosen box; "gt" = it selects among the ground-truth instances (Nr3D/Sr3D then answer with
-    the chosen instance's box, ReferIt3D's protocol). Recorded in the predictions' meta.
-    `patch_geometry` (default: the model's config): "ground_truth" places the 3D patches with
-    the sample's depth and poses (the upper-bound ablation).
+    `proposals` (grounding benchmarks and Scan2Cap): "own" = the model's own proposals (from the
+    video alone); "gt" = the ground-truth instances (Nr3D/Sr3D then answer with the chosen
+    instance's box, ReferIt3D's protocol); a path = external detector proposals
+    (`vidllm.eval.benchmarks.ground_truth.load_scored_proposals` reads them; at most the model's
+    `grounding.max_proposals`, highest score first), each `<ground>` selecting one by its match
+    logits and answering with that proposal's box. Scan2Cap captions, per GT object, the
+    proposal overlapping it most. Recorded in the meta as own / external / gt.
+    `patch_geometry` (default: the model's config) "ground_truth" is protocol P0.
     """
     from vidllm.artifacts.model_dir import load_pretrained
     from vidllm.data.shards.format import ShardDataset
+    from vidllm.eval.benchmarks.ground_truth import load_scored_proposals
+    from vidllm.eval.grounding import box_iou_matrix
     from vidllm.tokenizer import build_prompt
 
     spec = registry.get(benchmark)
     task = spec.task
-    if protocol not in PROTOCOLS:
-        raise VidLLMError(f"unknown evaluation protocol '{protocol}' (choose from {', '.join(PROTOCOLS)})")
+    protocol = canonical_protocol(protocol) if protocol is not None else None
+    if patch_geometry is not None and patch_geometry not in ("predicted", "ground_truth"):
+        raise VidLLMError(f"unknown patch geometry '{patch_geometry}' (choose from predicted, ground_truth)")
+    if protocol == "P0" and patch_geometry == "predicted":
+        raise VidLLMError("protocol P0 places the 3D patches with ground-truth geometry, not the predicted one")
+    source = proposal_source(str(proposals))
+    if source == "external" and not Path(proposals).exists():
+        raise DataError(proposals, "proposals folder or file not found")
     out_path = Path(out_path)
     dataset = ShardDataset(shards_uri)  # a missing manifest fails here, before the model loads
     total = len(dataset) if limit_scenes is None else min(len(dataset), limit_scenes)
@@ -141,12 +159,14 @@ def predict(
     if tokenizer is None:
         raise DataError(model_dir, "model directory has no tokenizer/ (needed to read prompts)")
     model.eval()
-    if proposals not in ("own", "gt"):
-        raise VidLLMError(f"unknown proposals protocol '{proposals}' (choose from own, gt)")
-    gt_geometry = (patch_geometry or model.config.patch_geometry) == "ground_truth"
+    protocol = _resolve_protocol(protocol, (patch_geometry or model.config.patch_geometry) == "ground_truth")
+    gt_geometry = protocol == "P0"
+    uses_proposals = task.grounding or task.object_prompt
+    max_proposals = model.config.grounding.max_proposals
     geo_dir = Path(geometry_dir) if geometry_dir is not None else out_path.parent / rd.GEOMETRY_DIR
-    summary = PredictSummary(benchmark, protocol)
+    summary = PredictSummary(benchmark, protocol, proposals=source if uses_proposals else None)
     records: list[dict[str, Any]] = []
+    scene_frames: dict[str, dict[str, Any]] = {}
     seconds: list[float] = []
 
     for samples_read, sample in enumerate(dataset, start=1):
@@ -168,37 +188,76 @@ def predict(
         images = sample["images"][None]  # [1,S,3,H,W]
         centre = torch.as_tensor(gt_poses[0, :3, 3], dtype=torch.float32)
         geometry = _ground_truth_geometry(sample) if gt_geometry else None
+        given: np.ndarray | None = None  # world-frame boxes handed to the model (external / GT proposals)
+        if source == "external" and uses_proposals:
+            scored = load_scored_proposals(proposals, [scene_id])[scene_id]
+            given = _top_proposals(scored.boxes, scored.scores, max_proposals)
+        elif source == "gt" and uses_proposals and objects:
+            given = np.stack([objects[i] for i in sorted(objects)])
 
         start = time.perf_counter()
+        # Placing world boxes in the scene frame: by definition the frame's origin is the first
+        # camera, so under P0/P1 that is the GT first-camera translation; under P2 it is the
+        # inverse Sim(3), which needs this scene's predicted cameras (one reconstruction pass,
+        # which also yields the own proposals Scan2Cap captions from).
+        first_pass = None
+        if (given is not None and protocol == "P2") or (task.object_prompt and source == "own"):
+            first_pass = model.generate(images, [build_prompt("Describe the room.")], tokenizer, max_new_tokens=1,
+                                        proposals="own" if source == "own" else None, first_camera_center=centre,
+                                        geometry=geometry)[0]
+        if first_pass is not None:
+            pre_map = scene_to_world_map(protocol, first_pass.camera_to_world.double().cpu().numpy(), gt_poses)
+        else:
+            pre_map = WorldMap(1.0, np.eye(3), gt_poses[0, :3, 3].copy())
+        to_scene = pre_map.inverse()
+
         results: list[Any] = []
+        captioned: dict[str, int] = {}  # Scan2Cap: instruction id -> index of the proposal it captions
+        prompted: list[Instruction] = []
+        candidates_world = np.zeros((0, 6))
         if task.kind == "geometry":  # reconstruction only: one call per scene, no instruction
             results = model.generate(images, [build_prompt("Describe the room.")], tokenizer, max_new_tokens=1,
                                      first_camera_center=centre, geometry=geometry)
-        elif task.object_prompt:  # one call for the scene; each prompt's <obj> token carries its box
-            boxes = []
+        elif task.object_prompt:  # one call for the scene; each prompt's <obj> token carries a proposal's box
+            if source == "own":
+                candidates_scene = _np(first_pass.proposals).astype(np.float64).reshape(-1, 6)
+                candidates_world = pre_map.boxes(candidates_scene)
+            else:
+                candidates_world = given if given is not None else np.zeros((0, 6))
+                candidates_scene = to_scene.boxes(candidates_world)
             for inst in instructions:
                 box = objects.get(inst.target_object_ids[0])
                 if box is None:
                     raise DataError(where, f"{inst.id}: object {inst.target_object_ids[0]} is not in the scene")
-                boxes.append(np.concatenate([box[:3] - gt_poses[0, :3, 3], box[3:]]))
-            results = model.generate(images, [build_prompt(inst.text, with_object=True) for inst in instructions],
-                                     tokenizer, max_new_tokens=max_new_tokens,
-                                     object_boxes=torch.as_tensor(np.stack(boxes), dtype=torch.float32),
-                                     first_camera_center=centre, geometry=geometry)
+                if len(candidates_world):
+                    captioned[inst.id] = int(box_iou_matrix(candidates_world, box[None])[:, 0].argmax())
+            prompted = [inst for inst in instructions if inst.id in captioned]
+            if prompted:
+                boxes_in = np.stack([candidates_scene[captioned[inst.id]] for inst in prompted])
+                results = model.generate(images, [build_prompt(inst.text, with_object=True) for inst in prompted],
+                                         tokenizer, max_new_tokens=max_new_tokens,
+                                         object_boxes=torch.as_tensor(boxes_in, dtype=torch.float32),
+                                         first_camera_center=centre, geometry=geometry)
+            elif first_pass is not None:
+                results = [first_pass]  # no proposal at all: nothing to caption, the scene frame still counts
+            else:
+                results = model.generate(images, [build_prompt("Describe the room.")], tokenizer, max_new_tokens=1,
+                                         first_camera_center=centre, geometry=geometry)
         else:
             candidates: torch.Tensor | str | None = "own" if task.grounding else None
-            if task.grounding and proposals == "gt" and objects:
-                ids = sorted(objects)
-                scene_boxes = np.stack([objects[i] for i in ids])
-                scene_boxes[:, :3] -= gt_poses[0, :3, 3]
-                candidates = torch.as_tensor(scene_boxes, dtype=torch.float32)[None]
+            if task.grounding and given is not None:
+                candidates = torch.as_tensor(to_scene.boxes(given), dtype=torch.float32)[None] if len(given) else None
             prompts = [build_prompt(i.text, i.situation, grounding=task.grounding) for i in instructions]
             results = model.generate(images, prompts, tokenizer, max_new_tokens=max_new_tokens,
                                      proposals=candidates, first_camera_center=centre, geometry=geometry)
         seconds.append(time.perf_counter() - start)
 
         geometry = results[0]
-        world = scene_to_world_map(protocol, geometry.camera_to_world.double().cpu().numpy(), gt_poses)
+        pred_cameras = geometry.camera_to_world.double().cpu().numpy()
+        world = pre_map if first_pass is not None else scene_to_world_map(protocol, pred_cameras, gt_poses)
+        if first_pass is not None:
+            pred_cameras = first_pass.camera_to_world.double().cpu().numpy()
+        scene_frames[scene_id] = scene_frame_record(world, pred_cameras[:, :3, 3], gt_poses[:, :3, 3])
         if task.kind == "geometry":
             depth_gt = sample["depths"].numpy()
             intrinsics = sample["intrinsics"].double().numpy()
@@ -219,24 +278,31 @@ def predict(
             summary.geometry_files.append(str(geo_path))
             # Relative to the JSONL, so the run directory can be moved and rescored.
             records.append({"id": scene_id, "geometry": os.path.relpath(geo_path.resolve(), out_path.parent.resolve())})
+        elif task.object_prompt:
+            by_id = dict(zip((inst.id for inst in prompted), results, strict=True)) if prompted else {}
+            for inst in instructions:
+                if inst.id not in captioned:  # no proposal to caption: scored 0 by the IoU gate
+                    records.append({"id": inst.id, "text": "", "boxes": []})
+                    continue
+                box = candidates_world[captioned[inst.id]][None]
+                records.append({"id": inst.id, "text": by_id[inst.id].text, "boxes": np.round(box, 4).tolist()})
         else:
             for inst, result in zip(instructions, results, strict=True):
                 # One box per <ground>. Multi3DRefer keeps them all, and an answer without
                 # <ground> (the zero-target answer "none") is the empty prediction scoring expects.
                 boxes = world.boxes(_np(result.boxes))
-                if (spec.answers_with_gt_instance and proposals == "gt" and result.match_logits is not None
-                        and len(result.match_logits)):
-                    logits = result.match_logits[0]
-                    # The last column, "referent not among the proposals", is no answer here: a
-                    # ReferIt3D target is always one of the scene's instances.
-                    choice = int(logits[:-1].argmax())
-                    boxes = np.stack([objects[sorted(objects)[choice]]])
-                elif spec.first_box_only:
+                logits = result.match_logits
+                if given is not None and len(given) and logits is not None and len(logits):
+                    # Given proposals: each <ground> answers with the proposal it selects, as given
+                    # (world frame). The last column, "referent not among the proposals", is no
+                    # answer here: the protocol selects among them.
+                    choice = logits[:, :-1].argmax(-1).cpu().numpy()
+                    if spec.answers_with_gt_instance:  # one referent: the first <ground>'s choice
+                        boxes = given[choice[:1]]
+                    elif source == "external":
+                        boxes = given[choice]
+                if spec.first_box_only:
                     boxes = boxes[:1]
-                elif task.object_prompt:
-                    # The caption describes the prompted object: its (ground-truth) box is the
-                    # line's box, so the m@0.5 gate is the GT-box setting, recorded as such.
-                    boxes = objects[inst.target_object_ids[0]][None]
                 records.append({"id": inst.id, "text": result.text, "boxes": np.round(boxes, 4).tolist()})
         summary.scenes += 1
 
@@ -244,13 +310,16 @@ def predict(
         raise DataError(shards_uri, f"no {benchmark} instructions in these shards" + (f" (split {split})" if split else ""))
     summary.predictions = len(records)
     summary.seconds_per_scene = float(np.mean(seconds)) if seconds else 0.0
+    prompt_box = SCAN2CAP_PROMPT_BOXES[source] if task.object_prompt else None
     write_predictions(out_path, records, meta={
-        "benchmark": benchmark, "protocol": protocol, "model": str(model_dir), "shards": str(shards_uri),
-        "split": split, "scenes": summary.scenes, "seconds_per_scene": summary.seconds_per_scene,
-        "scan2cap_prompt_box": "ground-truth object box" if task.object_prompt else None,
-        "proposals": ({"own": "own proposals", "gt": "ground-truth instances"}[proposals]
-                      if task.grounding else None),
+        "benchmark": benchmark, "protocol": protocol, "protocol_card": CARDS[protocol], "model": str(model_dir),
+        "shards": str(shards_uri), "split": split, "scenes": summary.scenes,
+        "seconds_per_scene": summary.seconds_per_scene,
+        "scan2cap_prompt_box": prompt_box,
+        "proposals": summary.proposals,
+        "proposals_path": str(proposals) if source == "external" and uses_proposals else None,
         "patch_geometry": "ground_truth" if gt_geometry else "predicted",
+        "scene_frames": scene_frames,
     })
     return summary
 

@@ -6,7 +6,9 @@
      "geometry": "geometry/scene0000_00.npz"}    # recon; path relative to the JSONL file
 
 A sidecar `<name>.meta.json` (written by `vidllm predict`) records the benchmark, model and
-evaluation protocol, so `vidllm score` can report them.
+evaluation protocol card (`protocol` P0/P1/P2, `proposals` own/external/gt; `vidllm.eval.protocols`)
+with, per scene, the map applied and the camera centres (`scene_frames`), so `vidllm score` can
+report them and rescore P1 predictions under P2 and back.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from vidllm.config import EvalConfig
 from vidllm.errors import DataError
 from vidllm.eval.benchmarks.registry import BENCHMARKS, choices
 
-# Named evaluation protocols: how predicted geometry is mapped to ScanNet's axis-aligned world.
+# The evaluation protocols (cards in vidllm.eval.protocols), as the config declares them.
 PROTOCOLS: tuple[str, ...] = typing.get_args(EvalConfig.model_fields["protocol"].annotation)
 
 

@@ -4,7 +4,9 @@ Tables follow the paper: 3D QA (Tab. 1), dense captioning (Tab. 2), grounding (T
 joint reconstruction–reasoning with time per scene (Tab. 5), pose, depth and reconstruction
 (Tab. 7–9), then the `vidllm ablate` table when the run has one. Each registered benchmark's
 spec says which columns it adds to which table (`vidllm.eval.benchmarks.tables`). Missing
-benchmarks show "—". Every table says which evaluation protocol produced it.
+benchmarks show "—". Every table says which evaluation protocol produced it, and the tables come
+once per protocol card (`vidllm.eval.protocols`: P0/P1/P2 and the proposal source), each under
+its own heading, so a run evaluated under two protocols shows both.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ TOPDOWN_PLOT_SIZE = (8.0, 8.0)
 MAX_DEPTH_FRAMES = 4
 MAX_TOPDOWN_POINTS = 60_000
 
-Block = tuple[str, Any]  # ("h2", text) | ("p", text) | ("table", (header, rows)) | ("img", (path, alt))
+Block = tuple[str, Any]  # ("h2" | "h3", text) | ("p", text) | ("table", (header, rows)) | ("img", (path, alt))
 
 
 @dataclass
@@ -101,6 +103,37 @@ def _tables(metrics: dict[str, Any], seconds_per_scene: float | None) -> list[Bl
             protocol = f"Evaluation protocol: {_protocols(metrics, benchmarks)}."
             blocks.append(("p", protocol + (f" {note}" if note else "")))
         blocks.append(("table", (header, rows)))
+    return blocks
+
+
+def _protocol_sections(metrics: dict[str, Any], seconds_per_scene: float | None) -> list[Block]:
+    """The tables once per protocol card (protocol, then proposal source), each under its heading.
+
+    Results come from the top-level benchmark entries and metrics.json's "by_protocol" (every
+    evaluation of the run); a benchmark without a proposal source (QA, recon) shows under each
+    source of its protocol. One card without a declared protocol (hand-made metrics) is untitled.
+    """
+    from vidllm.eval.protocols import LEGACY_NAMES, card
+    from vidllm.eval.scoring import recorded_proposals
+
+    found: dict[tuple[str, str, str | None], Any] = {}
+    evaluations = [v for v in (metrics.get("by_protocol") or {}).values() if isinstance(v, dict)]
+    for group in [*evaluations, metrics]:  # the top-level (latest) entries win
+        for name, result in group.items():
+            if name in registry.BENCHMARKS and isinstance(result, dict):
+                protocol = str(result.get("protocol", "unspecified"))
+                found[(LEGACY_NAMES.get(protocol, protocol), name, recorded_proposals(result))] = result
+    if not found:
+        return _tables(metrics, seconds_per_scene)
+    blocks: list[Block] = []
+    protocols = sorted({protocol for protocol, _, _ in found})
+    for protocol in protocols:
+        sources = sorted({s for p, _, s in found if p == protocol and s is not None}) or [None]
+        for source in sources:
+            group = {name: r for (p, name, s), r in found.items() if p == protocol and s in (source, None)}
+            if len(protocols) > 1 or len(sources) > 1 or protocol != "unspecified":
+                blocks.append(("h2", f"Protocol {card(protocol, source)}"))
+            blocks += [("h3", c) if kind == "h2" else (kind, c) for kind, c in _tables(group, seconds_per_scene)]
     return blocks
 
 
@@ -207,8 +240,8 @@ def plot_topdown(geometry: dict[str, np.ndarray], path: Path, title: str) -> Pat
 def _render_markdown(title: str, blocks: list[Block]) -> str:
     out = [f"# {title}", ""]
     for kind, content in blocks:
-        if kind == "h2":
-            out += [f"## {content}", ""]
+        if kind in ("h2", "h3"):
+            out += [f"{'#' * int(kind[1])} {content}", ""]
         elif kind == "p":
             out += [content, ""]
         elif kind == "table":
@@ -231,8 +264,8 @@ def _render_html(title: str, blocks: list[Block]) -> str:
            "td:first-child,th:first-child{text-align:left}img{max-width:100%}</style></head><body>",
            f"<h1>{esc(title)}</h1>"]
     for kind, content in blocks:
-        if kind == "h2":
-            out.append(f"<h2>{esc(content)}</h2>")
+        if kind in ("h2", "h3"):
+            out.append(f"<{kind}>{esc(content)}</{kind}>")
         elif kind == "p":
             out.append(f"<p>{esc(content)}</p>")
         elif kind == "table":
@@ -312,7 +345,7 @@ def build_report(run: str | Path, max_scenes: int = 2, progress: Callable[[str],
         blocks.append(("p", f"Recipe: {recipe}. Configured evaluation protocol: {protocol}."))
     if not metrics:
         blocks.append(("p", f"No {rd.METRICS_FILE} in this run: the tables below are empty."))
-    blocks += _tables(metrics, _seconds_per_scene(run / rd.PREDICTIONS_DIR))
+    blocks += _protocol_sections(metrics, _seconds_per_scene(run / rd.PREDICTIONS_DIR))
     blocks += _ablation_blocks(run)
 
     figures: list[Block] = []

@@ -31,10 +31,11 @@ from torch import Tensor, nn
 from vidllm.artifacts import run_dir as rd
 from vidllm.config import StageConfig, TrainConfig
 from vidllm.errors import TrainingError
+from vidllm.train.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-EXTRA_LOG_COLUMNS = ("tokens_per_s", "data_wait_share", "mfu")
+EXTRA_LOG_COLUMNS = ("tokens_per_s", "data_wait_share", "mfu", "grad_norm")
 
 # Dense bf16 peak of common accelerators, for MFU (override with VIDLLM_PEAK_TFLOPS).
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0,
@@ -233,17 +234,18 @@ def _used_on_any_rank(module: nn.Module, total: Tensor) -> list[bool]:
     return [bool(u) for u in used.tolist()]
 
 
-def _clip_sharded_grad_norm(module: nn.Module, max_norm: float) -> None:
+def _clip_sharded_grad_norm(module: nn.Module, max_norm: float) -> Tensor | None:
     """`clip_grad_norm_` (2-norm over every gradient) for FSDP's DTensor shards with one all-reduce;
     `clip_grad_norm_` on the DTensors gives the same norm, but its per-tensor DTensor dispatch
     took ~0.7 s a step for the tiny model on CPU."""
     local = [p.grad.to_local() for p in module.parameters() if p.grad is not None]
     if not local:
-        return
+        return None
     squares = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32).square() for g in local]).sum()
     torch.distributed.all_reduce(squares)
     coef = (max_norm / (squares.sqrt() + 1e-6)).clamp(max=1.0)  # as clip_grad_norm_
     torch._foreach_mul_(local, coef.to(local[0].dtype))
+    return squares.sqrt()
 
 
 # ----------------------------------------------------------------------------- log
@@ -332,7 +334,7 @@ class Trainer:
         self._reset_window()
 
     def _reset_window(self) -> None:
-        self.window = {"time": 0.0, "wait": 0.0, "samples": 0, "tokens": 0.0, "steps": 0}
+        self.window = {"time": 0.0, "wait": 0.0, "samples": 0, "tokens": 0.0, "steps": 0, "grad_norm": 0.0}
         self.window_losses: dict[str, float] = {}
 
     def _setup_run(self) -> None:
@@ -342,8 +344,16 @@ class Trainer:
             compile_objective(_unwrap(self.module), self.train_cfg.compile_backend)
         self.peak = peak_flops(self.device)
         self.num_params = sum(p.numel() for p in self.module.parameters())
+        main_with_run_dir = self.is_main and self.run_dir is not None
         self.log_writer = (TrainLogWriter(self.run_dir / rd.TRAIN_LOG_FILE, self.job.stage, self.start)
-                           if (self.is_main and self.run_dir is not None) else None)
+                           if main_with_run_dir else None)
+        self.tracker = Tracker(self.run_dir, self.job.stage, self._tracked_params()) if main_with_run_dir else None
+
+    def _tracked_params(self) -> dict[str, object]:
+        """The stage's schedule and optimiser settings, for the tracking backend's run page."""
+        stage = {f"{self.job.stage}.{k}": v for k, v in self.cfg.model_dump(mode="json").items()}
+        common = {k: v for k, v in self.train_cfg.model_dump(mode="json").items() if not isinstance(v, dict)}
+        return {**common, **stage, "world_size": self.world_size}
 
     def train_step(self, step: int, batch: dict[str, Any]) -> tuple[dict[str, Tensor], float]:
         """One optimiser step at learning rate `learning_rate(step)`; returns (losses, tokens)."""
@@ -369,12 +379,13 @@ class Trainer:
                 if not param_used:
                     param.grad = None
         if _is_fsdp(module):
-            _clip_sharded_grad_norm(module, self.train_cfg.grad_clip)
+            norm = _clip_sharded_grad_norm(module, self.train_cfg.grad_clip)
         else:
-            torch.nn.utils.clip_grad_norm_(module.parameters(), self.train_cfg.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(module.parameters(), self.train_cfg.grad_clip)
         self.optimizer.step()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        self.window["grad_norm"] += float(norm) if norm is not None else 0.0  # before clipping
         return losses, tokens
 
     def _accumulate(self, losses: dict[str, Tensor], tokens: float, num_samples: int, seconds: float,
@@ -408,13 +419,17 @@ class Trainer:
             "tokens_per_s": tokens_seen / elapsed,
             "data_wait_share": window["wait"] / elapsed,
             "mfu": (6.0 * self.num_params * window["tokens"] / elapsed / self.peak) if self.peak else float("nan"),
+            "grad_norm": window["grad_norm"] / max(1, window["steps"]),  # this rank's mean over the window
         }
         lr = learning_rate(step - 1, self.cfg)  # the rate the window's last step used
         if self.log_writer is not None:
             self.log_writer.log(step, lr, metrics["samples_per_s"], final,
                                 {k: v for k, v in metrics.items() if k != "samples_per_s"})
+        scalars = {**{f"loss/{k}": v for k, v in final.items()}, **metrics, "lr": lr}
+        if self.tracker is not None:
+            self.tracker.log(step, scalars)
         if self.report_fn is not None:
-            self.report_fn(step, {**{f"loss/{k}": v for k, v in final.items()}, **metrics, "lr": lr})
+            self.report_fn(step, scalars)
         self.final = final
         self._reset_window()
 
@@ -456,6 +471,8 @@ class Trainer:
             bar.close()
             if hasattr(batches, "close"):  # stop a prefetch thread / generator
                 batches.close()
+            if self.tracker is not None:
+                self.tracker.close()
         return LoopResult(steps=step, start_step=start, final_losses=self.final)
 
 

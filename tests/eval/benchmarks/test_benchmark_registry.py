@@ -24,7 +24,7 @@ from vidllm.eval.benchmarks.tables import Column, Table, TableColumns
 from vidllm.eval.report import build_report
 
 PACKAGE = Path(__file__).resolve().parents[3] / "vidllm"
-BENCHMARK_MODULES = ("scanqa", "sqa3d", "scanrefer", "multi3drefer", "scan2cap", "nr3d", "sr3d", "recon")
+BENCHMARK_MODULES = ("scanqa", "sqa3d", "scanrefer", "multi3drefer", "scan2cap", "nr3d", "sr3d", "recon", "vsibench")
 
 
 def _choices(command: str, option: str) -> list[str]:
@@ -48,10 +48,11 @@ def test_every_benchmark_is_registered_once_by_its_own_module():
 
 
 def test_derived_lists_keep_the_hand_written_ones():
-    assert registry.text_benchmarks() == ("scanqa", "sqa3d", "scan2cap")
+    assert registry.text_benchmarks() == ("scanqa", "sqa3d", "scan2cap", "vsibench")
     assert registry.box_benchmarks() == ("scanrefer", "multi3drefer", "nr3d", "sr3d")
     assert registry.geometry_benchmarks() == ("recon",)
-    assert registry.choices() == ("scanqa", "sqa3d", "scan2cap", "scanrefer", "multi3drefer", "nr3d", "sr3d", "recon")
+    assert registry.choices() == ("scanqa", "sqa3d", "scan2cap", "vsibench", "scanrefer", "multi3drefer", "nr3d", "sr3d",
+                                  "recon")
     assert set(annotations.grounding_tasks()) == {"scanrefer", "nr3d", "sr3d", "multi3drefer"}
     assert set(annotations.annotation_tasks()) == set(annotations.trained_tasks()) == set(BENCHMARK_MODULES) - {"recon"}
     assert {s.name for s in registry.specs() if s.task.needs_boxes} == {"scanrefer", "multi3drefer", "nr3d", "sr3d",
@@ -75,9 +76,9 @@ def test_the_library_lists_what_the_registry_derives(synthetic_dataset):
     by_scene = load_scene_annotations(synthetic_dataset.annotations_dir)
     tasks = {r["task"] for records in by_scene.values() for r in records}
     assert tasks == set(annotations.annotation_tasks())
-    assert ablation_benchmarks() == ("scanqa", "scanrefer", "multi3drefer", "scan2cap", "recon")
+    assert ablation_benchmarks() == ("scanqa", "scanrefer", "multi3drefer", "scan2cap", "recon", "vsibench")
     assert [h for h, *_ in columns()] == ["QA EM", "count", "colour", "exist", "rel-pos", "Ref@.25", "Ref@.5",
-                                          "M3DR F1", "Cap CIDEr", "AUC@30", "δ1"]
+                                          "M3DR F1", "Cap CIDEr", "AUC@30", "δ1", "VSI avg"]
     with pytest.raises(ConfigError, match="known: " + ", ".join(annotations.trained_tasks())):
         load_config("tiny", overrides=["train.task_weights={nope: 1}"])
 

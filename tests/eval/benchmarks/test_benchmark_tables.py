@@ -8,7 +8,7 @@ from vidllm.eval.report import _tables, report_tables
 
 def test_tables_come_in_the_papers_order_with_a_paper_value_per_column():
     layout = report_tables()
-    assert [t.number for t, _ in layout] == [1, 1.5, 2, 3, 4, 5, 7, 8, 9]
+    assert [t.number for t, _ in layout] == [1, 1.5, 2, 3, 4, 5, 7, 8, 9, 10]
     parts = {t.number: [name for name, _ in p] for t, p in layout}
     assert parts[1] == ["scanqa", "sqa3d"] and parts[4] == ["nr3d", "sr3d"]
     assert parts[3] == ["scanrefer", "multi3drefer"]

@@ -266,17 +266,25 @@ def iter_worker_samples(name: str) -> Iterator[dict[str, Any]]:
     import ray.train
 
     rows = ray.train.get_dataset_shard(name).iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2)
+    for batch in _surfacing_data_errors(rows):
+        sample = batch_to_torch(batch)
+        yield {k: v[0] for k, v in sample.items()}
+
+
+def _surfacing_data_errors(batches: Iterator[Any], dataset_uri: str | None = None) -> Iterator[Any]:
+    """Iterate Ray Data batches; a DataError raised inside Ray's tasks comes out as itself (one
+    line, not Ray's wrapped traceback), another failure as a DataError naming `dataset_uri`."""
     try:
-        for batch in rows:
-            sample = batch_to_torch(batch)
-            yield {k: v[0] for k, v in sample.items()}
+        yield from batches
     except DataError:
         raise
     except Exception as exc:
         found = _find_data_error(exc)
         if found is not None:
             raise found from None
-        raise
+        if dataset_uri is None:
+            raise
+        raise DataError(dataset_uri, f"reading shards failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _find_data_error(exc: BaseException) -> DataError | None:
@@ -305,19 +313,11 @@ def iter_ray_batches(dataset_uri: str, batch_size: int = 1, *, verify: bool = Tr
         warnings.simplefilter("ignore", DeprecationWarning)
         ds.context.enable_progress_bars = False
     seen: set[str] = set()
-    try:
-        for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy",
-                                     prefetch_batches=prefetch_batches):
-            out = batch_to_torch(batch, unit_float)
-            seen.update(out["key"])
-            yield out
-    except DataError:
-        raise
-    except Exception as exc:
-        found = _find_data_error(exc)
-        if found is not None:
-            raise found from None
-        raise DataError(dataset_uri, f"reading shards failed: {type(exc).__name__}: {exc}") from exc
+    batches = ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=prefetch_batches)
+    for batch in _surfacing_data_errors(batches, dataset_uri):
+        out = batch_to_torch(batch, unit_float)
+        seen.update(out["key"])
+        yield out
     missing = [e for e in entries if e.key not in seen]
     if missing:
         names = ", ".join(f"{e.shard}:{e.key}" for e in missing[:10])

@@ -41,6 +41,9 @@ from vidllm.data.synthetic.scene import SyntheticScene, SynthObject
 # Bump when the rendered pixels change for the same config: cached data and pretrained
 # teachers made from the old renders are then rebuilt (their digests include it).
 RENDER_VERSION = 3
+# Bump when the generated questions or annotation files change for the same config (2: VSI-Bench
+# questions): datasets made by the old generator are then rebuilt (the synth digests include it).
+QUESTIONS_VERSION = 2
 MIN_VISIBLE_FRACTION = 0.002
 CROP_BORDER_FRACTION = 0.05
 

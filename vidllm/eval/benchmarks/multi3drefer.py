@@ -23,20 +23,20 @@ def score_multi3drefer(
 ) -> dict[str, Any]:
     from vidllm.eval.grounding import mean_or_none, multi3drefer_f1
 
-    f1 = {k: [] for k in thresholds}
-    eval_types = []
+    rows = []  # one per query: the per-sample output, and what the metrics average
     for inst in instructions:
         gt = target_boxes(boxes, inst, boxes_source)
-        for k in thresholds:
-            f1[k].append(multi3drefer_f1(preds[inst.id].boxes, gt, k))
-        eval_types.append(inst.eval_subgroup.get("eval_type", "mt" if len(gt) > 1 else "st_w_d" if len(gt) else "zt_w_d"))
-    types = np.asarray(eval_types)
+        eval_type = inst.eval_subgroup.get("eval_type", "mt" if len(gt) > 1 else "st_w_d" if len(gt) else "zt_w_d")
+        rows.append({"id": inst.id, "scene": inst.scene_id, "eval_type": eval_type,
+                     **{f"F1@{k:g}": multi3drefer_f1(preds[inst.id].boxes, gt, k) for k in thresholds}})
+    types = np.asarray([r["eval_type"] for r in rows])
+    f1 = {k: [r[f"F1@{k:g}"] for r in rows] for k in thresholds}
     metrics = {f"F1@{k:g}": float(np.mean(f1[k])) for k in thresholds}
     subgroups = {
         t: {**{f"F1@{k:g}": mean_or_none(np.asarray(f1[k])[types == t]) for k in thresholds}, "count": int((types == t).sum())}
         for t in MULTI3DREFER_EVAL_TYPES
     }
-    return {"metrics": metrics, "subgroups": subgroups, "count": len(instructions)}
+    return {"metrics": metrics, "subgroups": subgroups, "count": len(instructions), "per_sample": rows}
 
 
 def _score(inputs: ScoreInputs) -> dict[str, Any]:

@@ -17,8 +17,13 @@ if TYPE_CHECKING:
     from vidllm.eval.predictions import Prediction
 
 
-def score_recon(preds: Mapping[str, Prediction], threshold: float = 0.05, voxel_size: float = 0.02) -> dict[str, Any]:
-    """Depth, pose and point-cloud metrics per scene from geometry npz files, averaged over scenes."""
+def score_recon(preds: Mapping[str, Prediction], threshold: float = 0.05, voxel_size: float = 0.02,
+                world_maps: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Depth, pose and point-cloud metrics per scene from geometry npz files, averaged over scenes.
+
+    `world_maps` (scene -> `vidllm.eval.protocols.WorldMap`): rescoring under another protocol
+    maps the predicted poses and points, and scales the predicted depth, before scoring.
+    """
     from vidllm.artifacts.run_dir import read_geometry
     from vidllm.eval.geometry_metrics import depth_metrics, point_cloud_metrics, pose_metrics
 
@@ -31,6 +36,11 @@ def score_recon(preds: Mapping[str, Prediction], threshold: float = 0.05, voxel_
                 raise DataError(pred.geometry, f"'{key}' must be finite [N,4,4], got shape {list(geo[key].shape)}")
         if len(geo["depth_pred"]) != len(geo["depth_gt"]) or len(geo["camera_to_world_pred"]) != len(geo["camera_to_world_gt"]):
             raise DataError(pred.geometry, "prediction and ground truth hold different numbers of frames")
+        remap = (world_maps or {}).get(pred.id)
+        if remap is not None:
+            geo["camera_to_world_pred"] = remap.poses(geo["camera_to_world_pred"])
+            geo["points_pred"] = remap.points(geo["points_pred"])
+            geo["depth_pred"] = geo["depth_pred"] * remap.scale
         scene = {f"depth/{k}": v for k, v in depth_metrics(geo["depth_pred"], geo["depth_gt"]).items()}
         scene.update({f"pose/{k}": v for k, v in pose_metrics(geo["camera_to_world_pred"], geo["camera_to_world_gt"]).items()})
         try:
@@ -41,11 +51,14 @@ def score_recon(preds: Mapping[str, Prediction], threshold: float = 0.05, voxel_
         per_scene[pred.id] = scene
     keys = [k for k in next(iter(per_scene.values())) if not k.endswith(("num_images", "num_pairs"))]
     metrics = {k: float(np.nanmean([s[k] for s in per_scene.values()])) for k in keys}
-    return {"metrics": metrics, "subgroups": {"per_scene": per_scene}, "count": len(per_scene)}
+    # A prediction's id is its scene id.
+    rows = [{"id": scene_id, "scene": scene_id, **scene} for scene_id, scene in per_scene.items()]
+    return {"metrics": metrics, "subgroups": {"per_scene": per_scene}, "count": len(per_scene), "per_sample": rows}
 
 
 def _score(inputs: ScoreInputs) -> dict[str, Any]:
-    return {"gt": "geometry files (depth_gt, camera_to_world_gt, points_gt)", **score_recon(inputs.predictions)}
+    return {"gt": "geometry files (depth_gt, camera_to_world_gt, points_gt)",
+            **score_recon(inputs.predictions, world_maps=inputs.world_maps)}
 
 
 POSE = Table("Table 7 — camera pose", number=7, note="All frame pairs per scene, averaged over scenes.",

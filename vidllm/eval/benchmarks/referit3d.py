@@ -27,32 +27,34 @@ def score_referit3d(
     """
     from vidllm.eval.grounding import as_boxes, box_iou_matrix, is_view_dependent, mean_or_none, select_gt_instance
 
-    correct, hard, view_dep, ious = [], [], [], []
+    rows = []  # one per utterance: the per-sample output, and what the metrics average
     for inst in instructions:
         gt = target_boxes(boxes, inst, boxes_source)[0]
         scene = boxes[inst.scene_id]
         ids = sorted(scene)
         pred = preds[inst.id].boxes
         chosen = select_gt_instance(pred[0], as_boxes([scene[i] for i in ids])) if len(pred) else None
-        correct.append(chosen is not None and ids[chosen] == inst.target_object_ids[0])
-        ious.append(float(box_iou_matrix(pred[:1], gt[None])[0, 0]) if len(pred) else 0.0)
+        iou = float(box_iou_matrix(pred[:1], gt[None])[0, 0]) if len(pred) else 0.0
         sub = inst.eval_subgroup
-        hard.append(sub.get("hard"))
-        view_dep.append(bool(sub["view_dependent"]) if "view_dependent" in sub else is_view_dependent(inst.text))
-    acc = np.asarray(correct, float)
-    iou = np.asarray(ious)
-    view_dep_arr = np.asarray(view_dep, bool)
-    known_hard = np.asarray([h is not None for h in hard])
-    hard_arr = np.asarray([bool(h) for h in hard])
+        rows.append({
+            "id": inst.id, "scene": inst.scene_id, "hard": sub.get("hard"),
+            "view_dependent": bool(sub["view_dependent"]) if "view_dependent" in sub else is_view_dependent(inst.text),
+            "chosen_object_id": None if chosen is None else ids[chosen],
+            "Acc": float(chosen is not None and ids[chosen] == inst.target_object_ids[0]),
+            "IoU": iou, **{f"Acc@{k:g}": float(iou >= k) for k in thresholds}})
+    acc = np.asarray([r["Acc"] for r in rows])
+    view_dep_arr = np.asarray([r["view_dependent"] for r in rows], bool)
+    known_hard = np.asarray([r["hard"] is not None for r in rows])
+    hard_arr = np.asarray([bool(r["hard"]) for r in rows])
     metrics = {"Acc": float(acc.mean())}
-    metrics.update({f"Acc@{k:g}": float((iou >= k).mean()) for k in thresholds})
+    metrics.update({f"Acc@{k:g}": float(np.mean([r[f"Acc@{k:g}"] for r in rows])) for k in thresholds})
     subgroups = {
         "easy": {"Acc": mean_or_none(acc[known_hard & ~hard_arr]), "count": int((known_hard & ~hard_arr).sum())},
         "hard": {"Acc": mean_or_none(acc[known_hard & hard_arr]), "count": int((known_hard & hard_arr).sum())},
         "view_dependent": {"Acc": mean_or_none(acc[view_dep_arr]), "count": int(view_dep_arr.sum())},
         "view_independent": {"Acc": mean_or_none(acc[~view_dep_arr]), "count": int((~view_dep_arr).sum())},
     }
-    return {"metrics": metrics, "subgroups": subgroups, "count": len(instructions)}
+    return {"metrics": metrics, "subgroups": subgroups, "count": len(instructions), "per_sample": rows}
 
 
 def _score(inputs: ScoreInputs) -> dict[str, Any]:

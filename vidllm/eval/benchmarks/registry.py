@@ -37,12 +37,18 @@ class ScoreInputs:
     tokenize: str | None = None  # caption tokenisation; None = the benchmark's default
     meteor: bool = True
     iou_threshold: float = 0.5
+    # scene -> map (vidllm.eval.protocols.WorldMap) of predicted geometry from the world as predicted
+    # to the world under the protocol scored, when that differs (recon); boxes come already mapped.
+    world_maps: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class BenchmarkSpec:
     task: Task
-    score: Callable[[ScoreInputs], dict[str, Any]]  # -> {"metrics", "subgroups", "count", ...}, merged into the result
+    # -> {"metrics", "subgroups", "count", ...}, merged into the result, and "per_sample": one row per item,
+    # {"id", "scene", <subgroup labels>, <its metrics>}, the values the metrics are computed from
+    # (`vidllm score --per-sample`; not kept in the result).
+    score: Callable[[ScoreInputs], dict[str, Any]]
     first_box_only: bool = False  # a prediction line keeps the first <ground>'s box only (one referent)
     # With ground-truth proposals, the answer is the chosen instance's own box (ReferIt3D's protocol).
     answers_with_gt_instance: bool = False

@@ -1,5 +1,8 @@
 """Scan2Cap: dense captioning of a given object (its box is in the prompt at `<obj>`), captioning
-metrics gated by box IoU (m@k). Its records are built from the ScanRefer file, one per object."""
+metrics gated by box IoU (m@k). Its records are built from the ScanRefer file, one per object.
+
+`vidllm predict` follows the published protocol: per ground-truth object it captions the proposal
+overlapping it most and writes that proposal as the line's box, so the gate measures it."""
 
 from __future__ import annotations
 
@@ -32,7 +35,12 @@ def score_scan2cap(
     from vidllm.eval.grounding import box_iou_matrix
 
     require_answers(instructions, boxes_source)
-    gate = []
+    captions = score_captions({i.id: preds[i.id].text or "" for i in instructions},
+                              {i.id: i.answers for i in instructions}, preset=preset, meteor=meteor)
+    caption_scores = captions.by_id()
+    suffix = f"@{iou_threshold:g}"
+    gated_names = [name for name in CAPTION_METRICS if name in captions.per_sample]
+    rows = []  # one per object: the per-sample output, and what m@k and box_recall average
     for inst in instructions:
         gt = target_boxes(boxes, inst, boxes_source)[:1]
         if proposals is not None:
@@ -40,17 +48,12 @@ def score_scan2cap(
         else:
             candidates = preds[inst.id].boxes[:1]
         best = float(box_iou_matrix(candidates, gt).max()) if len(candidates) else 0.0
-        gate.append(best >= iou_threshold)
-    gate_arr = np.asarray(gate, float)
-    captions = score_captions({i.id: preds[i.id].text or "" for i in instructions},
-                              {i.id: i.answers for i in instructions}, preset=preset, meteor=meteor)
-    gate_by_id = {inst.id: g for inst, g in zip(instructions, gate_arr, strict=True)}
-    gate_sorted = np.asarray([gate_by_id[cid] for cid in captions.ids])  # captions.ids is sorted
-    suffix = f"@{iou_threshold:g}"
-    metrics: dict[str, float] = {}
-    for name in CAPTION_METRICS:
-        if name in captions.per_sample:
-            metrics[name + suffix] = float((captions.per_sample[name] * gate_sorted).mean())
+        passed = best >= iou_threshold
+        own = caption_scores[inst.id]  # ungated
+        rows.append({"id": inst.id, "scene": inst.scene_id, "IoU": best, "gate": passed, **own,
+                     **{name + suffix: own[name] * passed for name in gated_names}})
+    gate_arr = np.asarray([r["gate"] for r in rows], float)
+    metrics = {name + suffix: float(np.mean([r[name + suffix] for r in rows])) for name in gated_names}
     ungated = dict(captions.corpus)
     return {
         "metrics": metrics,
@@ -59,6 +62,7 @@ def score_scan2cap(
         "box_recall": float(gate_arr.mean()),
         "gate": "proposals" if proposals is not None else "predicted_box",
         "tokenize": preset,
+        "per_sample": rows,
     }
 
 
@@ -70,7 +74,7 @@ def _score(inputs: ScoreInputs) -> dict[str, Any]:
                             inputs.iou_threshold, inputs.tokenize or "scan2cap", inputs.meteor)
     own = "the prediction's own box"
     if inputs.meta.get("scan2cap_prompt_box"):
-        own += f" (the prompt's {inputs.meta['scan2cap_prompt_box']})"
+        own += f", the one captioned ({inputs.meta['scan2cap_prompt_box']})"
     result["gate"] = f"proposals in {inputs.proposals}" if inputs.proposals is not None else own
     return result
 

@@ -44,22 +44,25 @@ def score_scanqa(
     from vidllm.eval.grounding import mean_or_none
 
     require_answers(instructions, gt_path)
-    em, refined, raw = [], [], []
+    captions = score_captions({i.id: preds[i.id].text or "" for i in instructions},
+                              {i.id: i.answers for i in instructions}, preset=preset, meteor=meteor)
+    caption_scores = captions.by_id()
+    rows = []  # one per question: the per-sample output, and what EM@1 and its families average
     for inst in instructions:
         text = preds[inst.id].text or ""
         match, refined_match = exact_match(text, inst.answers)
-        em.append(match)
-        refined.append(refined_match)
-        raw.append(raw_exact_match(text, inst.answers))
-    captions = score_captions({i.id: preds[i.id].text or "" for i in instructions},
-                              {i.id: i.answers for i in instructions}, preset=preset, meteor=meteor)
+        rows.append({"id": inst.id, "scene": inst.scene_id, "family": scanqa_family(inst.text), "EM@1": float(match),
+                     "EM@1-refined": float(refined_match), "EM@1-raw": float(raw_exact_match(text, inst.answers)),
+                     **caption_scores[inst.id]})
+    # BLEU-4 and METEOR are corpus-level statistics (not the mean of the per-question values), CIDEr and ROUGE-L means.
     metrics = {name: captions.corpus[name] for name in CAPTION_METRICS if name in captions.corpus}
-    metrics.update({"EM@1": float(np.mean(em)), "EM@1-refined": float(np.mean(refined)), "EM@1-raw": float(np.mean(raw))})
-    families = np.asarray([scanqa_family(inst.text) for inst in instructions])
-    em_arr = np.asarray(em, float)
+    metrics.update({k: float(np.mean([r[k] for r in rows])) for k in ("EM@1", "EM@1-refined", "EM@1-raw")})
+    families = np.asarray([r["family"] for r in rows])
+    em_arr = np.asarray([r["EM@1"] for r in rows])
     subgroups = {f: {"EM@1": mean_or_none(em_arr[families == f]), "count": int((families == f).sum())}
                  for f in SCANQA_FAMILIES if (families == f).any()}
-    return {"metrics": metrics, "subgroups": subgroups, "count": len(instructions), "tokenize": preset}
+    return {"metrics": metrics, "subgroups": subgroups, "count": len(instructions), "tokenize": preset,
+            "per_sample": rows}
 
 
 def _score(inputs: ScoreInputs) -> dict[str, Any]:

@@ -24,23 +24,24 @@ def score_scanrefer(
     """Acc@k with the first predicted box (an empty list is a miss)."""
     from vidllm.eval.grounding import box_iou_matrix, mean_or_none
 
-    ious, unique = [], []
+    rows = []  # one per query: the per-sample output, and what the metrics average
     for inst in instructions:
         gt = target_boxes(boxes, inst, boxes_source)
         pred = preds[inst.id].boxes
-        ious.append(float(box_iou_matrix(pred[:1], gt[:1])[0, 0]) if len(pred) else 0.0)
-        unique.append(bool(inst.eval_subgroup.get("unique", False)))
-    iou_arr, unique_arr = np.asarray(ious), np.asarray(unique)
+        iou = float(box_iou_matrix(pred[:1], gt[:1])[0, 0]) if len(pred) else 0.0
+        rows.append({"id": inst.id, "scene": inst.scene_id, "unique": bool(inst.eval_subgroup.get("unique", False)),
+                     "IoU": iou, **{f"Acc@{k:g}": float(iou >= k) for k in thresholds}})
+    iou_arr, unique_arr = np.asarray([r["IoU"] for r in rows]), np.asarray([r["unique"] for r in rows], bool)
     metrics, subgroups = {}, {"unique": {}, "multiple": {}}
     for k in thresholds:
-        hit = (iou_arr >= k).astype(float)
+        hit = np.asarray([r[f"Acc@{k:g}"] for r in rows])
         metrics[f"Acc@{k:g}"] = float(hit.mean())
         subgroups["unique"][f"Acc@{k:g}"] = mean_or_none(hit[unique_arr])
         subgroups["multiple"][f"Acc@{k:g}"] = mean_or_none(hit[~unique_arr])
     subgroups["unique"]["count"] = int(unique_arr.sum())
     subgroups["multiple"]["count"] = int((~unique_arr).sum())
     metrics["mean_IoU"] = float(iou_arr.mean())
-    return {"metrics": metrics, "subgroups": subgroups, "count": len(instructions)}
+    return {"metrics": metrics, "subgroups": subgroups, "count": len(instructions), "per_sample": rows}
 
 
 def _score(inputs: ScoreInputs) -> dict[str, Any]:

@@ -22,20 +22,21 @@ def score_sqa3d(instructions: Sequence[Instruction], preds: Mapping[str, Predict
     from vidllm.eval.grounding import mean_or_none
 
     require_answers(instructions, gt_path)
-    em, refined, qtype = [], [], []
+    rows = []  # one per question: the per-sample output, and what the metrics average
     for inst in instructions:
         match, refined_match = exact_match(preds[inst.id].text or "", inst.answers)
-        em.append(match)
-        refined.append(refined_match)
-        qtype.append(inst.eval_subgroup.get("question_type", "others"))
-    em_arr, ref_arr, qtype_arr = np.asarray(em, float), np.asarray(refined, float), np.asarray(qtype)
+        rows.append({"id": inst.id, "scene": inst.scene_id,
+                     "question_type": inst.eval_subgroup.get("question_type", "others"),
+                     "EM@1": float(match), "EM@1-refined": float(refined_match)})
+    em_arr, ref_arr = np.asarray([r["EM@1"] for r in rows]), np.asarray([r["EM@1-refined"] for r in rows])
+    qtype_arr = np.asarray([r["question_type"] for r in rows])
     subgroups = {
         t: {"EM@1": mean_or_none(em_arr[qtype_arr == t]), "EM@1-refined": mean_or_none(ref_arr[qtype_arr == t]),
             "count": int((qtype_arr == t).sum())}
         for t in SQA3D_QUESTION_TYPES
     }
     return {"metrics": {"EM@1": float(em_arr.mean()), "EM@1-refined": float(ref_arr.mean())},
-            "subgroups": subgroups, "count": len(instructions)}
+            "subgroups": subgroups, "count": len(instructions), "per_sample": rows}
 
 
 def _score(inputs: ScoreInputs) -> dict[str, Any]:
