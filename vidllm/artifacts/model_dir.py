@@ -33,7 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
-from vidllm.artifacts.files import atomic_dir, remove_orphans
+from vidllm.artifacts.files import atomic_dir
 from vidllm.attention_select import select_attn_implementation
 from vidllm.config import ModelConfig
 from vidllm.errors import DataError
@@ -203,11 +203,6 @@ def load_state_fitting(module: torch.nn.Module, state: dict[str, torch.Tensor], 
         more = sum(line.startswith("size mismatch") for line in lines) - 1
         raise DataError(source, f"weights do not fit this model (another recipe or config?): {first[:300]}"
                                 + (f" (+{more} more)" if more > 0 else "")) from None
-
-
-def remove_orphaned_dirs(out_dir: str | Path) -> list[Path]:
-    """Delete what a killed `save_pretrained` left beside `out_dir`. Returns the removed paths."""
-    return remove_orphans(out_dir)
 
 
 def read_model_config(model_dir: str | Path) -> dict[str, Any]:

@@ -278,7 +278,7 @@ def prepare_run_dir(cfg: VidLLMConfig, run_dir: Path, stage: str, model_dir: Pat
                     use_ray: bool = False) -> None:
     """Before training `stage` in `run_dir`: delete its checkpoints if `fresh`, remove what killed saves
     left, refuse a resume under a different config (`check_resume_config`), then write config.yaml."""
-    from vidllm.artifacts.model_dir import remove_orphaned_dirs
+    from vidllm.artifacts.files import remove_orphans
 
     ckpt_root = run_dir / CHECKPOINTS_DIR / stage
     if fresh:
@@ -297,7 +297,7 @@ def prepare_run_dir(cfg: VidLLMConfig, run_dir: Path, stage: str, model_dir: Pat
                 log.info("%s: --fresh, removing the Ray Train run", experiment)
                 shutil.rmtree(experiment)
     remove_orphaned_checkpoint_dirs(ckpt_root)  # logs what it removes
-    for path in remove_orphaned_dirs(model_dir):
+    for path in remove_orphans(model_dir):
         log.warning("%s: removed the temporary directory of an interrupted model export", path)
     if step_checkpoints(ckpt_root):
         check_resume_config(cfg, run_dir, stage)

@@ -148,7 +148,7 @@ def fit_with_ray(stage: str, setup_fn: SetupFn, cfg: VidLLMConfig, inputs: Stage
     try:
         trainer = TorchTrainer(
             _worker,
-            train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage, "setup_fn": setup_fn,
+            train_loop_config={"cfg": cfg.model_dump(mode="json"), "setup_fn": setup_fn,
                                "inputs": worker_inputs, "run_dir": str(Path(run_dir).absolute())},
             datasets=train_datasets(worker_inputs.shards_uri, cfg.train.num_workers, cfg.train.data_cpus),
             dataset_config=worker_data_config(),
