@@ -25,7 +25,7 @@ $(BIN)/python:
 
 # The stamp re-runs the install whenever pyproject or the constraints change.
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
-	$(BIN)/pip install -c $(CONSTRAINTS) -e ".[dev,pipeline]"
+	$(BIN)/pip install -c $(CONSTRAINTS) -e ".[dev,pipeline,viewer]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -431,7 +431,7 @@ def run_evaluate(inputs: StepInputs) -> StepResult:
         summary = evaluate_run(model_dir, paths.shards_uri, paths.run_dir, annotations=paths.annotations_uri,
                                scans=paths.scans_uri, split=split, benchmarks=benchmarks,
                                protocol=cfg.eval.protocol, max_new_tokens=cfg.eval.max_new_tokens, meteor=meteor,
-                               proposals=cfg.eval.proposals)
+                               proposals=cfg.eval.proposals, also_score_under=cfg.eval.also_score_under)
         return {"metrics": str(metrics_path), "scored": list(summary.metrics), "skipped": summary.skipped}
 
     return run_or_skip("evaluate", paths, step_digest, valid, work)

@@ -36,10 +36,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ask": ("ask", "answer a question about the scene in your own video"),
     "reconstruct": ("reconstruct", "metric point cloud (PLY) and camera poses from your own video"),
     "ground": ("ground", "3D boxes of the object a phrase refers to, from your own video"),
+    "serve": ("serve", "HTTP server (Ray Serve) for ask / ground / reconstruct on uploaded videos, each video "
+                       "encoded once"),
     "verify": ("verify", "check model directories, checkpoints and run directories against their recorded "
                          "sha256 digests"),
     "ablate": ("ablate", "train variants of a recipe (full, blind, ...) on the same data and compare them on "
                          "held-out scenes"),
+    "view": ("view", "interactive 3D viewer (a local web page): point cloud, cameras, boxes, questions to the model"),
 }
 
 

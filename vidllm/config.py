@@ -381,6 +381,11 @@ class EvalConfig(_Section):
         "P1", description="evaluation protocol (vidllm.eval.protocols): P0 = ground-truth geometry given; P1 = "
                           "predicted geometry at the GT first camera; P2 = predicted geometry, Umeyama Sim(3) of the "
                           "camera centres. The former names first_camera_gt / umeyama_sim3 mean P1 / P2")
+    also_score_under: list[Literal["P0", "P1", "P2"]] = Field(
+        ["P2"], description="protocols the same predictions are also scored under, without predicting again (P1 "
+                            "predictions rescore under P2 and back; text answers are unchanged); recorded under "
+                            "metrics.json by_protocol, so the report shows them side by side. Skipped where the "
+                            "model's inputs depended on the protocol (P0, Scan2Cap's prompted box)")
     blind_control: bool = Field(False, description="train-full also trains the blind control (Stage 2 with no vision "
                                                    "tokens, same init, data and steps) and writes RUN_DIR/ablation.json "
                                                    "with both rows")

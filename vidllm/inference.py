@@ -6,6 +6,9 @@
     model.reconstruct(clip)                           # → Reconstruction(points, colors, poses, …)
     model.ground(clip, "the brown table")             # → Grounding(boxes, text)
 
+    vision = model.encode(clip)                       # the vision pass alone, kept for later calls:
+    model.ask(clip, "What is on the table?", vision=vision)   # only the LLM runs (same answer as without)
+
 No ground-truth depth or poses: geometry comes from the model's reconstruction branch with its
 metric-depth scale. Coordinates are in the model's scene frame: metres, origin at the first
 camera, gravity-aligned axes (the rotation is predicted). Imports no Ray, Prefect or DVC.
@@ -17,11 +20,15 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from vidllm.errors import DataError, VidLLMError
+
+if TYPE_CHECKING:
+    from vidllm.models.vidllm import VisionState
 
 SCENE_FRAME = "scene frame: metres, origin at the first camera, gravity-aligned axes (predicted)"
 
@@ -119,46 +126,61 @@ class VideoModel:
         images = torch.from_numpy(resized).permute(0, 3, 1, 2).float().div_(255.0)
         return VideoClip(path, images, ids, (width, height))
 
+    def encode(self, clip: VideoClip) -> VisionState:
+        """The vision pass over `clip` (encoder, reconstruction, 3D-patch tokens, own proposals),
+        to give as `vision=` to any later `ask`, `ask_many`, `ground` or `reconstruct` of the same
+        clip: they then run only the LLM, with the same results as without it."""
+        return self.model.vision_state(clip.images[None].to(self.device))
+
     def _generate(self, clip: VideoClip, texts: list[str], max_new_tokens: int | None = None, point_stride: int = 4,
-                  grounding: bool = False):
+                  grounding: bool = False, vision: VisionState | None = None):
         from vidllm.tokenizer import build_prompt
 
-        images = clip.images[None].to(self.device)
+        if vision is None:
+            images = clip.images[None].to(self.device)
+        elif tuple(vision.images.shape) != (1, *clip.images.shape):
+            raise VidLLMError(f"the vision state is of videos {tuple(vision.images.shape)}, not of this clip "
+                              f"{tuple(clip.images.shape)}")
+        else:
+            images = None
         # A grounding request selects among the model's own proposals (there are no others for a video).
         return self.model.generate(images, [build_prompt(t, grounding=grounding) for t in texts], self.tokenizer,
                                    max_new_tokens=max_new_tokens or self.max_new_tokens, point_stride=point_stride,
-                                   proposals="own" if grounding else None)
+                                   proposals="own" if grounding else None, vision=vision)
 
-    def ask(self, clip: VideoClip, question: str) -> Answer:
-        """A free-form answer to `question` about the scene in the video."""
-        return self.ask_many(clip, [question])[0]
+    def ask(self, clip: VideoClip, question: str, *, vision: VisionState | None = None) -> Answer:
+        """A free-form answer to `question` about the scene in the video (`vision`: `encode(clip)`)."""
+        return self.ask_many(clip, [question], vision=vision)[0]
 
-    def ask_many(self, clip: VideoClip, questions: list[str]) -> list[Answer]:
-        """Answers to several questions about one video: one vision pass and one LLM pass over
-        its vision tokens serve them all. `seconds` of each answer is the call's time shared out."""
+    def ask_many(self, clip: VideoClip, questions: list[str], *, vision: VisionState | None = None) -> list[Answer]:
+        """Answers to several questions about one video: one vision pass (none with `vision`) and
+        one LLM pass over its vision tokens serve them all. `seconds` of each answer is the call's
+        time shared out."""
         if not questions or any(not q.strip() for q in questions):
             raise VidLLMError("the question is empty")
         start = time.perf_counter()
-        results = self._generate(clip, questions)
+        results = self._generate(clip, questions, vision=vision)
         seconds = (time.perf_counter() - start) / len(questions)
         return [Answer(r.text, seconds) for r in results]
 
-    def ground(self, clip: VideoClip, phrase: str) -> Grounding:
+    def ground(self, clip: VideoClip, phrase: str, *, vision: VisionState | None = None) -> Grounding:
         """3D boxes of the object(s) `phrase` refers to (none if the model answers without `<ground>`):
         each `<ground>` selects one of the model's own proposals and refines it."""
         if not phrase.strip():
             raise VidLLMError("the phrase is empty")
         start = time.perf_counter()
-        [result] = self._generate(clip, [phrase], grounding=True)
+        [result] = self._generate(clip, [phrase], grounding=True, vision=vision)
         return Grounding(result.boxes.cpu().numpy().astype(np.float64), result.text, time.perf_counter() - start)
 
-    def reconstruct(self, clip: VideoClip, point_stride: int = 2) -> Reconstruction:
+    def reconstruct(self, clip: VideoClip, point_stride: int = 2, *,
+                    vision: VisionState | None = None) -> Reconstruction:
         """Metric point cloud, camera poses, intrinsics and depth of the sampled frames."""
         if point_stride < 1:
             raise ValueError(f"point_stride must be >= 1, got {point_stride}")
         start = time.perf_counter()
         # One vision pass; a single generated token is enough (the text is not used).
-        [result] = self._generate(clip, ["Describe the room."], max_new_tokens=1, point_stride=point_stride)
+        [result] = self._generate(clip, ["Describe the room."], max_new_tokens=1, point_stride=point_stride,
+                                  vision=vision)
         colors = (result.colors.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         height, width = clip.images.shape[-2:]
         return Reconstruction(

@@ -283,8 +283,33 @@ def test_a_run_evaluated_under_two_protocols_reports_both(shards_and_model, synt
     capsys.readouterr()
     metrics = json.loads((run / rd.METRICS_FILE).read_text())
     assert metrics["scanrefer"]["protocol"] == "P2"  # the latest evaluation
+    # evaluate keeps every item's scores beside the predictions: one line per scored query
+    per_sample = [json.loads(line) for line in
+                  (run / rd.PREDICTIONS_DIR / rd.PER_SAMPLE_DIR / "scanrefer.jsonl").read_text().splitlines()]
+    assert len(per_sample) == metrics["scanrefer"]["count"] > 0
+    assert {"id", "scene", "Acc@0.25"} <= set(per_sample[0])
     assert {k: v["scanrefer"]["protocol"] for k, v in metrics["by_protocol"].items()} == {"P1/own": "P1",
                                                                                          "P2/own": "P2"}
     assert main(["report", str(run)]) == 0
     md = (run / rd.REPORT_MD).read_text()
     assert "## Protocol P1 — predicted geometry" in md and "## Protocol P2 — predicted geometry" in md
+
+
+def test_one_evaluation_is_also_rescored_under_the_other_protocol(shards_and_model, synthetic_dataset, tmp_path):
+    from vidllm.eval.evaluate import evaluate_run
+
+    shards, model = shards_and_model
+    ds = synthetic_dataset
+    run = tmp_path / "run"
+    split = _split_of(ds, "scanrefer")
+    summary = evaluate_run(model, str(shards), run, annotations=ds.annotations_dir, scans=ds.scan_dir, split=split,
+                           benchmarks=["scanrefer", "scanqa"], protocol="P1", max_new_tokens=2, meteor=False,
+                           also_score_under=["P2", "P1"])
+    by_protocol = json.loads((run / rd.METRICS_FILE).read_text())["by_protocol"]
+    assert set(by_protocol) == {"P1/own", "P2/own"}
+    p1, p2 = by_protocol["P1/own"], by_protocol["P2/own"]
+    assert summary.metrics["scanrefer"]["protocol"] == "P1"  # the top level stays the predicted protocol
+    # Boxes are mapped again (the scorer reran); text answers score the same under either protocol.
+    assert p2["scanrefer"]["protocol"] == "P2" and p2["scanrefer"]["rescored_from"] == "P1"
+    assert p2["scanrefer"]["count"] == p1["scanrefer"]["count"]
+    assert p2["scanqa"]["metrics"] == p1["scanqa"]["metrics"] and p2["scanqa"]["rescored_from"] == "P1"

@@ -6,6 +6,7 @@
                                       `loss/<term>` column per loss term (any number)
       metrics.json                    {benchmark: `vidllm score --json` output, ...}
       predictions/<benchmark>.jsonl   prediction lines (vidllm.eval.predictions) + .meta.json
+      predictions/per_sample/<benchmark>.jsonl   every item's scores (`vidllm score --per-sample`)
       geometry/<scene_id>.npz         GEOMETRY_KEYS (pred and GT, same frames)
       report.md, report.html, plots/*.png   written by `vidllm report`
 
@@ -33,6 +34,7 @@ CONFIG_FILE = "config.yaml"
 TRAIN_LOG_FILE = "train_log.csv"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_DIR = "predictions"
+PER_SAMPLE_DIR = "per_sample"  # under PREDICTIONS_DIR: one JSONL of per-item scores per benchmark
 GEOMETRY_DIR = "geometry"
 PLOTS_DIR = "plots"
 REPORT_MD = "report.md"

@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model directory (RUN_DIR/model from `vidllm train --stage 2`)")
     parser.add_argument("--shards", required=True, metavar="DIR_OR_URI", help="shard dataset (folder or s3:// prefix)")
     parser.add_argument("--run-dir", required=True, metavar="DIR",
-                        help="run directory: predictions/, geometry/ and metrics.json are written here")
+                        help="run directory: predictions/ (with per_sample/, every item's scores), geometry/ and "
+                             "metrics.json are written here")
     parser.add_argument("--annotations", default=None, metavar="DIR",
                         help="folder with the published annotation files (ground truth; needed by all but recon)")
     parser.add_argument("--scans", default=None, metavar="DIR",
@@ -54,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         summary = evaluate_run(args.model, args.shards, args.run_dir, annotations=args.annotations, scans=args.scans,
                                split=None if args.split == "all" else args.split, benchmarks=args.benchmarks,
                                protocol=args.protocol or cfg.protocol, max_new_tokens=cfg.max_new_tokens,
-                               meteor=not args.no_meteor, progress=progress, proposals=args.proposals or cfg.proposals)
+                               meteor=not args.no_meteor, progress=progress, proposals=args.proposals or cfg.proposals,
+                               also_score_under=cfg.also_score_under)
         bar.update(bar.total - bar.n)
     if args.json:
         print(json.dumps(jsonable(summary.metrics), indent=2))

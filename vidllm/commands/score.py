@@ -38,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iou-threshold", type=float, default=0.5, help="Scan2Cap IoU gate (default: 0.5)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON result to this file")
+    parser.add_argument("--into", type=Path, default=None, metavar="RUN_DIR",
+                        help="also record the result in RUN_DIR/metrics.json (its benchmark entry and by_protocol), "
+                             "so `vidllm report RUN_DIR` shows it, e.g. co3d / re10k / nyuv2 beside the shard "
+                             "benchmarks `vidllm evaluate` scored")
     parser.add_argument("--per-sample", type=Path, default=None, metavar="FILE",
                         help="also write every item's scores to this JSONL, one line per prediction id: id, scene, "
                              "subgroup labels and the benchmark's per-item metrics (EM, IoU and Acc@k, F1@k, "
@@ -55,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.out is not None:
         write_json(args.out, result)
+    if args.into is not None:
+        from vidllm.eval.evaluate import add_to_metrics
+
+        add_to_metrics(args.into, result)
     if args.json:
         json.dump(jsonable(result), sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")

@@ -3,8 +3,8 @@
 `evaluate_run(model_dir, shards_uri, run_dir, annotations=..., scans=...)` is the one function the
 `vidllm evaluate` command, the Prefect `train-full` flow and the DVC `evaluate` stage call. Per
 benchmark it runs `vidllm.eval.predict.predict` into RUN_DIR/predictions/<benchmark>.jsonl
-(recon geometry into RUN_DIR/geometry/) and `vidllm.eval.scoring.score_predictions`, then
-writes RUN_DIR/metrics.json (layout in `vidllm.artifacts.run_dir`) atomically. Keys of metrics.json
+(recon geometry into RUN_DIR/geometry/) and `vidllm.eval.scoring.score_predictions` (every item's
+scores into RUN_DIR/predictions/per_sample/<benchmark>.jsonl), then writes RUN_DIR/metrics.json (layout in `vidllm.artifacts.run_dir`) atomically. Keys of metrics.json
 that are not benchmarks are kept.
 """
 
@@ -21,7 +21,7 @@ from vidllm.artifacts import run_dir as rd
 from vidllm.artifacts import storage
 from vidllm.errors import DataError, VidLLMError
 from vidllm.eval.benchmarks import registry
-from vidllm.eval.protocols import card_key, proposal_source
+from vidllm.eval.protocols import CARDS, canonical_protocol, card_key, proposal_source
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ def evaluate_run(
     meteor: bool = True,
     progress: Callable[[str], None] | None = None,
     proposals: str | Path = "own",
+    also_score_under: Sequence[str] = (),
 ) -> EvaluationSummary:
     """Predict and score `benchmarks` on `split`; write RUN_DIR/metrics.json; see the module docstring.
 
@@ -80,6 +81,9 @@ def evaluate_run(
     when None). metrics.json also keeps every evaluation's results under
     "by_protocol" / "<protocol>/<proposals>" (e.g. "P1/own"), so a run evaluated under two
     protocols reports both; the top-level benchmark entries are the latest evaluation's.
+    `also_score_under`: protocols the same predictions are rescored under (no new predictions; see
+    `score_predictions`), recorded under "by_protocol" only; a benchmark whose predictions cannot
+    be rescored (their inputs depended on the protocol) is left out of that protocol, with a warning.
     """
     from vidllm.eval.predict import predict
     from vidllm.eval.scoring import score_predictions
@@ -97,6 +101,8 @@ def evaluate_run(
         raise VidLLMError("the VL benchmarks need --annotations (the published annotation files)")
 
     summary = EvaluationSummary(run_dir=run, metrics={})
+    rescored: dict[str, dict[str, Any]] = {canonical_protocol(p): {} for p in also_score_under}
+    also_score_under = list(rescored)
     for benchmark in benchmarks:
         if progress is not None:
             progress(benchmark)
@@ -112,19 +118,55 @@ def evaluate_run(
             continue
         # Without annotation files (recon) the ground truth is in the predictions' geometry files.
         gt = annotations_dir if registry.get(benchmark).task.annotation_files else None
+        per_sample = run / rd.PREDICTIONS_DIR / rd.PER_SAMPLE_DIR / f"{benchmark}.jsonl"
         summary.metrics[benchmark] = score_predictions(benchmark, pred_path, gt, split=split, scans=scans_dir,
-                                                       meteor=meteor)  # the protocol predict recorded
+                                                       meteor=meteor, per_sample=per_sample)  # predict's protocol
+        for other in also_score_under:
+            if other == summary.metrics[benchmark]["protocol"]:
+                continue
+            first = summary.metrics[benchmark]
+            task = registry.get(benchmark).task
+            if task.annotation_files and not task.needs_boxes:  # text answers: no coordinate to map
+                rescored[other][benchmark] = {**first, "protocol": other, "protocol_card": CARDS[other],
+                                              "rescored_from": first["protocol"]}
+                continue
+            try:
+                rescored[other][benchmark] = score_predictions(benchmark, pred_path, gt, split=split, scans=scans_dir,
+                                                               meteor=meteor, protocol=other)
+            except VidLLMError as exc:  # DataError included: e.g. predictions that record no scene frames
+                log.warning("evaluate: %s not rescored under %s: %s", benchmark, other, exc)
 
     metrics_path = run / rd.METRICS_FILE
     kept = rd.read_json(metrics_path) if metrics_path.is_file() else {}
     kept = {k: v for k, v in kept.items() if k not in registry.BENCHMARKS} if isinstance(kept, dict) else {}
     by_protocol = kept.get(BY_PROTOCOL) if isinstance(kept.get(BY_PROTOCOL), dict) else {}
-    for key in {card_key(r["protocol"], proposal_source(str(proposals))) for r in summary.metrics.values()}:
+    source = proposal_source(str(proposals))
+    for key in {card_key(r["protocol"], source) for r in summary.metrics.values()}:
         by_protocol[key] = {**by_protocol.get(key, {}),
                             **{b: r for b, r in summary.metrics.items() if r["protocol"] == key.split("/")[0]}}
+    for other, results in rescored.items():
+        if results:
+            by_protocol[card_key(other, source)] = {**by_protocol.get(card_key(other, source), {}), **results}
     rd.write_json(metrics_path, {**summary.metrics, **kept, **({BY_PROTOCOL: by_protocol} if by_protocol else {})})
     summary.seconds = time.monotonic() - start
     return summary
+
+
+def add_to_metrics(run_dir: str | Path, result: dict[str, Any]) -> Path:
+    """Put one `score_predictions` result into RUN_DIR/metrics.json (e.g. a benchmark `evaluate` does
+    not run, such as Co3Dv2): its top-level benchmark entry, and "by_protocol" beside the run's own
+    evaluation under the same protocol (or its own "<protocol>/<proposals>" key). Written atomically."""
+    path = Path(run_dir) / rd.METRICS_FILE
+    metrics = rd.read_json(path) if path.is_file() else {}
+    if not isinstance(metrics, dict):
+        raise DataError(path, "is not a JSON object")
+    benchmark, protocol = result["benchmark"], result["protocol"]
+    by_protocol = metrics.get(BY_PROTOCOL) if isinstance(metrics.get(BY_PROTOCOL), dict) else {}
+    key = next((k for k in by_protocol if k.split("/")[0] == protocol),
+               card_key(protocol, proposal_source(result.get("proposals"))))
+    by_protocol[key] = {**by_protocol.get(key, {}), benchmark: result}
+    rd.write_json(path, {**metrics, benchmark: result, BY_PROTOCOL: by_protocol})
+    return path
 
 
 def format_metrics_table(metrics: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """Reconstruction metrics: depth, camera pose and point-cloud quality (numpy/scipy only).
 
 - Depth (NYU/ScanNet convention): per image over the valid mask `0 < gt < max_depth` and
-  `pred > 0`, then averaged over images: δ1, AbsRel, RMSE, log10.
+  `pred > 0`, then averaged over images: δ1, AbsRel, RMSE, log10. The monocular protocol
+  (`median_aligned_depth_metrics`) first scales each prediction by its median ratio to the GT.
 - Pose (VGGT / PoseDiffusion): relative poses over all i<j pairs; rotation error = geodesic
   angle, translation error = angle between relative translation directions (sign-agnostic);
   RRA@τ / RTA@τ = fraction below τ; AUC@τ (mAA) over max(rot, trans) with 1° bins.
@@ -48,6 +49,25 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, max_depth: float = 10.0) -> 
     result = {k: float(np.mean(v)) if v else float("nan") for k, v in per_image.items()}
     result["num_images"] = len(per_image["delta1"])
     return result
+
+
+def median_aligned_depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None,
+                                 min_depth: float = 1e-3, max_depth: float = 10.0) -> tuple[dict[str, float], float]:
+    """The monocular protocol on one image: `pred` `[h,w]` scaled by median(gt) / median(pred) over
+    the valid pixels (`mask` `[H,W]`, e.g. the Eigen crop, and min_depth < gt < max_depth), clamped
+    to [min_depth, max_depth], then `depth_metrics` over those pixels. Returns (metrics, scale);
+    NaN metrics and scale when no pixel is valid.
+    """
+    gt = np.asarray(gt, dtype=np.float64)
+    pred = resize_nearest(np.asarray(pred, dtype=np.float64), *gt.shape)
+    valid = np.isfinite(gt) & (gt > min_depth) & (gt < max_depth) & np.isfinite(pred) & (pred > 0)
+    if mask is not None:
+        valid &= mask
+    if not valid.any():
+        return depth_metrics(np.zeros((1, 1)), np.zeros((1, 1)), max_depth), float("nan")
+    scale = float(np.median(gt[valid]) / np.median(pred[valid]))
+    aligned = np.where(valid, np.clip(pred * scale, min_depth, max_depth), 0.0)
+    return depth_metrics(aligned, np.where(valid, gt, 0.0), max_depth), scale
 
 
 def _relative_poses(camera_to_world: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

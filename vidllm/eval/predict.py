@@ -143,6 +143,9 @@ def predict(
     from vidllm.tokenizer import build_prompt
 
     spec = registry.get(benchmark)
+    if spec.dataset is not None:  # not a shard benchmark: `vidllm.eval.geometry_sets.predict_geometry_set`
+        raise VidLLMError(f"{benchmark} reads its own dataset, not shards: vidllm predict --benchmark {benchmark} "
+                          "--data ROOT")
     task = spec.task
     protocol = canonical_protocol(protocol) if protocol is not None else None
     if patch_geometry is not None and patch_geometry not in ("predicted", "ground_truth"):

@@ -27,11 +27,13 @@ from vidllm.eval.benchmarks import registry
 from vidllm.eval.benchmarks.tables import OURS, Column, Table, TableColumns, fmt
 from vidllm.eval.predictions import read_meta
 
-# Plot sizes in inches at PLOT_DPI; the PNGs are exactly these × dpi pixels.
+# Plot sizes in inches at PLOT_DPI; the PNGs are exactly these × dpi pixels (constrained layout
+# fits legends and colourbars inside the canvas).
 PLOT_DPI = 100
-LOSS_PLOT_SIZE = (9.0, 4.5)
-DEPTH_PLOT_SIZE = (12.0, 6.0)
-TOPDOWN_PLOT_SIZE = (8.0, 8.0)
+LOSS_PLOT_SIZE = (15.0, 10.0)
+LOSS_COLUMNS = 3  # panels per row of the loss figure
+DEPTH_PLOT_SIZE = (11.0, 10.0)
+TOPDOWN_PLOT_SIZE = (9.0, 10.0)
 MAX_DEPTH_FRAMES = 4
 MAX_TOPDOWN_POINTS = 60_000
 
@@ -150,88 +152,303 @@ def _note(table: Table, parts: list[tuple[str, TableColumns]], metrics: dict[str
 # ----------------------------------------------------------------------------- plots
 
 
-def _figure(size: tuple[float, float]):
-    import matplotlib
+@dataclass(frozen=True)
+class LossGroup:
+    """One loss panel per stage: the terms named in `members` or starting with a member and "_"
+    (md → md_log, md_chamfer). `total` is the group's own weighted sum, drawn thick in its panel
+    and with the overall loss in the stage's overview panel."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    title: str
+    members: tuple[str, ...]
+    total: str | None = None
 
-    return plt, plt.figure(figsize=size, dpi=PLOT_DPI)
+
+# The grouping rule of the loss plot, in panel order: a term lands in the first group that names
+# it; a term no group names lands in OTHER_LOSSES, so a new loss term is still plotted.
+LOSS_GROUPS = (
+    LossGroup("distillation", ("geo", "lang", "sc")),
+    LossGroup("reconstruction", ("camera", "depth", "point", "rotation"), total="recon"),
+    LossGroup("metric depth", ("md",), total="md"),
+    LossGroup("vision-language", ("lm", "box", "giou", "match", "refine", "proposal"), total="vl"),
+)
+OVERALL_LOSS = "total"  # the overview panel: the overall loss and each group's total
+OTHER_LOSSES = "other"
+LR_PANEL = "learning rate"
+STAGE_TITLES = {"stage1": "Stage 1", "stage2": "Stage 2", "": "Training"}
 
 
-def _save(plt, fig, path: Path) -> Path:
-    try:
-        with atomic_path(path, keep_suffix=True) as tmp:  # savefig takes the format from the suffix
-            fig.savefig(tmp, dpi=PLOT_DPI)  # no bbox_inches="tight": the pixel size stays fixed
-    finally:
-        plt.close(fig)
+def loss_group(term: str) -> str:
+    """The panel title `term` is plotted under (OVERALL_LOSS, a LOSS_GROUPS title or OTHER_LOSSES)."""
+    if term == OVERALL_LOSS:
+        return OVERALL_LOSS
+    for group in LOSS_GROUPS:
+        if term == group.total or any(term == m or term.startswith(m + "_") for m in group.members):
+            return group.title
+    return OTHER_LOSSES
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One axis of the loss figure: `terms` of one stage (none for the LR_PANEL), `thick` drawn
+    as the panel's reference curve, y axis in `yscale` ("linear" | "log" | "symlog")."""
+
+    stage: str
+    title: str
+    terms: tuple[str, ...] = ()
+    thick: str | None = None
+    yscale: str = "linear"
+
+    @property
+    def heading(self) -> str:
+        return f"{STAGE_TITLES.get(self.stage, self.stage)} · {self.title}"
+
+
+def _yscale(values: Sequence[np.ndarray]) -> str:
+    """Log when the values are positive and span more than a decade; symlog when they also dip
+    to or below zero (e.g. a confidence-weighted depth term); else linear."""
+    finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.zeros(0)
+    positive = finite[finite > 0]
+    if not positive.size or positive.max() <= 10 * positive.min():
+        return "linear"
+    return "log" if positive.size == finite.size else "symlog"
+
+
+def loss_panels(log: rd.TrainLog) -> list[Panel]:
+    """The loss figure's panels, stage by stage (in log order): the overview, one per loss group
+    with terms logged in that stage, then the stage's learning rate."""
+    panels: list[Panel] = []
+    for stage in dict.fromkeys(log.stages):
+        rows = np.array([s == stage for s in log.stages])
+        logged = [t for t, v in log.losses.items() if np.isfinite(v[rows]).any()]
+        overview = [t for t in logged if t == OVERALL_LOSS] + [g.total for g in LOSS_GROUPS if g.total in logged]
+        found = [(OVERALL_LOSS, overview, OVERALL_LOSS if OVERALL_LOSS in logged else None)]
+        for title, total in [*((g.title, g.total) for g in LOSS_GROUPS), (OTHER_LOSSES, None)]:
+            terms = [t for t in logged if loss_group(t) == title]
+            if set(terms) - set(overview):  # a group of only its total is already in the overview
+                found.append((title, terms, total if total in terms else None))
+        for title, terms, thick in found:
+            if terms:
+                terms = sorted(terms, key=lambda t: t != thick)  # the reference curve heads the legend
+                panels.append(Panel(stage, title, tuple(terms), thick, _yscale([log.losses[t][rows] for t in terms])))
+        panels.append(Panel(stage, LR_PANEL))
+    return panels
+
+
+def _ema(values: np.ndarray, span: float) -> np.ndarray:
+    """Bias-corrected exponential moving average of `values` [T] (as TensorBoard's smoothing)."""
+    beta = 1.0 - 2.0 / (span + 1.0)
+    out = np.empty(len(values))
+    acc = 0.0
+    for i, v in enumerate(values):
+        acc = beta * acc + (1.0 - beta) * v
+        out[i] = acc / (1.0 - beta ** (i + 1))
+    return out
+
+
+def _new_figure(size: tuple[float, float]):
+    # A bare Figure (no pyplot): no global state, nothing to close, and the tests can inspect it.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=size, dpi=PLOT_DPI, layout="constrained")
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path, keep_suffix=True) as tmp:  # savefig takes the format from the suffix
+        fig.savefig(tmp, dpi=PLOT_DPI)  # no bbox_inches="tight": the pixel size stays fixed
     return path
 
 
+def _legend_outside(ax, **kwargs: Any) -> None:
+    # To the right of the axes, so it never covers a curve; constrained layout keeps it on the canvas.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False, **kwargs)
+
+
+def loss_figure(log: rd.TrainLog):
+    """Loss curves in panels by stage and group (`loss_panels`), EMA-smoothed over faint raw
+    values, with each stage's learning rate in its own panel; returns the matplotlib Figure."""
+    from matplotlib import colormaps
+
+    panels = loss_panels(log)
+    stages = list(dict.fromkeys(p.stage for p in panels))
+    per_stage = [[p for p in panels if p.stage == s] for s in stages]
+    columns = min(LOSS_COLUMNS, max(len(ps) for ps in per_stage))
+    row_counts = [-(-len(ps) // columns) for ps in per_stage]  # each stage starts a new row
+    fig = _new_figure(LOSS_PLOT_SIZE)
+    grid = fig.add_gridspec(sum(row_counts), columns)
+    palette = colormaps["tab10"].colors
+    styles = ("-", "--", ":")
+    first_row = 0
+    for stage, stage_panels, n_rows in zip(stages, per_stage, row_counts):
+        rows = np.array([s == stage for s in log.stages])
+        order = np.argsort(log.steps[rows], kind="stable")
+        steps = log.steps[rows][order]
+        for k, panel in enumerate(stage_panels):
+            ax = fig.add_subplot(grid[first_row + k // columns, k % columns])
+            ax.set_title(panel.heading, fontsize=10)
+            ax.set_xlabel("step", fontsize=8)
+            ax.tick_params(labelsize=8)
+            ax.grid(True, alpha=0.3, linewidth=0.5)
+            if panel.title == LR_PANEL:
+                ax.plot(steps, log.lr[rows][order], color="black", linewidth=1.5)
+                ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+                continue
+            others = [t for t in panel.terms if t != panel.thick]
+            for term in panel.terms:
+                values = log.losses[term][rows][order]
+                ok = np.isfinite(values)
+                if not ok.any():
+                    continue
+                if term == panel.thick:
+                    color, style, width = "black", "-", 2.2
+                else:
+                    n = others.index(term)
+                    color, style, width = palette[n % len(palette)], styles[n // len(palette) % len(styles)], 1.4
+                x, y = steps[ok], values[ok]
+                ax.plot(x, y, color=color, linewidth=0.8, alpha=0.25)
+                ax.plot(x, _ema(y, float(np.clip(len(y) / 10, 1, 50))), color=color, linestyle=style,
+                        linewidth=width, label=term)
+            if panel.yscale == "symlog":
+                magnitudes = np.abs(np.concatenate([log.losses[t][rows] for t in panel.terms]))
+                magnitudes = magnitudes[np.isfinite(magnitudes) & (magnitudes > 0)]
+                ax.set_yscale("symlog", linthresh=float(np.percentile(magnitudes, 5)))
+            else:
+                ax.set_yscale(panel.yscale)
+            _legend_outside(ax, fontsize=8)
+        first_row += n_rows
+    fig.suptitle("Training losses per stage (EMA-smoothed; raw values faint) and learning rate", fontsize=11)
+    return fig
+
+
 def plot_losses(log: rd.TrainLog, path: Path) -> Path:
-    plt, fig = _figure(LOSS_PLOT_SIZE)
-    ax_loss, ax_lr = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1]})
-    for term, values in log.losses.items():
-        ok = np.isfinite(values)
-        if ok.any():
-            ax_loss.plot(log.steps[ok], values[ok], label=term, linewidth=1.2)
-    positive = [v[np.isfinite(v)] for v in log.losses.values()]
-    if positive and all((v > 0).all() for v in positive if v.size):
-        ax_loss.set_yscale("log")
-    # Stage boundaries help read the two-stage schedule.
-    for k in range(1, len(log.stages)):
-        if log.stages[k] != log.stages[k - 1]:
-            ax_loss.axvline(log.steps[k], color="gray", linestyle=":", linewidth=1)
-    ax_loss.set(xlabel="step", ylabel="loss", title="training loss per term")
-    if log.losses:
-        ax_loss.legend(fontsize=8)
-    ax_lr.plot(log.steps, log.lr, color="black")
-    ax_lr.set(xlabel="step", title="learning rate")
-    fig.tight_layout()
-    return _save(plt, fig, path)
+    return _save(loss_figure(log), path)
+
+
+def _resize_nearest(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """`image` [h,w] sampled to `shape` [H,W] by nearest neighbour."""
+    rows = (np.arange(shape[0]) * image.shape[0] // shape[0]).astype(int)
+    cols = (np.arange(shape[1]) * image.shape[1] // shape[1]).astype(int)
+    return image[rows][:, cols]
+
+
+DEPTH_COLUMNS = ("RGB", "GT depth", "predicted depth", "error: predicted − GT")
+
+
+def depth_figure(geometry: dict[str, np.ndarray], title: str):
+    """Per frame (≤ MAX_DEPTH_FRAMES, spread over the clip) one row of DEPTH_COLUMNS: the input
+    frame (`colors` [N,H,W,3], when recorded), GT and predicted depth on one colour scale, and the
+    signed error on GT-valid pixels with its own scale. geometry: depth_pred [N,h,w],
+    depth_gt [N,H,W] (0 = invalid), optional frame_ids [N]; returns the matplotlib Figure."""
+    from matplotlib import colormaps
+
+    pred, gt = np.asarray(geometry["depth_pred"], np.float64), np.asarray(geometry["depth_gt"], np.float64)
+    colors = geometry.get("colors")
+    frames = np.linspace(0, len(gt) - 1, min(MAX_DEPTH_FRAMES, len(gt))).round().astype(int)
+    frame_ids = geometry.get("frame_ids", np.arange(len(gt)))
+    valid_gt = [np.isfinite(gt[f]) & (gt[f] > 0) for f in frames]
+    pred_on_gt = [_resize_nearest(pred[f], gt[f].shape) for f in frames]
+    errors = [np.where(v, p - gt[f], np.nan) for f, v, p in zip(frames, valid_gt, pred_on_gt)]
+    shown = np.concatenate([*(gt[f][v] for f, v in zip(frames, valid_gt)),
+                            *(p[np.isfinite(p)].ravel() for p in pred_on_gt)])
+    lo, hi = (np.percentile(shown, [1, 99]) if shown.size else (0.0, 1.0))
+    hi = max(float(hi), float(lo) + 1e-6)
+    finite_err = np.abs(np.concatenate([e[np.isfinite(e)] for e in errors]))
+    err_max = max(float(np.percentile(finite_err, 99)) if finite_err.size else 1.0, 1e-6)
+    depth_cmap, err_cmap = colormaps["viridis"].with_extremes(bad="0.85"), colormaps["RdBu_r"].with_extremes(bad="0.85")
+
+    fig = _new_figure(DEPTH_PLOT_SIZE)
+    axes = np.asarray(fig.subplots(len(frames), len(DEPTH_COLUMNS), squeeze=False))
+    depth_image = err_image = None
+    for row, f in enumerate(frames):
+        rgb, gt_ax, pred_ax, err_ax = axes[row]
+        if colors is not None and len(colors) > f:
+            rgb.imshow(np.asarray(colors[f]))
+        else:
+            rgb.text(0.5, 0.5, "no RGB recorded", ha="center", va="center", fontsize=8, transform=rgb.transAxes)
+        gt_ax.imshow(np.where(valid_gt[row], gt[f], np.nan), cmap=depth_cmap, vmin=lo, vmax=hi)
+        depth_image = pred_ax.imshow(pred[f], cmap=depth_cmap, vmin=lo, vmax=hi)
+        err_image = err_ax.imshow(errors[row], cmap=err_cmap, vmin=-err_max, vmax=err_max)
+        v = valid_gt[row]
+        abs_rel = float(np.mean(np.abs(pred_on_gt[row][v] - gt[f][v]) / gt[f][v])) if v.any() else float("nan")
+        err_ax.set_title(f"AbsRel {abs_rel:.3f}", fontsize=8)
+        rgb.set_ylabel(f"frame {int(frame_ids[f])}", fontsize=9)
+        for ax in axes[row]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for ax, name in zip(axes[0], DEPTH_COLUMNS):
+        ax.set_title(name if ax is not axes[0, 3] else f"{name}\n{ax.get_title()}", fontsize=9)
+    fig.colorbar(depth_image, ax=axes[:, 1:3].ravel().tolist(), location="bottom", shrink=0.7,
+                 label="depth (m), GT and predicted")
+    fig.colorbar(err_image, ax=axes[:, 3].tolist(), location="bottom", shrink=0.9, label="error (m)")
+    fig.suptitle(title, fontsize=11)
+    return fig
 
 
 def plot_depth(geometry: dict[str, np.ndarray], path: Path, title: str) -> Path:
-    pred, gt = geometry["depth_pred"], geometry["depth_gt"]
-    frames = np.linspace(0, len(gt) - 1, min(MAX_DEPTH_FRAMES, len(gt))).round().astype(int)
-    frame_ids = geometry.get("frame_ids", np.arange(len(gt)))
-    valid = gt[np.isfinite(gt) & (gt > 0)]
-    vmax = float(np.percentile(valid, 99)) if valid.size else 1.0
-    plt, fig = _figure(DEPTH_PLOT_SIZE)
-    axes = np.asarray(fig.subplots(2, len(frames), squeeze=False))
-    for col, f in enumerate(frames):
-        for row, (image, label) in enumerate(((gt[f], "GT"), (pred[f], "predicted"))):
-            ax = axes[row, col]
-            shown = ax.imshow(image, cmap="viridis", vmin=0.0, vmax=vmax)
-            ax.set_title(f"{label} depth, frame {int(frame_ids[f])}", fontsize=9)
-            ax.axis("off")
-    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label="metres")
-    fig.suptitle(title)
-    return _save(plt, fig, path)
+    return _save(depth_figure(geometry, title), path)
 
 
-def plot_topdown(geometry: dict[str, np.ndarray], path: Path, title: str) -> Path:
+def _camera_centres(poses: Any) -> np.ndarray:
+    """Camera centres [N',3] of camera-to-world poses [N,4,4], frames with non-finite poses dropped."""
+    centres = np.asarray(poses, dtype=np.float64).reshape(-1, 4, 4)[:, :3, 3]
+    return centres[np.isfinite(centres).all(1)]
+
+
+# (geometry key, colour, line style, legend label) of the top-down plot's boxes and camera paths.
+TOPDOWN_BOXES = (("boxes_gt", "tab:green", "-", "GT box"), ("boxes_pred", "tab:red", "--", "predicted box"))
+# The GT path is wider and below the predicted one, so it still shows where the two coincide.
+TOPDOWN_PATHS = (("camera_to_world_gt", "black", "--", 2.6, "GT camera path"),
+                 ("camera_to_world_pred", "tab:blue", "-", 1.4, "predicted camera path"))
+
+
+def topdown_figure(geometry: dict[str, np.ndarray], title: str):
+    """Top-down (x, y) view of the predicted point cloud (`points_pred` [K,3], grey by height)
+    with GT and predicted boxes ([G|P,6] centre + size) and the GT and predicted camera paths
+    (centres of camera_to_world_* [N,4,4] in frame order, start starred); each present part gets
+    a legend entry (artist gid = its geometry key). Returns the matplotlib Figure."""
     from matplotlib.patches import Rectangle
 
-    points = np.asarray(geometry["points_pred"], dtype=np.float64).reshape(-1, 3)
+    points = np.asarray(geometry.get("points_pred", np.zeros((0, 3))), dtype=np.float64).reshape(-1, 3)
     points = points[np.isfinite(points).all(1)]
     if len(points) > MAX_TOPDOWN_POINTS:  # deterministic thinning keeps the plot fast
         points = points[np.linspace(0, len(points) - 1, MAX_TOPDOWN_POINTS).astype(int)]
-    plt, fig = _figure(TOPDOWN_PLOT_SIZE)
+    fig = _new_figure(TOPDOWN_PLOT_SIZE)
     ax = fig.add_subplot(1, 1, 1)
     if len(points):
-        ax.scatter(points[:, 0], points[:, 1], c=points[:, 2], s=0.5, cmap="viridis", alpha=0.5, rasterized=True)
-    for key, color, label in (("boxes_gt", "tab:green", "GT box"), ("boxes_pred", "tab:red", "predicted box")):
+        z = points[:, 2]
+        low, high = np.percentile(z, [2, 98])
+        # Greys from mid-grey up: the coloured boxes and paths stay the most visible marks.
+        size = float(np.clip(20_000 / len(points), 1.0, 3.0))  # sparse clouds get bigger dots
+        ax.scatter(points[:, 0], points[:, 1], c=z, s=size, cmap="Greys", vmin=low - 0.6 * (high - low), vmax=high,
+                   alpha=0.8, linewidths=0, rasterized=True, label="predicted points (darker = higher)",
+                   gid="points_pred")
+    for key, color, style, label in TOPDOWN_BOXES:
         boxes = np.asarray(geometry.get(key, np.zeros((0, 6))), dtype=np.float64).reshape(-1, 6)
-        for n, (cx, cy, _, dx, dy, _) in enumerate(boxes):
-            ax.add_patch(Rectangle((cx - dx / 2, cy - dy / 2), dx, dy, fill=False, edgecolor=color, linewidth=1.5,
-                                   label=label if n == 0 else None))
-    ax.set_aspect("equal")
+        for n, (cx, cy, _, dx, dy, _) in enumerate(boxes[np.isfinite(boxes).all(1)]):
+            ax.add_patch(Rectangle((cx - dx / 2, cy - dy / 2), dx, dy, fill=False, edgecolor=color, linestyle=style,
+                                   linewidth=1.8, label=label if n == 0 else None, gid=key))
+    starts = []
+    for key, color, style, width, label in TOPDOWN_PATHS:
+        centres = _camera_centres(geometry.get(key, np.zeros((0, 4, 4))))
+        if len(centres):
+            ax.plot(centres[:, 0], centres[:, 1], color=color, linestyle=style, linewidth=width, marker="o",
+                    markersize=2 + width, label=label, gid=key)
+            starts.append((centres[0], color))
+    for n, (start, color) in enumerate(starts):  # GT's star is bigger: both show when the protocol aligns them
+        ax.plot(start[0], start[1], marker="*", markersize=20 - 9 * n, color=color, markeredgecolor="white",
+                linestyle="none", label="path start" if n == 0 else None, gid="path_start")
+    ax.set_aspect("equal", adjustable="datalim")
     ax.set(xlabel="x (m)", ylabel="y (m)", title=title)
+    ax.grid(True, alpha=0.3, linewidth=0.5)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper right")
-    fig.tight_layout()
-    return _save(plt, fig, path)
+        legend = ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, fontsize=9, frameon=False)
+        for handle in legend.legend_handles:
+            if hasattr(handle, "set_sizes"):  # the point cloud's marker, too small to see at s=0.6
+                handle.set_sizes([25.0])
+    return fig
+
+
+def plot_topdown(geometry: dict[str, np.ndarray], path: Path, title: str) -> Path:
+    return _save(topdown_figure(geometry, title), path)
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -280,17 +497,20 @@ def _render_html(title: str, blocks: list[Block]) -> str:
     return "\n".join(out)
 
 
-def _predicted_boxes(predictions_dir: Path, scene_id: str) -> np.ndarray:
-    """Boxes predicted for `scene_id` by the grounding runs (ids `scene|object|ann`), for the top-down plot."""
+def _predicted_boxes(predictions_dir: Path) -> dict[str, np.ndarray]:
+    """{scene_id: boxes [P,6]} predicted by the grounding runs (ids `scene|object|ann`), for the
+    top-down plots; scenes without a predicted box are left out."""
     from vidllm.eval.predictions import read_predictions
 
-    boxes = [np.zeros((0, 6))]
+    boxes: dict[str, list[np.ndarray]] = {}
     for benchmark in (spec.name for spec in registry.specs() if spec.plot_boxes):
         path = predictions_dir / f"{benchmark}.jsonl"
         if path.is_file():
-            preds = read_predictions(path, benchmark)
-            boxes += [p.boxes for p in preds.values() if p.id.split("|", 1)[0] == scene_id]
-    return np.concatenate(boxes)
+            for p in read_predictions(path, benchmark).values():
+                found = np.asarray(p.boxes, dtype=np.float64).reshape(-1, 6)
+                if len(found):
+                    boxes.setdefault(p.id.split("|", 1)[0], []).append(found)
+    return {scene: np.concatenate(b) for scene, b in boxes.items()}
 
 
 def _seconds_per_scene(predictions_dir: Path) -> float | None:
@@ -355,20 +575,25 @@ def build_report(run: str | Path, max_scenes: int = 2, progress: Callable[[str],
         log = rd.read_train_log(log_path)
         if len(log.steps):
             report.plots.append(plot_losses(log, plots_dir / "loss_curves.png"))
-            figures.append(("img", ("plots/loss_curves.png", "Training loss per term and learning rate")))
-    for geo_path in sorted((run / rd.GEOMETRY_DIR).glob("*.npz"))[:max_scenes]:
+            figures.append(("img", ("plots/loss_curves.png",
+                                    "Training losses per stage and loss group, and each stage's learning rate")))
+    predicted_boxes = _predicted_boxes(run / rd.PREDICTIONS_DIR)
+    # Scenes with predicted boxes first: those are the evaluated ones, and their top-down plot shows both box sets.
+    geo_paths = sorted((run / rd.GEOMETRY_DIR).glob("*.npz"), key=lambda p: (p.stem not in predicted_boxes, p.stem))
+    for geo_path in geo_paths[:max_scenes]:
         scene = geo_path.stem
         say(f"plot geometry of {scene}")
         geometry = rd.read_geometry(geo_path)
         if "depth_pred" in geometry and "depth_gt" in geometry:
             report.plots.append(plot_depth(geometry, plots_dir / f"depth_{scene}.png", f"{scene}: depth"))
-            figures.append(("img", (f"plots/depth_{scene}.png", f"{scene}: ground-truth vs predicted depth")))
+            figures.append(("img", (f"plots/depth_{scene}.png",
+                                    f"{scene}: input frame, GT and predicted depth, and the error per frame")))
         if "points_pred" in geometry and "boxes_pred" not in geometry:
-            geometry["boxes_pred"] = _predicted_boxes(run / rd.PREDICTIONS_DIR, scene)
+            geometry["boxes_pred"] = predicted_boxes.get(scene, np.zeros((0, 6)))
         if "points_pred" in geometry:
             report.plots.append(plot_topdown(geometry, plots_dir / f"topdown_{scene}.png", f"{scene}: top-down view"))
-            figures.append(("img", (f"plots/topdown_{scene}.png",
-                                    f"{scene}: predicted point cloud (top-down), predicted (red) and GT (green) boxes")))
+            figures.append(("img", (f"plots/topdown_{scene}.png", f"{scene}: predicted point cloud (top-down), "
+                                                                  "predicted and GT boxes and camera paths")))
     if figures:
         blocks += [("h2", "Figures"), *figures]
 

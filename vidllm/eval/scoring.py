@@ -128,7 +128,7 @@ def recorded_proposals(meta: Mapping[str, Any]) -> str | None:
 def _rescore_maps(spec: Any, meta: Mapping[str, Any], recorded: str, requested: str, scenes: Sequence[str],
                   where: Path) -> dict[str, Any]:
     """Per scene, the map from the world as predicted (`recorded`) to the world under `requested`;
-    {} where nothing scored depends on it (text answers)."""
+    {} where nothing scored depends on it (text answers; pose and depth on their own datasets)."""
     from vidllm.eval.predictions import meta_path
 
     redo = f"make the predictions again with vidllm predict --protocol {requested}"
@@ -139,6 +139,8 @@ def _rescore_maps(spec: Any, meta: Mapping[str, Any], recorded: str, requested: 
         raise VidLLMError(f"{where}: these predictions were made from boxes given to the model in its scene frame, "
                           f"placed under {recorded}; they cannot be rescored under {requested}: {redo}")
     if spec.task.kind == "text":
+        return {}
+    if spec.dataset is not None:  # relative poses and per-image median-scaled depth: invariant to a Sim(3)
         return {}
     frames = meta.get("scene_frames")
     if not isinstance(frames, Mapping):

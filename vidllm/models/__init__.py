@@ -12,6 +12,7 @@ from typing import Any
 _EXPORTS = {
     "VidLLM": "vidllm.models.vidllm",
     "VisionOutput": "vidllm.models.vidllm",
+    "VisionState": "vidllm.models.vidllm",
     "GenerationResult": "vidllm.models.vidllm",
     "SharedEncoder": "vidllm.models.encoder",
     "CrossTaskAdapter": "vidllm.models.cross_task_adapter",

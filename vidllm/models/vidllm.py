@@ -51,6 +51,28 @@ class VisionOutput:
         return decode_proposals(self.objectness, self.proposal_boxes, self.voxel_mask, max_proposals)
 
 
+# The reconstruction outputs `generate` reads after the vision pass (the rest are dropped from a kept state).
+_GEOMETRY_KEYS = ("depth_metric_aligned", "extrinsics", "intrinsics", "scale")
+
+
+@dataclass
+class VisionState:
+    """The question-independent part of `generate` for a batch of videos (`VidLLM.vision_state`),
+    kept so later questions skip it: the vision pass (encoder, CTA, reconstruction branch,
+    3D-patch tokens, proposal votes), and, filled on first use, the model's own proposals, each
+    point stride's scene geometry and the LLM's key/value cache over each scene's vision tokens.
+
+    Reusing it gives the same results as `generate` without it, bit for bit: every part is
+    computed once by the same code, and the LLM prefix cache is copied, never extended, per prompt.
+    """
+
+    images: Tensor  # [B, S, 3, H, W] in [0, 1], on the model's device
+    vision: VisionOutput  # recon holds only the geometry `generate` reads
+    proposals: tuple[Tensor, Tensor] | None = None  # own proposals ([B, M, 6], mask [B, M])
+    geometry: dict[int, list[dict]] = field(default_factory=dict)  # point stride → per-scene geometry
+    prefixes: dict[tuple[int, ...], tuple[DynamicCache, Tensor]] = field(default_factory=dict)  # ids before <image>
+
+
 @dataclass
 class GenerationResult:
     text: str
@@ -339,6 +361,7 @@ class VidLLM(nn.Module):
         first_camera_center: Tensor | None = None,
         point_stride: int = 4,
         geometry: dict[str, Tensor] | None = None,
+        vision: VisionState | None = None,
     ) -> list[GenerationResult]:
         """Answer `prompts` about videos and return text, boxes and geometry in one pass.
 
@@ -346,7 +369,8 @@ class VidLLM(nn.Module):
         every prompt continues from a copy of its scene's key/value cache.
 
         Args:
-            images: `[B, S, 3, H, W]` in [0, 1]; B = len(prompts), or B = 1 shared by all prompts.
+            images: `[B, S, 3, H, W]` in [0, 1]; B = len(prompts), or B = 1 shared by all prompts
+                (None when `vision` is given).
             prompts: full prompts containing `<image>` (see `vidllm.tokenizer.build_prompt`), all
                 with the same text before it.
             proposals: `[B, M, 6]` scene-frame proposals to score, or "own": the model's own
@@ -358,25 +382,39 @@ class VidLLM(nn.Module):
             first_camera_center: `[B, 3]` (or `[3]`) GT first camera centre in the axis-aligned
                 ScanNet world; maps boxes to `boxes_world` (benchmarks' protocol).
             point_stride: pixel stride of the returned point cloud.
+            vision: a `vision_state` of these videos (then `images` may be None and `geometry`
+                must be): its vision pass, proposals, geometry and LLM prefix are reused.
         """
         was_training = self.training
         self.eval()
         try:
-            if images.shape[0] not in (1, len(prompts)):
-                raise ValueError(f"images batch {images.shape[0]} must be 1 or len(prompts) = {len(prompts)}")
-            vision = self.encode_video(images, geometry=geometry)
+            batch = (vision.images if vision is not None else images).shape[0]
+            if batch not in (1, len(prompts)):
+                raise ValueError(f"images batch {batch} must be 1 or len(prompts) = {len(prompts)}")
+            if vision is None:
+                vision = self.vision_state(images, geometry=geometry)
+            elif geometry is not None:
+                raise ValueError("geometry belongs to the vision pass: give it to vision_state, not with vision=")
+            elif images is not None and images.shape != vision.images.shape:
+                raise ValueError(f"images {tuple(images.shape)} are not the videos of the vision state "
+                                 f"{tuple(vision.images.shape)}")
+            images = vision.images
             proposal_mask = None
             if isinstance(proposals, str):
                 if proposals != "own":
                     raise ValueError(f"proposals must be a tensor or 'own', got {proposals!r}")
-                proposals, proposal_mask = vision.own_proposals(self.config.grounding.max_proposals)
-            scene_geometry = [self._scene_geometry(images[b], vision.recon, vision.scene_rotation, b, point_stride)
-                              for b in range(images.shape[0])]  # once per scene, shared by its prompts
+                if vision.proposals is None:
+                    vision.proposals = vision.vision.own_proposals(self.config.grounding.max_proposals)
+                proposals, proposal_mask = vision.proposals
+            if point_stride not in vision.geometry:  # once per scene and stride, shared by its prompts
+                vision.geometry[point_stride] = [
+                    self._scene_geometry(images[b], vision.vision.recon, vision.vision.scene_rotation, b, point_stride)
+                    for b in range(batch)]
+            scene_geometry = vision.geometry[point_stride]
             encoded = [tokenizer(p, return_tensors="pt", add_special_tokens=False)["input_ids"].to(images.device)
                        for p in prompts]
             image_at = self._prompt_image_column(encoded)
-            before = self.llm.get_input_embeddings()(encoded[0][:, :image_at])
-            cache, prefix_mask = self._vision_prefix(vision, before)
+            cache, prefix_mask = self._state_prefix(vision, encoded[0][:, :image_at])
             per_prompt_boxes = object_boxes is not None and object_boxes.shape[0] == len(prompts)
             llm_config = decoder_of(self.llm).config
             results = []
@@ -413,6 +451,35 @@ class VidLLM(nn.Module):
             return results
         finally:
             self.train(was_training)
+
+    @torch.no_grad()
+    def vision_state(self, images: Tensor, geometry: dict[str, Tensor] | None = None) -> VisionState:
+        """The vision pass of `generate` over `images [B, S, 3, H, W]` in [0, 1], to pass as
+        `generate(..., vision=state)` for any number of later prompts about the same videos.
+        `geometry` as in `encode_video`."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.encode_video(images, geometry=geometry)
+        finally:
+            self.train(was_training)
+        recon = {k: out.recon[k] for k in _GEOMETRY_KEYS}  # the rest (features, confidences) is not read again
+        return VisionState(images, VisionOutput(recon, out.tokens, out.mask, out.xyz, out.voxel_mask,
+                                                out.scene_rotation, out.objectness, out.proposal_boxes))
+
+    # Distinct texts before <image> whose LLM prefix a state keeps (`build_prompt` has one: none).
+    _KEPT_PREFIXES = 4
+
+    def _state_prefix(self, state: VisionState, ids_before: Tensor) -> tuple[DynamicCache, Tensor]:
+        """The LLM prefix (`_vision_prefix`) of `state` after the token ids `ids_before [1, i]`,
+        computed once per distinct text. Callers copy rows out of the cache (`select_cache`)."""
+        key = tuple(ids_before[0].tolist())
+        if key not in state.prefixes:
+            if len(state.prefixes) >= self._KEPT_PREFIXES:
+                state.prefixes.pop(next(iter(state.prefixes)))
+            before = self.llm.get_input_embeddings()(ids_before)
+            state.prefixes[key] = self._vision_prefix(state.vision, before)
+        return state.prefixes[key]
 
     def _prompt_image_column(self, encoded: list[Tensor]) -> int:
         """The `<image>` column shared by every prompt (ValueError naming the prompt otherwise)."""

@@ -25,6 +25,7 @@ from vidllm.eval.report import build_report
 
 PACKAGE = Path(__file__).resolve().parents[3] / "vidllm"
 BENCHMARK_MODULES = ("scanqa", "sqa3d", "scanrefer", "multi3drefer", "scan2cap", "nr3d", "sr3d", "recon", "vsibench")
+DATASET_MODULES = ("co3d", "re10k", "nyuv2")  # on their own dataset folders (`vidllm predict --data`)
 
 
 def _choices(command: str, option: str) -> list[str]:
@@ -36,9 +37,10 @@ def _choices(command: str, option: str) -> list[str]:
 
 def test_every_benchmark_is_registered_once_by_its_own_module():
     assert registry.names() == BENCHMARK_MODULES  # registration order: the evaluation order
+    assert registry.dataset_benchmarks() == DATASET_MODULES
     modules = [m.name for m in pkgutil.iter_modules(benchmarks.__path__)
                if hasattr(importlib.import_module(f"vidllm.eval.benchmarks.{m.name}"), "SPEC")]
-    assert sorted(modules) == sorted(BENCHMARK_MODULES)
+    assert sorted(modules) == sorted(BENCHMARK_MODULES + DATASET_MODULES)
     for name in modules:
         assert registry.get(name) is importlib.import_module(f"vidllm.eval.benchmarks.{name}").SPEC
     with pytest.raises(ValueError, match="already registered"):
@@ -50,9 +52,9 @@ def test_every_benchmark_is_registered_once_by_its_own_module():
 def test_derived_lists_keep_the_hand_written_ones():
     assert registry.text_benchmarks() == ("scanqa", "sqa3d", "scan2cap", "vsibench")
     assert registry.box_benchmarks() == ("scanrefer", "multi3drefer", "nr3d", "sr3d")
-    assert registry.geometry_benchmarks() == ("recon",)
-    assert registry.choices() == ("scanqa", "sqa3d", "scan2cap", "vsibench", "scanrefer", "multi3drefer", "nr3d", "sr3d",
-                                  "recon")
+    assert registry.geometry_benchmarks() == ("recon", *DATASET_MODULES)
+    assert registry.choices() == ("scanqa", "sqa3d", "scan2cap", "vsibench", "scanrefer", "multi3drefer", "nr3d",
+                                  "sr3d", "recon", *DATASET_MODULES)
     assert set(annotations.grounding_tasks()) == {"scanrefer", "nr3d", "sr3d", "multi3drefer"}
     assert set(annotations.annotation_tasks()) == set(annotations.trained_tasks()) == set(BENCHMARK_MODULES) - {"recon"}
     assert {s.name for s in registry.specs() if s.task.needs_boxes} == {"scanrefer", "multi3drefer", "nr3d", "sr3d",

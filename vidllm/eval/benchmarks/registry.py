@@ -43,6 +43,19 @@ class ScoreInputs:
 
 
 @dataclass(frozen=True)
+class DatasetSpec:
+    """A benchmark whose clips come from its own published dataset folder (`vidllm predict --data
+    ROOT`, `vidllm.eval.geometry_sets`) instead of the ScanNet shards."""
+
+    title: str  # as the paper names it, e.g. "Co3Dv2"
+    # (root, split, frames per clip or None = all, seed) -> [vidllm.data.geometry_sets.GeometryClip]
+    load: Callable[[Path, str | None, int | None, int], Sequence[Any]]
+    measures: str  # "pose": camera poses of multi-frame clips; "depth": monocular depth of single images
+    default_split: str | None = None
+    default_frames: int | None = None  # frames drawn per clip (VGGT's pose protocol: 10)
+
+
+@dataclass(frozen=True)
 class BenchmarkSpec:
     task: Task
     # -> {"metrics", "subgroups", "count", ...}, merged into the result, and "per_sample": one row per item,
@@ -55,6 +68,7 @@ class BenchmarkSpec:
     plot_boxes: bool = False  # its predicted boxes are drawn on the report's top-down plots (ids start "scene|")
     tables: tuple[TableColumns, ...] = ()  # its columns in the report's tables
     ablation_columns: tuple[Column, ...] = ()  # its columns in `vidllm ablate`'s table
+    dataset: DatasetSpec | None = None  # its own dataset folder; None = the ScanNet shards
 
     @property
     def name(self) -> str:  # the CLI, metrics.json and Instruction.task name
@@ -98,8 +112,14 @@ def specs() -> tuple[BenchmarkSpec, ...]:
 
 
 def names() -> tuple[str, ...]:
-    """Every benchmark in registration order (what `vidllm evaluate` runs by default)."""
-    return tuple(BENCHMARKS)
+    """Every benchmark run on the ScanNet shards, in registration order (what `vidllm evaluate`
+    runs by default); those reading their own dataset (`dataset_benchmarks`) are left out."""
+    return tuple(name for name, spec in BENCHMARKS.items() if spec.dataset is None)
+
+
+def dataset_benchmarks() -> tuple[str, ...]:
+    """Benchmarks on their own published dataset folder (`vidllm predict --data`), in registration order."""
+    return tuple(name for name, spec in BENCHMARKS.items() if spec.dataset is not None)
 
 
 def _of_kind(kind: str) -> tuple[str, ...]:
