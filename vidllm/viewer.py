@@ -28,6 +28,7 @@ from vidllm.errors import DataError, VidLLMError
 if TYPE_CHECKING:
     from vidllm.eval.protocols import WorldMap
     from vidllm.inference import Reconstruction, VideoClip, VideoModel
+    from vidllm.models.vidllm import VisionState
 
 MAX_POINTS = 400_000  # more slows the page's first load without showing more
 MAX_LABEL_CHARS = 60
@@ -79,13 +80,19 @@ class ModelSession:
     model: VideoModel
     clip: VideoClip
     to_view: WorldMap | None = None
+    vision: VisionState | None = None  # the clip's vision pass, run on the first question, shared by the rest
+
+    def _vision(self) -> VisionState:
+        if self.vision is None:
+            self.vision = self.model.encode(self.clip)
+        return self.vision
 
     def ask(self, question: str) -> str:
-        return self.model.ask(self.clip, question).text
+        return self.model.ask(self.clip, question, vision=self._vision()).text
 
     def ground(self, phrase: str) -> tuple[np.ndarray, str]:
         """([n,6] boxes in the viewer's coordinates, the model's answer text)."""
-        found = self.model.ground(self.clip, phrase)
+        found = self.model.ground(self.clip, phrase, vision=self._vision())
         boxes = found.boxes if self.to_view is None else self.to_view.boxes(found.boxes)
         return np.asarray(boxes, dtype=np.float64).reshape(-1, 6), found.text
 

@@ -81,7 +81,10 @@ def run(args: argparse.Namespace) -> int:
     def interrupt(signum, frame):  # `kill PID` stops as cleanly as Ctrl-C
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
+    # SIGINT too: a process started in the background by a shell inherits SIGINT ignored, and
+    # Python then never raises KeyboardInterrupt, so "Ctrl-C stops" would not hold.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, interrupt)
     try:
         while True:
             time.sleep(3600)

@@ -88,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     viewer = build_viewer(scene, session, host=args.host, port=args.port)
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    # SIGINT too: a process started in the background by a shell inherits SIGINT ignored, and
+    # Python then never raises KeyboardInterrupt, so Ctrl-C (or `kill -INT`) would not stop it.
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         print(f"viewer: {viewer.url}  ({len(scene.points)} points; "
               f"questions {'on' if session else 'off'}; Ctrl-C to stop)", flush=True)
@@ -97,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("stopping the viewer", file=sys.stderr)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         viewer.stop()
     return 0
