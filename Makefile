@@ -31,7 +31,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 setup: $(VENV)/.installed
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 demo: setup
 	$(BIN)/python -m flows.demo --out demo_out
