@@ -15,26 +15,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vidllm.data.synthetic.room_layout import look_at
+
 PT3D_FROM_OPENCV = np.diag([-1.0, -1.0, 1.0])
-
-
-def look_at(centre: np.ndarray, target: np.ndarray = np.zeros(3), up: np.ndarray = np.array([0.0, 0.0, 1.0])
-            ) -> np.ndarray:
-    """OpenCV camera-to-world `[4,4]` at `centre` looking at `target` (x right, y down, z forward)."""
-    z = target - centre
-    z = z / np.linalg.norm(z)
-    x = np.cross(z, up)
-    x = x / np.linalg.norm(x)
-    y = np.cross(z, x)
-    pose = np.eye(4)
-    pose[:3, :3] = np.stack([x, y, z], axis=1)
-    pose[:3, 3] = centre
-    return pose
 
 
 def orbit(count: int, radius: float = 3.0, height: float = 1.0, start: float = 0.0, step: float = 0.4) -> np.ndarray:
     """`count` cameras `[count,4,4]` on a circle around the origin, looking at it."""
-    return np.stack([look_at(np.array([radius * np.cos(a), radius * np.sin(a), height]))
+    return np.stack([look_at(np.array([radius * np.cos(a), radius * np.sin(a), height]), np.zeros(3))
                      for a in start + step * np.arange(count)])
 
 
