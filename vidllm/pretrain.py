@@ -7,7 +7,10 @@ scenes is a benchmark scene) and writes
 
     out_dir/vggt.safetensors   a VGGT-format checkpoint (VGGT key names, `to_vggt_state_dict`) of the
                                model's own encoder + reconstruction branch trained on RGB-D + poses
-                               with the VGGT-style camera / depth / point losses
+                               with the VGGT-style camera / depth / point losses; with
+                               teachers.pretrain.dino_steps the encoder first learns per-patch
+                               object class and colour (a miniature DINOv2: VGGT's patch embed
+                               starts from DINOv2, whose patch tokens carry semantics)
     out_dir/geometry/          its DINO patch embed as a Dinov2 directory (`export_vggt_dino`, as
                                `vidllm vggt-dino` does with real VGGT weights): teachers.geometry
     out_dir/semantic/          a CLIPVisionModel trained with per-patch object-class and colour heads
@@ -48,7 +51,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "vidllm-pretrained-teachers"
-CODE_VERSION = 1
+CODE_VERSION = 2  # 2: compact corpus (uint8 frames, float16 CLIP inputs)
 VGGT_NAME, GEOMETRY_NAME, SEMANTIC_NAME = "vggt.safetensors", "geometry", "semantic"
 HELDOUT_FRACTION = 0.2
 IGNORE = -100
@@ -60,13 +63,14 @@ IGNORE = -100
 @dataclass
 class CorpusScene:
     scene_id: str
-    images: Tensor  # [F, 3, H, W] float in [0, 1]
-    depth: Tensor  # [F, H, W] metres, 0 = none
+    # Compact dtypes, converted per batch: a corpus of hundreds of scenes is held in memory.
+    images: Tensor  # [F, 3, H, W] uint8 RGB
+    depth: Tensor  # [F, H, W] float32 metres, 0 = none
     poses: Tensor  # [F, 4, 4] camera → scan world
     intrinsics: Tensor  # [3, 3] of the H x W frames
     axis_alignment: Tensor  # [4, 4]
-    classes: Tensor  # [F, H, W] int64 index into class_names()
-    colors: Tensor  # [F, H, W] int64 index into color_names(), IGNORE on room surfaces
+    classes: Tensor  # [F, H, W] int16 index into class_names()
+    colors: Tensor  # [F, H, W] int16 index into color_names(), IGNORE on room surfaces
 
 
 def class_names() -> list[str]:
@@ -138,12 +142,13 @@ def build_corpus(cfg: VidLLMConfig, work_dir: Path, progress: bool = True) -> li
                 colors.append(col)
             corpus.append(CorpusScene(
                 scene_id=scene.scene_id,
-                images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0,
+                images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
                 depth=torch.from_numpy(np.stack(depths).astype(np.float32)),
                 poses=torch.from_numpy(np.stack(poses)).float(),
                 intrinsics=torch.from_numpy(k).float(),
                 axis_alignment=torch.from_numpy(np.asarray(scene.axis_alignment)).float(),
-                classes=torch.from_numpy(np.stack(classes)), colors=torch.from_numpy(np.stack(colors))))
+                classes=torch.from_numpy(np.stack(classes).astype(np.int16)),
+                colors=torch.from_numpy(np.stack(colors).astype(np.int16))))
     return corpus
 
 
@@ -174,7 +179,7 @@ def _vggt_modules(cfg: VidLLMConfig) -> tuple[nn.Module, nn.Module]:
 
 def _clip_batch(scenes: list[CorpusScene], frame_ids: list[list[int]]) -> dict[str, Tensor]:
     return {
-        "images": torch.stack([s.images[f] for s, f in zip(scenes, frame_ids)]),
+        "images": torch.stack([s.images[f] for s, f in zip(scenes, frame_ids)]).float() / 255.0,
         "depth": torch.stack([s.depth[f] for s, f in zip(scenes, frame_ids)]),
         "poses": torch.stack([s.poses[f] for s, f in zip(scenes, frame_ids)]),
         "intrinsics": torch.stack([s.intrinsics.expand(len(f), 3, 3) for s, f in zip(scenes, frame_ids)]),
@@ -243,7 +248,10 @@ def depth_delta1(encoder: nn.Module, recon: nn.Module, scenes: list[CorpusScene]
     return {"delta1": hits / max(1, total), "abs_rel": abs_rel / max(1, total)}
 
 
-def train_vggt(cfg: VidLLMConfig, train: list[CorpusScene], progress: bool = True) -> tuple[nn.Module, nn.Module, dict]:
+def train_vggt(cfg: VidLLMConfig, train: list[CorpusScene], progress: bool = True,
+               encoder_init: nn.Module | None = None) -> tuple[nn.Module, nn.Module, dict]:
+    """The miniature VGGT (encoder + reconstruction branch) trained with VGGT's camera / depth /
+    point losses; the encoder starts from `encoder_init` (the miniature DINOv2) when given."""
     from tqdm import tqdm
 
     from vidllm.losses.stage2 import Stage2LossWeights
@@ -252,9 +260,16 @@ def train_vggt(cfg: VidLLMConfig, train: list[CorpusScene], progress: bool = Tru
     weights = Stage2LossWeights.from_mapping(cfg.train.loss_weights)
     torch.manual_seed(cfg.train.seed)
     encoder, recon = _vggt_modules(cfg)
+    if encoder_init is not None:
+        encoder.load_state_dict(encoder_init.state_dict())
     with_points = recon.point_head is not None and weights.point > 0
-    params = [p for p in [*encoder.parameters(), *recon.parameters()] if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=pt.lr, weight_decay=cfg.train.weight_decay, betas=tuple(cfg.train.betas))
+    encoder_params = [p for p in encoder.parameters() if p.requires_grad]
+    recon_params = [p for p in recon.parameters() if p.requires_grad]
+    params = encoder_params + recon_params
+    # A pretrained (DINOv2-stage) encoder is fine-tuned more gently than the new heads.
+    encoder_lr = pt.lr * (pt.vggt_encoder_lr_scale if encoder_init is not None else 1.0)
+    opt = torch.optim.AdamW([{"params": encoder_params, "lr": encoder_lr}, {"params": recon_params, "lr": pt.lr}],
+                            lr=pt.lr, weight_decay=cfg.train.weight_decay, betas=tuple(cfg.train.betas))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(pt.vggt_steps))
     rng = np.random.default_rng([cfg.train.seed, 17])
     frames = pt.clip_frames or cfg.model.frames
@@ -304,29 +319,52 @@ def _clip_config(cfg: VidLLMConfig):
                             num_attention_heads=t.random_num_heads, patch_size=t.random_patch_size)
 
 
-def _patch_labels(labels: Tensor, size: int, patch: int, num_classes: int) -> Tensor:
-    """[N, H, W] per-pixel ids (IGNORE allowed) → [N, (size/p)²] majority id per patch of the
-    square-resized frame (IGNORE where no pixel has a label)."""
-    square = F.interpolate(labels[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
-    known = square != IGNORE
-    onehot = F.one_hot(torch.where(known, square, 0), num_classes).float() * known[..., None]
-    counts = F.avg_pool2d(onehot.permute(0, 3, 1, 2), patch, patch)  # [N, K, g, g]
+def _grid_labels(labels: Tensor, patch: int, num_classes: int) -> Tensor:
+    """[N, H, W] per-pixel ids (IGNORE allowed) → [N, (H/p)·(W/p)] majority id per patch, row-major
+    (IGNORE where no pixel has a label)."""
+    known = labels != IGNORE
+    onehot = F.one_hot(torch.where(known, labels, 0), num_classes).float() * known[..., None]
+    counts = F.avg_pool2d(onehot.permute(0, 3, 1, 2), patch, patch)  # [N, K, h, w]
     best = counts.argmax(1).flatten(1)
     return torch.where(counts.amax(1).flatten(1) > 0, best, torch.full_like(best, IGNORE))
 
 
+def _patch_labels(labels: Tensor, size: int, patch: int, num_classes: int) -> Tensor:
+    """[N, H, W] per-pixel ids → [N, (size/p)²] majority id per patch of the square-resized frame."""
+    square = F.interpolate(labels[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+    return _grid_labels(square, patch, num_classes)
+
+
+def _furniture_colors(classes: Tensor, colors: Tensor) -> Tensor:
+    furniture = classes < len(class_names()) - 3  # room surfaces have no colour label
+    return torch.where(furniture, colors, torch.full_like(colors, IGNORE))
+
+
 def _semantic_set(scenes: list[CorpusScene], size: int, patch: int) -> dict[str, Tensor]:
-    """CLIP inputs (resized and normalised exactly as `semantic_features` does) with patch labels."""
+    """CLIP inputs (resized and normalised exactly as `semantic_features` does; stored as float16,
+    converted per batch) with patch labels. Built scene by scene: the per-pixel one-hot of a whole
+    corpus at once would not fit in memory."""
     from vidllm.data.teacher_cache import CLIP_MEAN, CLIP_STD
 
-    images = torch.cat([s.images for s in scenes])
-    frames = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
-    pixels = (frames - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    classes = _patch_labels(torch.cat([s.classes for s in scenes]), size, patch, len(class_names()))
-    colors = _patch_labels(torch.cat([s.colors for s in scenes]), size, patch, len(color_names()))
-    furniture = classes < len(class_names()) - 3  # room surfaces have no colour label
-    colors = torch.where(furniture, colors, torch.full_like(colors, IGNORE))
-    return {"pixels": pixels, "classes": classes, "colors": colors}
+    mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    pixels, classes, colors = [], [], []
+    for scene in scenes:
+        frames = F.interpolate(scene.images.float() / 255.0, size=(size, size), mode="bicubic",
+                               align_corners=False).clamp(0, 1)
+        pixels.append(((frames - mean) / std).half())
+        classes.append(_patch_labels(scene.classes.long(), size, patch, len(class_names())))
+        colors.append(_patch_labels(scene.colors.long(), size, patch, len(color_names())))
+    classes_t = torch.cat(classes)
+    return {"pixels": torch.cat(pixels), "classes": classes_t, "colors": _furniture_colors(classes_t, torch.cat(colors))}
+
+
+def _encoder_set(scenes: list[CorpusScene], patch: int) -> dict[str, Tensor]:
+    """The encoder's own inputs (uint8 frames at the corpus size, as VGGT sees them) with labels on
+    its patch grid."""
+    classes = torch.cat([_grid_labels(s.classes.long(), patch, len(class_names())) for s in scenes])
+    colors = torch.cat([_grid_labels(s.colors.long(), patch, len(color_names())) for s in scenes])
+    return {"pixels": torch.cat([s.images for s in scenes]), "classes": classes,
+            "colors": _furniture_colors(classes, colors)}
 
 
 def _accuracy(logits: Tensor, labels: Tensor) -> float:
@@ -337,7 +375,7 @@ def _accuracy(logits: Tensor, labels: Tensor) -> float:
 @torch.no_grad()
 def _features(model: nn.Module, pixels: Tensor, chunk: int = 64) -> Tensor:
     model.eval()
-    return torch.cat([model(pixel_values=pixels[i:i + chunk]).last_hidden_state[:, 1:]
+    return torch.cat([model(pixel_values=pixels[i:i + chunk].float()).last_hidden_state[:, 1:]
                       for i in range(0, len(pixels), chunk)])
 
 
@@ -360,6 +398,31 @@ def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
         return _accuracy(probe(tx), test_y.reshape(-1))
 
 
+@torch.no_grad()
+def clip_head_scores(heads: nn.Module, tokens: Tensor, test_set: dict[str, Tensor]) -> dict[str, float]:
+    """Held-out accuracies of the CLIP's class and colour heads on `tokens` [N, P, C] of `test_set`.
+
+    Also on furniture patches only (walls and floor are most patches and easy; the questions ask
+    about furniture), plainly and balanced (the mean of per-class recalls, so always answering
+    the commonest class scores 1/classes), each with its chance level.
+    """
+    class_logits = heads["class"](tokens)
+    furniture = test_set["classes"] < len(class_names()) - 3
+    furniture_labels = torch.where(furniture, test_set["classes"], torch.full_like(test_set["classes"], IGNORE))
+    known_furniture = furniture_labels[furniture_labels != IGNORE]
+    predicted = class_logits.argmax(-1)[furniture_labels != IGNORE]
+    present = known_furniture.unique()
+    balanced = float(sum((predicted[known_furniture == c] == c).float().mean() for c in present)) / max(1, len(present))
+    return {
+        "clip_class_head_accuracy": _accuracy(class_logits, test_set["classes"]),
+        "clip_color_head_accuracy": _accuracy(heads["color"](tokens), test_set["colors"]),
+        "clip_furniture_class_accuracy": _accuracy(class_logits, furniture_labels),
+        "furniture_class_chance_accuracy": float(torch.bincount(known_furniture).max() / max(1, known_furniture.numel())),
+        "clip_furniture_balanced_accuracy": balanced,
+        "furniture_balanced_chance_accuracy": 1.0 / max(1, len(present)),
+    }
+
+
 def _class_weights(classes: Tensor, num_classes: int, power: float) -> Tensor | None:
     """Per-class loss weights ∝ frequency^-power, scaled so a labelled patch weighs 1 on average."""
     if power == 0:
@@ -369,37 +432,35 @@ def _class_weights(classes: Tensor, num_classes: int, power: float) -> Tensor | 
     return weight * counts.sum() / (weight * counts).sum().clamp_min(1e-12)
 
 
-def train_clip(cfg: VidLLMConfig, train_set: dict[str, Tensor], progress: bool = True) -> tuple[nn.Module, nn.Module, dict]:
-    """(trained CLIPVisionModel, its random init, the heads and last losses)."""
+def _train_patch_heads(name: str, tokens_of, modules: list[nn.Module], hidden: int, train_set: dict[str, Tensor],
+                       grid: tuple[int, int], steps: int, seed: int, cfg: VidLLMConfig,
+                       progress: bool) -> tuple[nn.Module, dict[str, float]]:
+    """Train `modules` and per-patch class + colour heads on `train_set` (labels on the `grid` of
+    the tokens `tokens_of(pixels)` returns, [N, P, hidden]). Returns (heads, last losses)."""
     from tqdm import tqdm
-    from transformers import CLIPVisionModel
 
     pt = cfg.teachers.pretrain
-    # The same seed as `init_random_teachers`' semantic teacher: the control is that very model.
-    torch.manual_seed(cfg.train.seed + 1)
-    model = CLIPVisionModel(_clip_config(cfg))
-    control = copy.deepcopy(model).eval()
-    hidden = model.config.hidden_size
     heads = nn.ModuleDict({"class": nn.Linear(hidden, len(class_names())), "color": nn.Linear(hidden, len(color_names()))})
-    params = [*model.parameters(), *heads.parameters()]
+    params = [p for m in modules for p in m.parameters() if p.requires_grad] + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=pt.lr, weight_decay=cfg.train.weight_decay, betas=tuple(cfg.train.betas))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(pt.clip_steps))
-    gen = torch.Generator().manual_seed(cfg.train.seed + 2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps))
+    gen = torch.Generator().manual_seed(seed)
     batch_size = pt.batch_size * cfg.model.frames
     n = len(train_set["pixels"])
     class_weight = _class_weights(train_set["classes"], len(class_names()), pt.class_balance)
-    model.train()
+    for module in modules:
+        module.train()
     start, last = time.perf_counter(), {}
-    bar = tqdm(range(pt.clip_steps), desc="mini CLIP", unit="step", disable=not progress)
+    bar = tqdm(range(steps), desc=name, unit="step", disable=not progress)
     for step in bar:
         idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
         pixels, classes, colors = (train_set[k][idx] for k in ("pixels", "classes", "colors"))
+        pixels = pixels.float() / 255.0 if pixels.dtype == torch.uint8 else pixels.float()
         if torch.rand((), generator=gen) < 0.5:  # horizontal flip, labels with it
-            g = int(math.isqrt(classes.shape[1]))
             pixels = pixels.flip(-1)
-            classes = classes.view(-1, g, g).flip(-1).reshape(len(idx), -1)
-            colors = colors.view(-1, g, g).flip(-1).reshape(len(idx), -1)
-        tokens = model(pixel_values=pixels).last_hidden_state[:, 1:]
+            classes = classes.view(-1, *grid).flip(-1).reshape(len(idx), -1)
+            colors = colors.view(-1, *grid).flip(-1).reshape(len(idx), -1)
+        tokens = tokens_of(pixels)
         loss_class = F.cross_entropy(heads["class"](tokens).flatten(0, 1), classes.reshape(-1), weight=class_weight,
                                      ignore_index=IGNORE)
         color_known = (colors != IGNORE).any()
@@ -414,11 +475,56 @@ def train_clip(cfg: VidLLMConfig, train_set: dict[str, Tensor], progress: bool =
         last = {"loss": float(loss.detach()), "class": float(loss_class.detach()), "color": float(loss_color.detach())}
         rate = (step + 1) * len(idx) / (time.perf_counter() - start)
         bar.set_postfix(loss=f"{last['loss']:.3f}", frames_per_s=f"{rate:.1f}")
-        if (step + 1) % pt.log_every == 0 or step + 1 == pt.clip_steps:
-            log.info("mini CLIP step %d/%d loss %.4f (class %.3f, colour %.3f) %.1f frames/s", step + 1,
-                     pt.clip_steps, last["loss"], last["class"], last["color"], rate)
+        if (step + 1) % pt.log_every == 0 or step + 1 == steps:
+            log.info("%s step %d/%d loss %.4f (class %.3f, colour %.3f) %.1f frames/s", name, step + 1, steps,
+                     last["loss"], last["class"], last["color"], rate)
     bar.close()
-    return model.eval(), control, {"heads": heads.eval(), **last}
+    for module in modules:
+        module.eval()
+    return heads.eval(), last
+
+
+def train_clip(cfg: VidLLMConfig, train_set: dict[str, Tensor], progress: bool = True) -> tuple[nn.Module, nn.Module, dict]:
+    """(trained CLIPVisionModel, its random init, the heads and last losses)."""
+    from transformers import CLIPVisionModel
+
+    pt = cfg.teachers.pretrain
+    # The same seed as `init_random_teachers`' semantic teacher: the control is that very model.
+    torch.manual_seed(cfg.train.seed + 1)
+    model = CLIPVisionModel(_clip_config(cfg))
+    control = copy.deepcopy(model).eval()
+    g = math.isqrt(train_set["classes"].shape[1])
+    heads, last = _train_patch_heads("mini CLIP", lambda px: model(pixel_values=px).last_hidden_state[:, 1:], [model],
+                                     model.config.hidden_size, train_set, (g, g), pt.clip_steps, cfg.train.seed + 2,
+                                     cfg, progress)
+    return model, control, {"heads": heads, **last}
+
+
+def _encoder_tokens(encoder: nn.Module, pixels: Tensor) -> Tensor:
+    """[N, 3, H, W] frames in [0, 1] → the encoder's patch tokens [N, P, C] (each frame alone)."""
+    return encoder(pixels[:, None])[:, 0]
+
+
+@torch.no_grad()
+def encoder_features(encoder: nn.Module, pixels: Tensor, chunk: int = 64) -> Tensor:
+    encoder.eval()
+    return torch.cat([_encoder_tokens(encoder, pixels[i:i + chunk].float() / 255.0) for i in range(0, len(pixels), chunk)])
+
+
+def train_dino(cfg: VidLLMConfig, train_set: dict[str, Tensor], grid: tuple[int, int],
+               progress: bool = True) -> tuple[nn.Module, nn.Module, dict]:
+    """The miniature DINOv2: VGGT's patch embed starts from DINOv2, whose patch tokens already
+    carry object semantics; so the miniature VGGT's encoder first learns per-patch object class
+    and colour (`teachers.pretrain.dino_steps`), the stand-in for DINOv2's self-supervision.
+    Returns (encoder, its class/colour heads, last losses); the encoder is initialised exactly as
+    `train_vggt`'s would be."""
+    pt = cfg.teachers.pretrain
+    torch.manual_seed(cfg.train.seed)
+    encoder, _ = _vggt_modules(cfg)
+    heads, last = _train_patch_heads("mini DINOv2", lambda px: _encoder_tokens(encoder, px), [encoder],
+                                     encoder.hidden_size, train_set, grid, pt.dino_steps, cfg.train.seed + 3, cfg,
+                                     progress)
+    return encoder, heads, last
 
 
 def save_clip(model: nn.Module, out_dir: Path, cfg: VidLLMConfig) -> None:
@@ -521,13 +627,32 @@ def pretrain_teachers(cfg: VidLLMConfig, out_dir: str | Path, progress: bool = T
         train, heldout = split_corpus(corpus)
         seconds["corpus"] = time.perf_counter() - t0
 
+        dino_scores: dict[str, float] = {}
+        dino = None
+        if pt.dino_steps > 0:
+            t0 = time.perf_counter()
+            patch = cfg.model.encoder.patch_size
+            grid = (corpus[0].images.shape[-2] // patch, corpus[0].images.shape[-1] // patch)
+            dino_train, dino_test = _encoder_set(train, patch), _encoder_set(heldout, patch)
+            dino, dino_heads, _ = train_dino(cfg, dino_train, grid, progress)
+            dino_scores = {f"dino_{k.removeprefix('clip_')}": v for k, v in
+                           clip_head_scores(dino_heads, encoder_features(dino, dino_test["pixels"]), dino_test).items()}
+            seconds["dino"] = time.perf_counter() - t0
+
         t0 = time.perf_counter()
         torch.manual_seed(cfg.train.seed)
         init_encoder, init_recon = _vggt_modules(cfg)  # the same init train_vggt starts from
+        if dino is not None:
+            init_encoder.load_state_dict(dino.state_dict())
         init_depth = depth_delta1(init_encoder, init_recon, heldout, cfg.model.frames)
         del init_encoder, init_recon
-        encoder, recon, vggt_last = train_vggt(cfg, train, progress)
+        encoder, recon, vggt_last = train_vggt(cfg, train, progress, encoder_init=dino)
         depth = depth_delta1(encoder, recon, heldout, cfg.model.frames)
+        if dino is not None:
+            # Does VGGT training keep the semantics? The DINOv2 stage's heads on the trained encoder.
+            kept = clip_head_scores(dino_heads, encoder_features(encoder, dino_test["pixels"]), dino_test)
+            dino_scores["vggt_encoder_furniture_balanced_accuracy"] = kept["clip_furniture_balanced_accuracy"]
+            del dino, dino_train, dino_test
         save_vggt(encoder, recon, work / VGGT_NAME)
         export_vggt_dino(work / VGGT_NAME, work / GEOMETRY_NAME, num_heads=cfg.model.encoder.num_heads)
         seconds["vggt"] = time.perf_counter() - t0
@@ -540,23 +665,8 @@ def pretrain_teachers(cfg: VidLLMConfig, out_dir: str | Path, progress: bool = T
         train_set, test_set = _semantic_set(train, size, patch), _semantic_set(heldout, size, patch)
         clip, control, clip_last = train_clip(cfg, train_set, progress)
         heads = clip_last.pop("heads")
-        with torch.no_grad():
-            test_tokens = _features(clip, test_set["pixels"])
-            class_logits = heads["class"](test_tokens)
-            class_acc = _accuracy(class_logits, test_set["classes"])
-            # Furniture patches only: walls and floor are most patches and easy; the classes the
-            # questions ask about are the furniture ones.
-            furniture = test_set["classes"] < len(class_names()) - 3
-            furniture_labels = torch.where(furniture, test_set["classes"], torch.full_like(test_set["classes"], IGNORE))
-            furniture_acc = _accuracy(class_logits, furniture_labels)
-            known_furniture = furniture_labels[furniture_labels != IGNORE]
-            furniture_chance = float(torch.bincount(known_furniture).max() / max(1, known_furniture.numel()))
-            # Mean of per-class recalls: a model that always says the commonest class scores 1/classes.
-            predicted = class_logits.argmax(-1)[furniture_labels != IGNORE]
-            present = known_furniture.unique()
-            furniture_balanced = (float(sum((predicted[known_furniture == c] == c).float().mean() for c in present))
-                                  / max(1, len(present)))
-            color_acc = _accuracy(heads["color"](test_tokens), test_set["colors"])
+        test_tokens = _features(clip, test_set["pixels"])
+        scores = clip_head_scores(heads, test_tokens, test_set)
         probe = {}
         for name, model in (("trained", clip), ("random_init", control)):
             probe[name] = linear_probe(_features(model, train_set["pixels"]), train_set["classes"], test_tokens
@@ -571,10 +681,8 @@ def pretrain_teachers(cfg: VidLLMConfig, out_dir: str | Path, progress: bool = T
             "vggt_depth_delta1": depth["delta1"], "vggt_depth_abs_rel": depth["abs_rel"],
             "vggt_depth_delta1_init": init_depth["delta1"], "vggt_depth_abs_rel_init": init_depth["abs_rel"],
             "vggt_final_loss": vggt_last.get("loss"),
-            "clip_class_head_accuracy": class_acc, "clip_color_head_accuracy": color_acc,
-            "clip_furniture_class_accuracy": furniture_acc, "furniture_class_chance_accuracy": furniture_chance,
-            "clip_furniture_balanced_accuracy": furniture_balanced,
-            "furniture_balanced_chance_accuracy": 1.0 / max(1, len(present)),
+            **dino_scores,
+            **scores,
             "clip_probe_class_accuracy": probe["trained"],
             "clip_probe_class_accuracy_random_init": probe["random_init"],
             "class_chance_accuracy": chance, "clip_final_loss": clip_last.get("loss"),

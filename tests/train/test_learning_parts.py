@@ -160,7 +160,8 @@ def test_ablate_trains_each_variant_on_the_same_data_and_reuses_results(tmp_path
     from vidllm.ablate import columns, format_table, run_ablation
 
     args = ["data.synth.scenes=4", "train.stage1.steps=2", "train.stage2.steps=2", "teachers.miniatures=true",
-            "teachers.pretrain.vggt_steps=2", "teachers.pretrain.clip_steps=2", "teachers.pretrain.probe_steps=2"]
+            "teachers.pretrain.vggt_steps=2", "teachers.pretrain.clip_steps=2", "teachers.pretrain.dino_steps=2",
+            "teachers.pretrain.probe_steps=2"]
     result = run_ablation("tiny", ["full", "blind"], tmp_path, overrides=args)
     for name in ("full", "blind"):  # both compose the same miniatures, as real pretrained parts
         used = yaml.safe_load((tmp_path / "variants" / name / "config.yaml").read_text())
