@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -267,6 +268,17 @@ class StageConfig(_Section):
     batch_size: int = Field(1, ge=1, strict=True)
     checkpoint_every: int = Field(500, ge=1, strict=True)
     log_every: int = Field(10, ge=1, strict=True)
+    lr_scale: dict[str, float] = Field(default_factory=dict, description=(
+        "lr factors by module: a parameter whose dotted name has a component equal to a key (e.g. "
+        "{encoder: 0.1}: the pretrained encoder fine-tuned at a tenth of the lr) gets lr x factor; the rest x 1"))
+
+    @field_validator("lr_scale")
+    @classmethod
+    def _finite_positive_scales(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not (math.isfinite(v) and v > 0)}
+        if bad:
+            raise ValueError(f"lr_scale factors must be finite and > 0, got {bad}")
+        return value
 
 
 class TrainConfig(_Section):

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from vidllm.artifacts import run_dir as rd
-from vidllm.config import StageConfig, TrainConfig
+from vidllm.config import ConfigError, StageConfig, TrainConfig
 from vidllm.errors import TrainingError
 from vidllm.train.tracking import Tracker
 
@@ -112,14 +112,27 @@ def learning_rate(step: int, cfg: StageConfig) -> float:
 
 
 def build_optimizer(module: nn.Module, stage_cfg: StageConfig, train_cfg: TrainConfig) -> torch.optim.AdamW:
-    decay, no_decay = [], []
-    for param in module.parameters():
+    """AdamW with weight decay on matrices only; `stage_cfg.lr_scale` puts the parameters of the
+    named modules in groups of their own whose `lr_scale` multiplies the scheduled lr."""
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {(1.0, True): [], (1.0, False): []}
+    matched: set[str] = set()
+    for name, param in module.named_parameters():
         if param.requires_grad:
-            (decay if param.dim() >= 2 else no_decay).append(param)  # no decay on biases / norms
-    if not decay and not no_decay:
+            parts = name.split(".")
+            key = next((k for k in stage_cfg.lr_scale if k in parts), None)
+            matched.add(key)
+            scale = 1.0 if key is None else stage_cfg.lr_scale[key]
+            groups.setdefault((scale, param.dim() >= 2), []).append(param)  # no decay on biases / norms
+    if not any(groups.values()):
         raise ValueError("nothing to train: no parameter requires grad")
-    groups = [{"params": decay, "weight_decay": train_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=stage_cfg.lr, betas=tuple(train_cfg.betas))
+    unknown = sorted(set(stage_cfg.lr_scale) - matched)
+    if unknown:
+        raise ConfigError(f"lr_scale: no trainable parameter's name has a component {unknown} (e.g. 'encoder', "
+                          "'llm', 'reconstruction')")
+    return torch.optim.AdamW(
+        [{"params": params, "weight_decay": train_cfg.weight_decay if decay else 0.0, "lr_scale": scale}
+         for (scale, decay), params in groups.items() if params or scale == 1.0],
+        lr=stage_cfg.lr, betas=tuple(train_cfg.betas))
 
 
 def autocast_dtype(train_cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -359,7 +372,7 @@ class Trainer:
         """One optimiser step at learning rate `learning_rate(step)`; returns (losses, tokens)."""
         module, lr = self.module, learning_rate(step, self.cfg)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             losses = module(batch)
         tokens = float(losses.pop("tokens", torch.zeros(())))
