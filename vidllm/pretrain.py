@@ -335,9 +335,15 @@ def _patch_labels(labels: Tensor, size: int, patch: int, num_classes: int) -> Te
     return _grid_labels(square, patch, num_classes)
 
 
-def _furniture_colors(classes: Tensor, colors: Tensor) -> Tensor:
-    furniture = classes < len(class_names()) - 3  # room surfaces have no colour label
-    return torch.where(furniture, colors, torch.full_like(colors, IGNORE))
+def _on_furniture(classes: Tensor, labels: Tensor) -> Tensor:
+    """`labels` where `classes` is furniture, IGNORE on room surfaces (the last three classes: they
+    have no colour, and the questions ask about furniture)."""
+    return torch.where(classes < len(class_names()) - 3, labels, torch.full_like(labels, IGNORE))
+
+
+def _as_float(pixels: Tensor) -> Tensor:
+    """Stored frames (uint8 RGB, or float16 CLIP inputs) → float32 network inputs."""
+    return pixels.float() / 255.0 if pixels.dtype == torch.uint8 else pixels.float()
 
 
 def _semantic_set(scenes: list[CorpusScene], size: int, patch: int) -> dict[str, Tensor]:
@@ -355,7 +361,7 @@ def _semantic_set(scenes: list[CorpusScene], size: int, patch: int) -> dict[str,
         classes.append(_patch_labels(scene.classes.long(), size, patch, len(class_names())))
         colors.append(_patch_labels(scene.colors.long(), size, patch, len(color_names())))
     classes_t = torch.cat(classes)
-    return {"pixels": torch.cat(pixels), "classes": classes_t, "colors": _furniture_colors(classes_t, torch.cat(colors))}
+    return {"pixels": torch.cat(pixels), "classes": classes_t, "colors": _on_furniture(classes_t, torch.cat(colors))}
 
 
 def _encoder_set(scenes: list[CorpusScene], patch: int) -> dict[str, Tensor]:
@@ -364,7 +370,7 @@ def _encoder_set(scenes: list[CorpusScene], patch: int) -> dict[str, Tensor]:
     classes = torch.cat([_grid_labels(s.classes.long(), patch, len(class_names())) for s in scenes])
     colors = torch.cat([_grid_labels(s.colors.long(), patch, len(color_names())) for s in scenes])
     return {"pixels": torch.cat([s.images for s in scenes]), "classes": classes,
-            "colors": _furniture_colors(classes, colors)}
+            "colors": _on_furniture(classes, colors)}
 
 
 def _accuracy(logits: Tensor, labels: Tensor) -> float:
@@ -373,10 +379,18 @@ def _accuracy(logits: Tensor, labels: Tensor) -> float:
 
 
 @torch.no_grad()
-def _features(model: nn.Module, pixels: Tensor, chunk: int = 64) -> Tensor:
-    model.eval()
-    return torch.cat([model(pixel_values=pixels[i:i + chunk].float()).last_hidden_state[:, 1:]
-                      for i in range(0, len(pixels), chunk)])
+def _tokens_in_chunks(module: nn.Module, tokens_of, pixels: Tensor, chunk: int = 64) -> Tensor:
+    module.eval()
+    return torch.cat([tokens_of(_as_float(pixels[i:i + chunk])) for i in range(0, len(pixels), chunk)])
+
+
+def _clip_tokens(model: nn.Module, pixels: Tensor) -> Tensor:
+    return model(pixel_values=pixels).last_hidden_state[:, 1:]  # without CLS
+
+
+def _features(model: nn.Module, pixels: Tensor) -> Tensor:
+    """The CLIP's patch tokens [N, P, C] of stored CLIP inputs."""
+    return _tokens_in_chunks(model, lambda px: _clip_tokens(model, px), pixels)
 
 
 def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, steps: int, seed: int) -> float:
@@ -407,8 +421,7 @@ def clip_head_scores(heads: nn.Module, tokens: Tensor, test_set: dict[str, Tenso
     the commonest class scores 1/classes), each with its chance level.
     """
     class_logits = heads["class"](tokens)
-    furniture = test_set["classes"] < len(class_names()) - 3
-    furniture_labels = torch.where(furniture, test_set["classes"], torch.full_like(test_set["classes"], IGNORE))
+    furniture_labels = _on_furniture(test_set["classes"], test_set["classes"])
     known_furniture = furniture_labels[furniture_labels != IGNORE]
     predicted = class_logits.argmax(-1)[furniture_labels != IGNORE]
     present = known_furniture.unique()
@@ -455,7 +468,7 @@ def _train_patch_heads(name: str, tokens_of, modules: list[nn.Module], hidden: i
     for step in bar:
         idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
         pixels, classes, colors = (train_set[k][idx] for k in ("pixels", "classes", "colors"))
-        pixels = pixels.float() / 255.0 if pixels.dtype == torch.uint8 else pixels.float()
+        pixels = _as_float(pixels)
         if torch.rand((), generator=gen) < 0.5:  # horizontal flip, labels with it
             pixels = pixels.flip(-1)
             classes = classes.view(-1, *grid).flip(-1).reshape(len(idx), -1)
@@ -494,7 +507,7 @@ def train_clip(cfg: VidLLMConfig, train_set: dict[str, Tensor], progress: bool =
     model = CLIPVisionModel(_clip_config(cfg))
     control = copy.deepcopy(model).eval()
     g = math.isqrt(train_set["classes"].shape[1])
-    heads, last = _train_patch_heads("mini CLIP", lambda px: model(pixel_values=px).last_hidden_state[:, 1:], [model],
+    heads, last = _train_patch_heads("mini CLIP", lambda px: _clip_tokens(model, px), [model],
                                      model.config.hidden_size, train_set, (g, g), pt.clip_steps, cfg.train.seed + 2,
                                      cfg, progress)
     return model, control, {"heads": heads, **last}
@@ -505,10 +518,9 @@ def _encoder_tokens(encoder: nn.Module, pixels: Tensor) -> Tensor:
     return encoder(pixels[:, None])[:, 0]
 
 
-@torch.no_grad()
-def encoder_features(encoder: nn.Module, pixels: Tensor, chunk: int = 64) -> Tensor:
-    encoder.eval()
-    return torch.cat([_encoder_tokens(encoder, pixels[i:i + chunk].float() / 255.0) for i in range(0, len(pixels), chunk)])
+def encoder_features(encoder: nn.Module, pixels: Tensor) -> Tensor:
+    """The encoder's patch tokens [N, P, C] of stored uint8 frames."""
+    return _tokens_in_chunks(encoder, lambda px: _encoder_tokens(encoder, px), pixels)
 
 
 def train_dino(cfg: VidLLMConfig, train_set: dict[str, Tensor], grid: tuple[int, int],
