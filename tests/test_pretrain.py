@@ -49,6 +49,7 @@ def test_manifest_names_every_output_and_nothing_temporary_is_left(pretrained):
     assert sorted(p.name for p in out.iterdir()) == ["geometry", "manifest.json", "semantic", "vggt.safetensors"]
     m = manifest["metrics"]
     assert 0 <= m["vggt_depth_delta1"] <= 1 and 0 <= m["clip_probe_class_accuracy_random_init"] <= 1
+    assert 0 <= m["vggt_pose_auc30"] <= 1 and 0 <= m["vggt_pose_auc30_init"] <= 1 and 0 <= m["vggt_pose_rra15"] <= 1
     # The corpus is not the benchmark's: its seed is far from data.synth.seed.
     assert manifest["corpus"]["seed"] - manifest["corpus"]["benchmark_seed"] == 1_000_003
 
@@ -236,3 +237,48 @@ def test_miniature_dinov2_stage_learns_patch_classes_and_vggt_starts_from_it(tin
     for (name, a), b in zip(encoder.state_dict().items(), dino.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
 
+
+
+def _corpus_scene(seed: int, frames: int = 6):
+    from vidllm.geometry import quat_to_mat
+    from vidllm.pretrain import CorpusScene
+
+    g = torch.Generator().manual_seed(seed)
+    poses = torch.eye(4).repeat(frames, 1, 1)
+    poses[:, :3, :3] = quat_to_mat(torch.nn.functional.normalize(torch.randn(frames, 4, generator=g), dim=-1))
+    poses[:, :3, 3] = torch.randn(frames, 3, generator=g)
+    depth = 1.0 + torch.rand(frames, 14, 28, generator=g)
+    blank = torch.zeros(frames, 14, 28, dtype=torch.int16)
+    return CorpusScene(f"s{seed}", torch.zeros(frames, 3, 14, 28, dtype=torch.uint8), depth, poses,
+                       torch.tensor([[20.0, 0, 14], [0, 20.0, 7], [0, 0, 1]]), torch.eye(4), blank, blank)
+
+
+class _ScriptedRecon(torch.nn.Module):
+    """Returns the given predictions, one scene per call (the scorer is what is under test)."""
+
+    def __init__(self, outputs):
+        super().__init__()
+        self.outputs = list(outputs)
+
+    def forward(self, tokens, images, base, with_points=False):
+        return self.outputs.pop(0)
+
+
+def test_vggt_heldout_scores_pose_auc_is_one_for_true_cameras_and_low_for_random_ones():
+    from vidllm.geometry import extri_intri_to_pose_encoding, extrinsics_relative_to_first
+    from vidllm.pretrain import vggt_heldout_scores
+
+    scenes = [_corpus_scene(s) for s in range(3)]
+
+    def prediction(scene, poses):
+        extrinsics = extrinsics_relative_to_first(poses)[None]
+        intrinsics = scene.intrinsics.expand(1, len(poses), 3, 3)
+        return {"depth": scene.depth[None] * 2.0,  # scale-free depth: a global factor costs nothing
+                "pose_enc": extri_intri_to_pose_encoding(extrinsics, intrinsics, (14, 28))}
+
+    true = vggt_heldout_scores(torch.nn.Identity(), _ScriptedRecon(prediction(s, s.poses) for s in scenes), scenes, 6)
+    assert true["pose_auc30"] == pytest.approx(1.0) and true["pose_rra15"] == 1.0 and true["delta1"] == 1.0
+    wrong = [_corpus_scene(100 + s) for s in range(3)]  # another scene's cameras
+    bad = vggt_heldout_scores(torch.nn.Identity(), _ScriptedRecon(prediction(s, w.poses) for s, w in zip(scenes, wrong)),
+                              scenes, 6)
+    assert bad["pose_auc30"] < 0.2 and bad["pose_rra15"] < 0.5

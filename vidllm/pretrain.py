@@ -225,19 +225,26 @@ def _lr_lambda(steps: int):
 
 
 @torch.no_grad()
-def depth_delta1(encoder: nn.Module, recon: nn.Module, scenes: list[CorpusScene], frames: int) -> dict[str, float]:
-    """δ1 (share of valid pixels with max(pred/gt, gt/pred) < 1.25) and AbsRel of the relative depth
-    after per-scene median scale alignment, on an evenly spaced clip of `frames` per scene."""
+def vggt_heldout_scores(encoder: nn.Module, recon: nn.Module, scenes: list[CorpusScene], frames: int) -> dict[str, float]:
+    """Held-out scores of a miniature VGGT on an evenly spaced clip of `frames` per scene.
+
+    Depth: δ1 (share of valid pixels with max(pred/gt, gt/pred) < 1.25) and AbsRel of the relative
+    depth after per-scene median scale alignment. Cameras: RRA@15, RTA@15 and AUC@30 over every
+    frame pair (`vidllm.eval.geometry_metrics.pose_metrics`, scale-free as for Co3Dv2)."""
     from vidllm.data.frames import sample_frame_ids
+    from vidllm.eval.geometry_metrics import pose_errors, pose_auc
+    from vidllm.geometry import pose_encoding_to_extri_intri, se3_inverse, to_homogeneous
 
     encoder.eval(), recon.eval()
     hits = total = 0
     abs_rel = 0.0
+    rot_errors, trans_errors = [], []
     for scene in scenes:
         ids = [int(i) for i in sample_frame_ids(np.arange(len(scene.images)), frames)]
         batch = _clip_batch([scene], [ids])
-        pred = _vggt_forward(encoder, recon, batch, with_points=False)["depth"][0]
-        gt = batch["depth"][0]
+        with torch.no_grad():
+            out = _vggt_forward(encoder, recon, batch, with_points=False)
+        pred, gt = out["depth"][0], batch["depth"][0]
         valid = gt > 0
         scale = gt[valid].median() / pred[valid].median().clamp_min(1e-8)
         p, g = pred[valid] * scale, gt[valid]
@@ -245,7 +252,14 @@ def depth_delta1(encoder: nn.Module, recon: nn.Module, scenes: list[CorpusScene]
         hits += int((ratio < 1.25).sum())
         total += int(valid.sum())
         abs_rel += float(((p - g).abs() / g).sum())
-    return {"delta1": hits / max(1, total), "abs_rel": abs_rel / max(1, total)}
+        extrinsics, _ = pose_encoding_to_extri_intri(out["pose_enc"][0].float(), tuple(batch["images"].shape[-2:]))
+        pred_c2w = se3_inverse(to_homogeneous(extrinsics)).double().numpy()
+        rot, trans = pose_errors(pred_c2w, batch["poses"][0].double().numpy())
+        rot_errors.append(rot), trans_errors.append(trans)
+    rot, trans = np.concatenate(rot_errors), np.concatenate(trans_errors)
+    return {"delta1": hits / max(1, total), "abs_rel": abs_rel / max(1, total),
+            "pose_rra15": float((rot < 15).mean()), "pose_rta15": float((trans < 15).mean()),
+            "pose_auc30": pose_auc(rot, trans, 30)}
 
 
 def train_vggt(cfg: VidLLMConfig, train: list[CorpusScene], progress: bool = True,
@@ -614,7 +628,8 @@ def pretrain_teachers(cfg: VidLLMConfig, out_dir: str | Path, progress: bool = T
     """Train the miniature VGGT and CLIP and write them to `out_dir` (module docstring).
 
     Returns the manifest: `vggt`, `geometry`, `semantic` (absolute paths), `digest`, `metrics`
-    (vggt_depth_delta1 / _abs_rel on held-out pretraining scenes, the same for the untrained
+    (vggt_depth_delta1 / _abs_rel and vggt_pose_auc30 / _rra15 / _rta15 on held-out pretraining
+    scenes, depth δ1 and pose AUC@30 for the untrained
     init, clip class / colour head accuracy, linear-probe class accuracy of the trained CLIP and
     of its random init, chance), `corpus`, `config`, `seconds`, `reused`.
     """
@@ -656,10 +671,10 @@ def pretrain_teachers(cfg: VidLLMConfig, out_dir: str | Path, progress: bool = T
         init_encoder, init_recon = _vggt_modules(cfg)  # the same init train_vggt starts from
         if dino is not None:
             init_encoder.load_state_dict(dino.state_dict())
-        init_depth = depth_delta1(init_encoder, init_recon, heldout, cfg.model.frames)
+        init_depth = vggt_heldout_scores(init_encoder, init_recon, heldout, cfg.model.frames)
         del init_encoder, init_recon
         encoder, recon, vggt_last = train_vggt(cfg, train, progress, encoder_init=dino)
-        depth = depth_delta1(encoder, recon, heldout, cfg.model.frames)
+        depth = vggt_heldout_scores(encoder, recon, heldout, cfg.model.frames)
         if dino is not None:
             # Does VGGT training keep the semantics? The DINOv2 stage's heads on the trained encoder.
             kept = clip_head_scores(dino_heads, encoder_features(encoder, dino_test["pixels"]), dino_test)
@@ -692,6 +707,8 @@ def pretrain_teachers(cfg: VidLLMConfig, out_dir: str | Path, progress: bool = T
         metrics = {
             "vggt_depth_delta1": depth["delta1"], "vggt_depth_abs_rel": depth["abs_rel"],
             "vggt_depth_delta1_init": init_depth["delta1"], "vggt_depth_abs_rel_init": init_depth["abs_rel"],
+            "vggt_pose_auc30": depth["pose_auc30"], "vggt_pose_rra15": depth["pose_rra15"],
+            "vggt_pose_rta15": depth["pose_rta15"], "vggt_pose_auc30_init": init_depth["pose_auc30"],
             "vggt_final_loss": vggt_last.get("loss"),
             **dino_scores,
             **scores,

@@ -14,12 +14,32 @@ def test_voxel_pool_averages_per_voxel():
     assert torch.allclose(centroids[0, 0], torch.tensor([0.1, 0.075, 0.075]))
 
 
-def test_voxel_pool_cap_keeps_most_supported_voxels_deterministically():
+def test_voxel_pool_cap_coarsens_so_the_whole_scene_stays_in_view():
+    # A 2 m x 2 m wall sampled every 0.1 m: 100 occupied 0.2 m voxels for a cap of 30.
+    grid = torch.arange(20.0) * 0.1 + 0.05
+    gx, gz = torch.meshgrid(grid, grid, indexing="ij")
+    xyz = torch.stack([gx.flatten(), torch.zeros(400), gz.flatten()], -1)[None]
+    tokens = torch.randn(1, 400, 3, requires_grad=True)
+    ones = torch.ones(1, 400, dtype=torch.bool)
+    pooled, centroids, mask = voxel_pool(tokens, xyz, ones, 0.2, 30, min_tokens=4)
+    assert 4 <= mask.sum() <= 30
+    # Every point reaches a token (nothing dropped), and the tokens still span the wall.
+    pooled[mask].sum().backward()
+    assert (tokens.grad.abs().sum(-1) > 0).all()
+    assert centroids[0, :, 0].min() < 0.5 and centroids[0, :, 0].max() > 1.5
+    # Deterministic whatever the point order.
+    perm = torch.randperm(400, generator=torch.Generator().manual_seed(0))
+    again = voxel_pool(tokens.detach()[:, perm], xyz[:, perm], ones, 0.2, 30, min_tokens=4)
+    assert torch.allclose(pooled.detach(), again[0], atol=1e-6)
+
+
+def test_voxel_pool_cap_keeps_most_supported_voxels_when_coarsening_cannot_fit():
     torch.manual_seed(0)
-    # 3 points in voxel A, 2 in voxel B, 1 in each of C, D
-    xyz = torch.tensor([[0.1, 0, 0], [0.1, 0.1, 0], [0.05, 0, 0], [1.1, 0, 0], [1.15, 0, 0], [2.1, 0, 0], [3.1, 0, 0]])
+    # Clusters 100 m apart, beyond any coarsening: 3 points in voxel A, 2 in B, 1 in each of C, D.
+    xyz = torch.tensor([[0.1, 0, 0], [0.15, 0.1, 0], [0.05, 0, 0], [100.1, 0, 0], [100.15, 0, 0],
+                        [200.1, 0, 0], [300.1, 0, 0]])
     tokens = torch.randn(7, 4)
-    pooled, centroids, mask = voxel_pool(tokens[None], xyz[None], torch.ones(1, 7, dtype=torch.bool), 0.5, 2)
+    pooled, _, mask = voxel_pool(tokens[None], xyz[None], torch.ones(1, 7, dtype=torch.bool), 0.5, 2)
     assert mask.sum() == 2
     assert torch.allclose(pooled[0, 0], tokens[:3].mean(0)) and torch.allclose(pooled[0, 1], tokens[3:5].mean(0))
     perm = torch.randperm(7)

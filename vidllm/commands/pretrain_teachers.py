@@ -42,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
       f"(seed {manifest['corpus']['seed']}, {manifest['corpus']['heldout_scenes']} held out)\n")
     w(f"  vggt      {manifest['vggt']}\n"
       f"            depth δ1 {_fmt(m['vggt_depth_delta1'])} (untrained init {_fmt(m['vggt_depth_delta1_init'])}), "
-      f"AbsRel {_fmt(m['vggt_depth_abs_rel'])} on held-out scenes (median-scaled)\n")
+      f"AbsRel {_fmt(m['vggt_depth_abs_rel'])} on held-out scenes (median-scaled); cameras AUC@30 "
+      f"{_fmt(m.get('vggt_pose_auc30'))} (untrained init {_fmt(m.get('vggt_pose_auc30_init'))}), "
+      f"RRA@15 {_fmt(m.get('vggt_pose_rra15'))}\n")
     w(f"  geometry  {manifest['geometry']}  (the checkpoint's DINO patch embed, as `vidllm vggt-dino` writes it)\n")
     w(f"  semantic  {manifest['semantic']}\n"
       f"            per-patch class head {_fmt(m['clip_class_head_accuracy'])}, colour head "
