@@ -30,10 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vidllm.artifacts.model_dir import load_pretrained  # noqa: E402
 from vidllm.data.shards.format import ShardDataset  # noqa: E402
-from vidllm.geometry import ground_truth_geometry  # noqa: E402
-from vidllm.losses import reconstruction_targets  # noqa: E402
 from vidllm.models.vidllm import VisionOutput  # noqa: E402
 from vidllm.train.batches import _objects, encode_row, scene_split, train_instructions  # noqa: E402
+from vision_probe import encode_scene  # noqa: E402  (benchmarks/ is the script's own folder)
 
 FAMILIES = (("What color", "colour"), ("How many", "count"), ("Is there", "existence"))
 
@@ -50,13 +49,7 @@ def cached_scenes(model, tokenizer, shards: str, geometry: str, max_text_tokens:
         split = scene_split(sample)
         if split not in out:
             continue
-        images = sample["images"][None]
-        alignment = torch.as_tensor(sample["meta"].get("axis_alignment", torch.eye(4).tolist()),
-                                    dtype=torch.float32)[None]
-        targets = reconstruction_targets(sample["camera_to_world"][None], sample["intrinsics"][None],
-                                         sample["depths"][None], alignment, tuple(images.shape[-2:]))
-        vision = model.encode_video(images, with_points=False,
-                                    geometry=ground_truth_geometry(targets) if geometry == "ground_truth" else None)
+        vision, targets = encode_scene(model, sample, geometry)
         centre = targets["first_camera_center"][0].tolist()
         objects = _objects(sample["meta"])
         rows = [(r, encode_row(r, tokenizer, objects, centre, max_text_tokens))

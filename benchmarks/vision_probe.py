@@ -40,18 +40,26 @@ def _colours(sample: dict) -> dict[int, str]:
 
 
 @torch.no_grad()
+def encode_scene(model, sample: dict, geometry: str):
+    """One shard sample → (the model's `VisionOutput`, its reconstruction targets); `geometry`
+    "ground_truth" places the 3D patches with the sample's depth and cameras."""
+    images = sample["images"][None]
+    alignment = torch.as_tensor(sample["meta"].get("axis_alignment", torch.eye(4).tolist()),
+                                dtype=torch.float32)[None]
+    targets = reconstruction_targets(sample["camera_to_world"][None], sample["intrinsics"][None],
+                                     sample["depths"][None], alignment, tuple(images.shape[-2:]))
+    vision = model.encode_video(images, with_points=False,
+                                geometry=ground_truth_geometry(targets) if geometry == "ground_truth" else None)
+    return vision, targets
+
+
+@torch.no_grad()
 def object_features(model, shards: str, geometry: str, margin: float, limit: int | None) -> list[dict]:
     rows = []
     for n, sample in enumerate(ShardDataset(shards)):
         if limit is not None and n >= limit:
             break
-        images = sample["images"][None]
-        alignment = torch.as_tensor(sample["meta"].get("axis_alignment", torch.eye(4).tolist()),
-                                    dtype=torch.float32)[None]
-        targets = reconstruction_targets(sample["camera_to_world"][None], sample["intrinsics"][None],
-                                         sample["depths"][None], alignment, tuple(images.shape[-2:]))
-        vision = model.encode_video(images, with_points=False,
-                                    geometry=ground_truth_geometry(targets) if geometry == "ground_truth" else None)
+        vision, targets = encode_scene(model, sample, geometry)
         tokens, centroids, mask = vision.tokens[0], vision.xyz[0], vision.voxel_mask[0]
         centre = targets["first_camera_center"][0]
         colours = _colours(sample)
@@ -117,6 +125,11 @@ def main() -> int:
             _random_init(model)
         model.eval()
         rows = object_features(model, args.shards, args.geometry, args.margin, args.scenes)
+        found = sorted({"train" if r["split"] == "train" else "held-out" for r in rows})
+        if found != ["held-out", "train"]:
+            print(f"{args.shards}: the probe needs objects of train and of held-out scenes, found "
+                  f"{' and '.join(found) or 'none'} (raise --scenes?)", file=sys.stderr)
+            return 2
         out[name] = {"objects": len(rows), "class": probe(rows, "label", args.steps, 0),
                      "colour": probe(rows, "colour", args.steps, 0)}
         print(f"{name}: {json.dumps(out[name])}", file=sys.stderr)

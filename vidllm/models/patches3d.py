@@ -80,9 +80,9 @@ def voxel_pool(
     Deterministic: voxels are keyed by their integer grid coordinate; the voxel size is halved
     while fewer than `min_tokens` voxels are occupied, and grown while more than `max_tokens`
     are (`_occupied_voxels`); if still more than `max_tokens` are occupied, those holding the
-    most points are kept (ties → smaller key). Kept voxels are emitted in key order. A scene without any valid point is pooled into
-    one token (the mean of all its tokens, at the origin), so the LLM always gets vision
-    tokens. Gradients flow to `tokens` (xyz is geometry, detached by the caller).
+    most points are kept (ties → smaller key). Kept voxels are emitted in key order. A scene
+    without any valid point is pooled into one token (the mean of all its tokens, at the
+    origin), so the LLM always gets vision tokens. Gradients flow to `tokens` (xyz is geometry, detached by the caller).
 
     Args:
         tokens `[B, N, C]`, xyz `[B, N, 3]`, valid `[B, N]` bool (patches with finite depth > 0).
